@@ -1,0 +1,189 @@
+//! The node's actor directory: for every actor known here, where its calls go right now.
+//!
+//! A route is `Pending` while the actor is being created or restarted (calls queue in
+//! submission order), `Alive` with an endpoint (calls go straight to the actor's host: a thread
+//! of this process or a worker process), or `Dead` (calls fail at once with the reason).
+//! Calls never pass through the raylet or the GCS, as in Ray's direct actor calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::Error;
+use crate::ids::ActorId;
+use crate::spec::ActorCall;
+use crate::store::{ObjectTable, Pins};
+
+/// A call on its way to an actor, holding its dependencies.
+#[derive(Debug)]
+pub(crate) struct QueuedCall {
+    pub call: ActorCall,
+    pub pins: Pins,
+}
+
+/// Messages to an actor host.
+#[derive(Debug)]
+pub(crate) enum HostMsg {
+    Call(QueuedCall),
+}
+
+/// Where an alive actor's calls go.
+#[derive(Debug, Clone)]
+pub(crate) enum Endpoint {
+    /// The host's call channel: a thread host, or the connection to a worker process.
+    Channel(flume::Sender<HostMsg>),
+}
+
+impl Endpoint {
+    fn send(&self, q: QueuedCall) -> Result<(), QueuedCall> {
+        match self {
+            Endpoint::Channel(tx) => tx.send(HostMsg::Call(q)).map_err(|e| match e.0 {
+                HostMsg::Call(q) => q,
+            }),
+        }
+    }
+}
+
+enum RouteState {
+    Pending(Vec<QueuedCall>),
+    Alive(Endpoint),
+    Dead(Error),
+}
+
+/// The route of one actor.
+pub(crate) struct ActorRoute {
+    pub actor_id: ActorId,
+    pub display: String,
+    state: Mutex<RouteState>,
+    table: Arc<ObjectTable>,
+}
+
+impl ActorRoute {
+    /// Sends (or queues) a call.
+    pub fn submit(&self, q: QueuedCall) {
+        let ep = {
+            let mut st = self.state.lock();
+            match &mut *st {
+                RouteState::Pending(queue) => {
+                    queue.push(q);
+                    return;
+                }
+                RouteState::Dead(e) => {
+                    let e = e.clone();
+                    drop(st);
+                    fail_call(&self.table, q, &e);
+                    return;
+                }
+                RouteState::Alive(ep) => ep.clone(),
+            }
+        };
+        if let Err(q) = ep.send(q) {
+            let e = Error::ActorDied {
+                actor: self.display.clone(),
+                reason: "the actor's host is gone".to_string(),
+            };
+            fail_call(&self.table, q, &e);
+        }
+    }
+
+    /// The actor is up: later calls go to `ep`; returns the calls queued so far, which the
+    /// host runs first.
+    pub fn activate(&self, ep: Endpoint) -> Vec<QueuedCall> {
+        let mut st = self.state.lock();
+        match std::mem::replace(&mut *st, RouteState::Alive(ep)) {
+            RouteState::Pending(q) => q,
+            RouteState::Alive(_) => Vec::new(),
+            RouteState::Dead(e) => {
+                *st = RouteState::Dead(e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The actor is restarting: calls queue until it is up again.
+    pub fn restarting(&self) {
+        let mut st = self.state.lock();
+        if matches!(*st, RouteState::Alive(_)) {
+            *st = RouteState::Pending(Vec::new());
+        }
+    }
+
+    /// The actor is dead for good: queued and later calls fail with `err`.
+    pub fn kill(&self, err: Error) {
+        let queued = {
+            let mut st = self.state.lock();
+            match std::mem::replace(&mut *st, RouteState::Dead(err.clone())) {
+                RouteState::Pending(q) => q,
+                _ => Vec::new(),
+            }
+        };
+        for q in queued {
+            fail_call(&self.table, q, &err);
+        }
+    }
+
+    /// The reason, when the actor is dead.
+    pub fn dead_reason(&self) -> Option<Error> {
+        match &*self.state.lock() {
+            RouteState::Dead(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Seals a call's return object with an error.
+pub(crate) fn fail_call(table: &ObjectTable, q: QueuedCall, e: &Error) {
+    seal_error(table, q.call.return_id, e);
+}
+
+/// Seals an object with an error value.
+pub(crate) fn seal_error(table: &ObjectTable, id: crate::ids::ObjectId, e: &Error) {
+    let data = crate::codec::encode(e).map(|e| e.data).unwrap_or_default();
+    table.seal(id, data, Vec::new(), true);
+}
+
+/// All routes of this node.
+pub(crate) struct ActorDirectory {
+    routes: RwLock<HashMap<ActorId, Arc<ActorRoute>>>,
+    table: Arc<ObjectTable>,
+}
+
+impl ActorDirectory {
+    pub fn new(table: Arc<ObjectTable>) -> Self {
+        Self {
+            routes: RwLock::new(HashMap::new()),
+            table,
+        }
+    }
+
+    /// The route of `id`, creating a pending one if unknown.
+    pub fn register(&self, id: ActorId, display: String) -> Arc<ActorRoute> {
+        self.routes
+            .write()
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(ActorRoute {
+                    actor_id: id,
+                    display,
+                    state: Mutex::new(RouteState::Pending(Vec::new())),
+                    table: self.table.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// The node's object table.
+    pub fn table(&self) -> Arc<ObjectTable> {
+        self.table.clone()
+    }
+
+    pub fn get(&self, id: &ActorId) -> Option<Arc<ActorRoute>> {
+        self.routes.read().get(id).cloned()
+    }
+
+    /// Every route (for shutdown).
+    pub fn all(&self) -> Vec<Arc<ActorRoute>> {
+        self.routes.read().values().cloned().collect()
+    }
+}

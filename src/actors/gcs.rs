@@ -1,0 +1,781 @@
+//! The GCS actor: the cluster's control store. It owns the tables of nodes, jobs, actors (spec,
+//! state, restarts, node), named actors, placement groups and the key-value store, writes each
+//! change through to a [`GcsStorage`], and drives the actor lifecycle: placing an actor on a
+//! raylet, restarting it after a death while `max_restarts` allows, and failing its calls once
+//! it is dead for good.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::actors::directory::{ActorDirectory, QueuedCall, fail_call};
+use crate::actors::raylet::{self, Raylet};
+use crate::core::ActorLookup;
+use crate::error::Error;
+use crate::ids::{ActorId, JobId, NodeId, PlacementGroupId};
+use crate::sched::{ClusterView, NodeView, PlaceError, PlacementStrategy, ResourceSet};
+use crate::spec::ActorSpec;
+use crate::store::GcsStorage;
+
+/// Lifecycle states of an actor (Ray's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActorState {
+    /// Waiting for its constructor arguments or resources.
+    PendingCreation,
+    /// Running.
+    Alive,
+    /// Died and being re-created.
+    Restarting,
+    /// Dead for good.
+    Dead,
+}
+
+/// What the GCS records about an actor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorRecord {
+    /// How it was created.
+    pub spec: ActorSpec,
+    /// Where it is in its life.
+    pub state: ActorState,
+    /// Restarts so far.
+    pub num_restarts: u32,
+    /// The node hosting it.
+    pub node_id: Option<NodeId>,
+    /// The host's process id.
+    pub pid: Option<u32>,
+    /// Why it died.
+    pub death_cause: Option<String>,
+    /// `kill()` was called: never restart.
+    pub killed: bool,
+}
+
+/// Placement group states (Ray's names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PgState {
+    /// Waiting for resources.
+    Pending,
+    /// Every bundle reserved.
+    Created,
+    /// Removed by the user.
+    Removed,
+    /// Can never be placed.
+    Failed(String),
+}
+
+/// What the GCS records about a placement group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PgRecord {
+    /// The group's id.
+    pub id: PlacementGroupId,
+    /// Its name, if any.
+    pub name: Option<String>,
+    /// Bundles asked for.
+    pub bundles: Vec<ResourceSet>,
+    /// Strategy asked for.
+    pub strategy: PlacementStrategy,
+    /// Where it is.
+    pub state: PgState,
+    /// Node of each bundle, once created.
+    pub placement: Vec<NodeId>,
+}
+
+/// What the GCS records about a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job's id.
+    pub job_id: JobId,
+    /// Its namespace.
+    pub namespace: String,
+    /// The driver's process id.
+    pub driver_pid: u32,
+    /// Start time (Unix ms).
+    pub start_time_ms: u64,
+    /// End time (Unix ms), once it ended.
+    pub end_time_ms: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The GCS actor.
+pub(crate) struct Gcs {
+    storage: Arc<dyn GcsStorage>,
+    directory: Arc<ActorDirectory>,
+    raylets: HashMap<NodeId, Addr<Raylet>>,
+    jobs: HashMap<JobId, JobRecord>,
+    actors: HashMap<ActorId, ActorRecord>,
+    named: HashMap<(String, String), ActorId>,
+    pgs: HashMap<PlacementGroupId, PgRecord>,
+    pg_waiters: HashMap<PlacementGroupId, Vec<oneshot::Sender<Result<(), Error>>>>,
+    pg_in_flight: bool,
+}
+
+impl Gcs {
+    pub fn new(storage: Arc<dyn GcsStorage>, directory: Arc<ActorDirectory>) -> Self {
+        Self {
+            storage,
+            directory,
+            raylets: HashMap::new(),
+            jobs: HashMap::new(),
+            actors: HashMap::new(),
+            named: HashMap::new(),
+            pgs: HashMap::new(),
+            pg_waiters: HashMap::new(),
+            pg_in_flight: false,
+        }
+    }
+
+    fn persist<T: Serialize>(&self, table: &str, key: &[u8], value: &T) {
+        match rmp_serde::to_vec(value) {
+            Ok(v) => {
+                if let Err(e) = self.storage.put(table, key, &v) {
+                    tracing::error!(table, error = %e, "gcs write failed");
+                }
+            }
+            Err(e) => tracing::error!(table, error = %e, "gcs record does not encode"),
+        }
+    }
+
+    fn save_actor(&self, id: ActorId) {
+        if let Some(r) = self.actors.get(&id) {
+            self.persist("actors", id.0.as_bytes(), r);
+        }
+    }
+
+    fn save_pg(&self, id: PlacementGroupId) {
+        if let Some(r) = self.pgs.get(&id) {
+            self.persist("placement_groups", id.0.as_bytes(), r);
+        }
+    }
+
+    /// The raylet to place an actor on. One node for now: the cluster issue replaces this
+    /// with the policy over the cluster view.
+    fn pick_raylet(&self) -> Option<Addr<Raylet>> {
+        self.raylets.values().next().cloned()
+    }
+
+    fn release_name(&mut self, id: ActorId) {
+        if let Some(r) = self.actors.get(&id)
+            && let Some(name) = &r.spec.name
+        {
+            let key = (r.spec.namespace.clone(), name.clone());
+            if self.named.get(&key) == Some(&id) {
+                self.named.remove(&key);
+            }
+        }
+    }
+
+    fn mark_dead(&mut self, id: ActorId, reason: String) -> Error {
+        self.release_name(id);
+        let display = self
+            .actors
+            .get(&id)
+            .map_or_else(|| id.hex(), |r| r.spec.display());
+        if let Some(r) = self.actors.get_mut(&id) {
+            r.state = ActorState::Dead;
+            r.death_cause = Some(reason.clone());
+        }
+        self.save_actor(id);
+        let err = Error::ActorDied {
+            actor: display,
+            reason,
+        };
+        if let Some(route) = self.directory.get(&id) {
+            route.kill(err.clone());
+        }
+        err
+    }
+
+    fn actor_died(&mut self, id: ActorId, reason: String, unfinished: Vec<QueuedCall>) {
+        let Some(r) = self.actors.get(&id) else {
+            return;
+        };
+        let table = self.directory.table();
+        if r.state == ActorState::Dead {
+            let err = Error::ActorDied {
+                actor: r.spec.display(),
+                reason: r.death_cause.clone().unwrap_or(reason),
+            };
+            for q in unfinished {
+                fail_call(&table, q, &err);
+            }
+            return;
+        }
+        let max = r.spec.max_restarts;
+        let can_restart = !r.killed && (max < 0 || (r.num_restarts as i64) < max as i64);
+        let retries = r.spec.max_task_retries;
+        if can_restart {
+            let spec = r.spec.clone();
+            if let Some(rec) = self.actors.get_mut(&id) {
+                rec.num_restarts += 1;
+                rec.state = ActorState::Restarting;
+                rec.death_cause = Some(reason.clone());
+            }
+            self.save_actor(id);
+            tracing::info!(actor = %spec.display(), reason = %reason, "restarting actor");
+            let route = self.directory.register(id, spec.display());
+            route.restarting();
+            let err = Error::ActorDied {
+                actor: spec.display(),
+                reason: reason.clone(),
+            };
+            for mut q in unfinished {
+                if retries < 0 || (q.call.attempt as i64) < retries as i64 {
+                    q.call.attempt += 1;
+                    route.submit(q);
+                } else {
+                    fail_call(&table, q, &err);
+                }
+            }
+            match self.pick_raylet() {
+                Some(raylet) => raylet.do_send(raylet::CreateActor(spec)),
+                None => {
+                    self.mark_dead(id, "no node to restart it on".to_string());
+                }
+            }
+        } else {
+            let err = self.mark_dead(id, reason);
+            for q in unfinished {
+                fail_call(&table, q, &err);
+            }
+        }
+    }
+
+    fn notify_pg(&mut self, id: PlacementGroupId, result: Result<(), Error>) {
+        for w in self.pg_waiters.remove(&id).unwrap_or_default() {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    /// Tries to place every pending placement group (one round at a time).
+    fn place_pending(&mut self, ctx: &mut Context<Self>) {
+        if self.pg_in_flight {
+            return;
+        }
+        let pending: Vec<PlacementGroupId> = self
+            .pgs
+            .values()
+            .filter(|p| p.state == PgState::Pending)
+            .map(|p| p.id)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        self.pg_in_flight = true;
+        let raylets: Vec<(NodeId, Addr<Raylet>)> =
+            self.raylets.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let requests: Vec<(PlacementGroupId, Vec<ResourceSet>, PlacementStrategy)> = pending
+            .iter()
+            .filter_map(|id| {
+                self.pgs
+                    .get(id)
+                    .map(|p| (p.id, p.bundles.clone(), p.strategy))
+            })
+            .collect();
+        let fut = async move {
+            let mut results = Vec::new();
+            for (pg, bundles, strategy) in requests {
+                // A fresh view each round: earlier groups of this round consumed resources.
+                let mut view = ClusterView::default();
+                for (node, addr) in &raylets {
+                    if let Ok(res) = addr.send(raylet::GetResources).await {
+                        view.nodes.insert(
+                            *node,
+                            NodeView {
+                                resources: res,
+                                alive: true,
+                                draining: false,
+                            },
+                        );
+                    }
+                }
+                let placed = match crate::sched::place_bundles(&view, &bundles, strategy) {
+                    Ok(p) => p,
+                    Err(PlaceError::Unavailable) => {
+                        results.push((pg, None));
+                        continue;
+                    }
+                    Err(PlaceError::Infeasible(e)) => {
+                        results.push((pg, Some(Err(e.to_string()))));
+                        continue;
+                    }
+                };
+                // Commit per node; undo everything on any failure.
+                let mut by_node: HashMap<NodeId, Vec<(usize, ResourceSet)>> = HashMap::new();
+                for (i, node) in placed.iter().enumerate() {
+                    by_node
+                        .entry(*node)
+                        .or_default()
+                        .push((i, bundles[i].clone()));
+                }
+                let mut committed = Vec::new();
+                let mut ok = true;
+                for (node, bs) in by_node {
+                    let Some(addr) = raylets.iter().find(|(n, _)| *n == node).map(|(_, a)| a)
+                    else {
+                        ok = false;
+                        break;
+                    };
+                    match addr.send(raylet::CommitBundles { pg, bundles: bs }).await {
+                        Ok(Ok(())) => committed.push(addr.clone()),
+                        _ => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                if ok {
+                    results.push((pg, Some(Ok(placed))));
+                } else {
+                    for a in committed {
+                        let _ = a.send(raylet::ReturnBundles { pg }).await;
+                    }
+                    results.push((pg, None));
+                }
+            }
+            results
+        };
+        ctx.spawn(fut.into_actor(self).map(|results, act, _ctx| {
+            act.pg_in_flight = false;
+            for (pg, outcome) in results {
+                match outcome {
+                    None => {}
+                    Some(Ok(placement)) => {
+                        let removed = act.pgs.get(&pg).is_none_or(|p| p.state == PgState::Removed);
+                        if removed {
+                            for r in act.raylets.values() {
+                                r.do_send(raylet::ReturnBundles { pg });
+                            }
+                            continue;
+                        }
+                        if let Some(p) = act.pgs.get_mut(&pg) {
+                            p.state = PgState::Created;
+                            p.placement = placement;
+                        }
+                        act.save_pg(pg);
+                        act.notify_pg(pg, Ok(()));
+                    }
+                    Some(Err(reason)) => {
+                        if let Some(p) = act.pgs.get_mut(&pg) {
+                            p.state = PgState::Failed(reason.clone());
+                        }
+                        act.save_pg(pg);
+                        act.notify_pg(
+                            pg,
+                            Err(Error::PlacementGroup {
+                                id: pg.hex(),
+                                reason,
+                            }),
+                        );
+                    }
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for Gcs {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(Duration::from_millis(100), |act, ctx| {
+            act.place_pending(ctx)
+        });
+    }
+}
+
+/// A raylet joined.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RegisterNode {
+    pub node_id: NodeId,
+    pub raylet: Addr<Raylet>,
+}
+
+impl Handler<RegisterNode> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: RegisterNode, _ctx: &mut Self::Context) {
+        self.persist("nodes", msg.node_id.0.as_bytes(), &msg.node_id);
+        self.raylets.insert(msg.node_id, msg.raylet);
+    }
+}
+
+/// A driver started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RegisterJob {
+    pub job_id: JobId,
+    pub namespace: String,
+}
+
+impl Handler<RegisterJob> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: RegisterJob, _ctx: &mut Self::Context) {
+        let rec = JobRecord {
+            job_id: msg.job_id,
+            namespace: msg.namespace,
+            driver_pid: std::process::id(),
+            start_time_ms: now_ms(),
+            end_time_ms: None,
+        };
+        self.persist("jobs", msg.job_id.0.as_bytes(), &rec);
+        self.jobs.insert(msg.job_id, rec);
+    }
+}
+
+/// Create an actor.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct RegisterActor(pub ActorSpec);
+
+impl Handler<RegisterActor> for Gcs {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, msg: RegisterActor, _ctx: &mut Self::Context) -> Self::Result {
+        let spec = msg.0;
+        let id = spec.actor_id;
+        if let Some(name) = &spec.name {
+            let key = (spec.namespace.clone(), name.clone());
+            if self.named.contains_key(&key) {
+                return Err(Error::NameTaken {
+                    name: name.clone(),
+                    namespace: spec.namespace.clone(),
+                });
+            }
+            self.named.insert(key, id);
+        }
+        let Some(raylet) = self.pick_raylet() else {
+            return Err(Error::runtime("no node is registered with the gcs"));
+        };
+        self.directory.register(id, spec.display());
+        self.actors.insert(
+            id,
+            ActorRecord {
+                spec: spec.clone(),
+                state: ActorState::PendingCreation,
+                num_restarts: 0,
+                node_id: None,
+                pid: None,
+                death_cause: None,
+                killed: false,
+            },
+        );
+        self.save_actor(id);
+        raylet.do_send(raylet::CreateActor(spec));
+        Ok(())
+    }
+}
+
+/// The constructor of an actor ran (Ok: the host's pid).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ActorCreated {
+    pub actor_id: ActorId,
+    pub node_id: NodeId,
+    pub result: Result<u32, Error>,
+}
+
+impl Handler<ActorCreated> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: ActorCreated, _ctx: &mut Self::Context) {
+        let id = msg.actor_id;
+        match msg.result {
+            Ok(pid) => {
+                let killed = self.actors.get(&id).is_some_and(|r| r.killed);
+                if let Some(r) = self.actors.get_mut(&id)
+                    && !killed
+                {
+                    r.state = ActorState::Alive;
+                    r.node_id = Some(msg.node_id);
+                    r.pid = Some(pid);
+                }
+                self.save_actor(id);
+            }
+            Err(e) => {
+                tracing::warn!(actor = %id, error = %e, "actor creation failed");
+                self.mark_dead(id, format!("its constructor failed: {e}"));
+            }
+        }
+    }
+}
+
+/// An actor's host ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ActorDied {
+    pub actor_id: ActorId,
+    pub reason: String,
+    pub unfinished: Vec<QueuedCall>,
+}
+
+impl Handler<ActorDied> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: ActorDied, _ctx: &mut Self::Context) {
+        self.actor_died(msg.actor_id, msg.reason, msg.unfinished);
+    }
+}
+
+/// Kill an actor; with `no_restart` it is dead for good.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct KillActor {
+    pub actor_id: ActorId,
+    pub no_restart: bool,
+}
+
+impl Handler<KillActor> for Gcs {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, msg: KillActor, _ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.actor_id;
+        let Some(r) = self.actors.get_mut(&id) else {
+            return Err(Error::runtime(format!("no actor with id {id}")));
+        };
+        if r.state == ActorState::Dead {
+            return Ok(());
+        }
+        if msg.no_restart {
+            r.killed = true;
+            self.mark_dead(id, "killed by kill()".to_string());
+        } else if let Some(route) = self.directory.get(&id) {
+            route.restarting();
+        }
+        for raylet in self.raylets.values() {
+            raylet.do_send(raylet::StopActor(id));
+        }
+        Ok(())
+    }
+}
+
+/// Look up a named actor.
+#[derive(Message)]
+#[rtype(result = "Result<ActorLookup, Error>")]
+pub(crate) struct GetNamedActor {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Handler<GetNamedActor> for Gcs {
+    type Result = Result<ActorLookup, Error>;
+    fn handle(&mut self, msg: GetNamedActor, _ctx: &mut Self::Context) -> Self::Result {
+        let key = (msg.namespace.clone(), msg.name.clone());
+        let not_found = || Error::ActorNotFound {
+            name: msg.name.clone(),
+            namespace: msg.namespace.clone(),
+        };
+        let id = self.named.get(&key).ok_or_else(not_found)?;
+        let r = self.actors.get(id).ok_or_else(not_found)?;
+        if r.state == ActorState::Dead {
+            return Err(not_found());
+        }
+        Ok(ActorLookup {
+            actor_id: *id,
+            class: r.spec.class.clone(),
+        })
+    }
+}
+
+/// Every actor record (state API, tests).
+#[derive(Message)]
+#[rtype(result = "Vec<ActorRecord>")]
+pub(crate) struct ListActors;
+
+impl Handler<ListActors> for Gcs {
+    type Result = MessageResult<ListActors>;
+    fn handle(&mut self, _msg: ListActors, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.actors.values().cloned().collect())
+    }
+}
+
+/// Reserve a placement group.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct CreatePg {
+    pub id: PlacementGroupId,
+    pub name: Option<String>,
+    pub bundles: Vec<ResourceSet>,
+    pub strategy: PlacementStrategy,
+}
+
+impl Handler<CreatePg> for Gcs {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, msg: CreatePg, ctx: &mut Self::Context) -> Self::Result {
+        if msg.bundles.is_empty() || msg.bundles.iter().any(|b| b.is_empty()) {
+            return Err(Error::PlacementGroup {
+                id: msg.id.hex(),
+                reason: "every bundle must ask for some resource".to_string(),
+            });
+        }
+        self.pgs.insert(
+            msg.id,
+            PgRecord {
+                id: msg.id,
+                name: msg.name,
+                bundles: msg.bundles,
+                strategy: msg.strategy,
+                state: PgState::Pending,
+                placement: Vec::new(),
+            },
+        );
+        self.save_pg(msg.id);
+        self.place_pending(ctx);
+        Ok(())
+    }
+}
+
+/// How waiting on a placement group goes.
+pub(crate) enum PgWait {
+    Done(Result<(), Error>),
+    Later(oneshot::Receiver<Result<(), Error>>),
+}
+
+/// Wait for a placement group.
+#[derive(Message)]
+#[rtype(result = "PgWait")]
+pub(crate) struct WaitPg(pub PlacementGroupId);
+
+impl Handler<WaitPg> for Gcs {
+    type Result = MessageResult<WaitPg>;
+    fn handle(&mut self, msg: WaitPg, _ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.0;
+        let out = match self.pgs.get(&id).map(|p| p.state.clone()) {
+            None => PgWait::Done(Err(Error::PlacementGroup {
+                id: id.hex(),
+                reason: "unknown placement group".to_string(),
+            })),
+            Some(PgState::Created) => PgWait::Done(Ok(())),
+            Some(PgState::Removed) => PgWait::Done(Err(Error::PlacementGroup {
+                id: id.hex(),
+                reason: "it was removed".to_string(),
+            })),
+            Some(PgState::Failed(reason)) => PgWait::Done(Err(Error::PlacementGroup {
+                id: id.hex(),
+                reason,
+            })),
+            Some(PgState::Pending) => {
+                let (tx, rx) = oneshot::channel();
+                self.pg_waiters.entry(id).or_default().push(tx);
+                PgWait::Later(rx)
+            }
+        };
+        MessageResult(out)
+    }
+}
+
+/// Remove a placement group.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct RemovePg(pub PlacementGroupId);
+
+impl Handler<RemovePg> for Gcs {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, msg: RemovePg, _ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.0;
+        let Some(p) = self.pgs.get_mut(&id) else {
+            return Err(Error::PlacementGroup {
+                id: id.hex(),
+                reason: "unknown placement group".to_string(),
+            });
+        };
+        let was_created = p.state == PgState::Created;
+        p.state = PgState::Removed;
+        self.save_pg(id);
+        if was_created {
+            for r in self.raylets.values() {
+                r.do_send(raylet::ReturnBundles { pg: id });
+            }
+        }
+        self.notify_pg(
+            id,
+            Err(Error::PlacementGroup {
+                id: id.hex(),
+                reason: "it was removed".to_string(),
+            }),
+        );
+        Ok(())
+    }
+}
+
+/// Every placement group record.
+#[derive(Message)]
+#[rtype(result = "Vec<PgRecord>")]
+pub(crate) struct ListPgs;
+
+impl Handler<ListPgs> for Gcs {
+    type Result = MessageResult<ListPgs>;
+    fn handle(&mut self, _msg: ListPgs, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.pgs.values().cloned().collect())
+    }
+}
+
+fn kv_key(ns: &str, key: &str) -> Vec<u8> {
+    let mut k = ns.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Write a KV entry.
+#[derive(Message)]
+#[rtype(result = "Result<bool, Error>")]
+pub(crate) struct KvPut {
+    pub ns: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub overwrite: bool,
+}
+
+impl Handler<KvPut> for Gcs {
+    type Result = Result<bool, Error>;
+    fn handle(&mut self, msg: KvPut, _ctx: &mut Self::Context) -> Self::Result {
+        let k = kv_key(&msg.ns, &msg.key);
+        let storage_err = |e: crate::store::StorageError| Error::runtime(e);
+        if !msg.overwrite && self.storage.get("kv", &k).map_err(storage_err)?.is_some() {
+            return Ok(false);
+        }
+        self.storage
+            .put("kv", &k, &msg.value)
+            .map_err(storage_err)?;
+        Ok(true)
+    }
+}
+
+/// Read a KV entry.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Vec<u8>>, Error>")]
+pub(crate) struct KvGet {
+    pub ns: String,
+    pub key: String,
+}
+
+impl Handler<KvGet> for Gcs {
+    type Result = Result<Option<Vec<u8>>, Error>;
+    fn handle(&mut self, msg: KvGet, _ctx: &mut Self::Context) -> Self::Result {
+        self.storage
+            .get("kv", &kv_key(&msg.ns, &msg.key))
+            .map_err(Error::runtime)
+    }
+}
+
+/// Delete a KV entry.
+#[derive(Message)]
+#[rtype(result = "Result<bool, Error>")]
+pub(crate) struct KvDel {
+    pub ns: String,
+    pub key: String,
+}
+
+impl Handler<KvDel> for Gcs {
+    type Result = Result<bool, Error>;
+    fn handle(&mut self, msg: KvDel, _ctx: &mut Self::Context) -> Self::Result {
+        self.storage
+            .delete("kv", &kv_key(&msg.ns, &msg.key))
+            .map_err(Error::runtime)
+    }
+}

@@ -1,0 +1,1228 @@
+//! The raylet actor: one per node. It owns the node's resource accounting, the task queue
+//! (tasks wait here for their dependencies, then for resources), the worker pool (threads or
+//! processes) and the hosts of the actors placed on this node. Scheduling decisions come from
+//! `crate::sched`.
+//!
+//! Hot-path traffic (submissions, completions, a worker blocking in `get`) arrives over a
+//! bounded `flume` channel consumed as a stream, so submitters feel back-pressure; control
+//! messages from the GCS and actor hosts are ordinary actix messages.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::actors::actor_host::{self, HostControl};
+use crate::actors::directory::{ActorDirectory, QueuedCall, seal_error};
+use crate::actors::gcs::{self, Gcs};
+use crate::api::WorkerMode;
+use crate::error::Error;
+use crate::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+use crate::sched::{
+    Allocation, ClusterView, Decision, NodeResources, NodeView, ResourceSet, Scheduler,
+    SchedulingStrategy, bundle_request,
+};
+use crate::spec::{ActorSpec, TaskSpec};
+use crate::store::{ObjectTable, Pins};
+use crate::worker::TaskOutcome;
+use crate::worker::process::{ProcessPool, ProcessWorker};
+use crate::worker::thread::ThreadWorker;
+
+/// A task waiting in the raylet, holding its dependencies.
+#[derive(Debug)]
+pub(crate) struct QueuedTask {
+    pub spec: Arc<TaskSpec>,
+    pub pins: Pins,
+}
+
+/// Hot-path messages.
+#[derive(Debug)]
+pub(crate) enum RayletMsg {
+    Submit(QueuedTask),
+    TaskDone {
+        worker: WorkerId,
+        task_id: TaskId,
+        outcome: TaskOutcome,
+    },
+    /// The worker's task blocked in `get`: lend its CPU to others.
+    Blocked(WorkerId),
+    /// The worker's task resumed.
+    Unblocked(WorkerId),
+    Cancel {
+        return_id: ObjectId,
+        force: bool,
+    },
+    /// A worker process is gone (crashed, killed, or exited).
+    WorkerExited {
+        worker: WorkerId,
+        detail: String,
+    },
+    /// A worker process connected and is ready for work.
+    WorkerReady(WorkerId),
+}
+
+/// Static settings of a raylet.
+#[derive(Debug, Clone)]
+pub(crate) struct RayletConfig {
+    pub node_id: NodeId,
+    pub worker_mode: WorkerMode,
+    pub total: ResourceSet,
+    pub prestart_workers: usize,
+    pub temp_dir: std::path::PathBuf,
+    pub worker_start_timeout: Duration,
+}
+
+enum Worker {
+    Thread(ThreadWorker),
+    Process(ProcessWorker),
+}
+
+struct WorkerSlot {
+    worker: Worker,
+    running: Option<TaskId>,
+    /// Process still connecting.
+    starting: bool,
+    actor: Option<ActorId>,
+}
+
+struct Running {
+    task: QueuedTask,
+    worker: WorkerId,
+    alloc: Allocation,
+    lent_cpu: ResourceSet,
+}
+
+struct WaitingActor {
+    spec: ActorSpec,
+    pins: Pins,
+    remaining: usize,
+}
+
+enum ActorPlace {
+    /// Waiting for resources.
+    Queued(ActorSpec, Pins),
+    /// Host started, constructor running.
+    Starting {
+        alloc: Allocation,
+        host: ActorHostRef,
+        spec: ActorSpec,
+    },
+    Alive {
+        alloc: Option<Allocation>,
+        host: ActorHostRef,
+        spec: ActorSpec,
+    },
+}
+
+#[derive(Clone)]
+pub(crate) enum ActorHostRef {
+    Thread(Addr<actor_host::ActorHost>, actix::ArbiterHandle),
+    Process(WorkerId),
+}
+
+/// The raylet.
+pub(crate) struct Raylet {
+    cfg: RayletConfig,
+    table: Arc<ObjectTable>,
+    directory: Arc<ActorDirectory>,
+    tx: flume::Sender<RayletMsg>,
+    rx: Option<flume::Receiver<RayletMsg>>,
+    gcs: Option<Addr<Gcs>>,
+    me: Option<Addr<Raylet>>,
+    view: ClusterView,
+    scheduler: Scheduler,
+    waiting: HashMap<TaskId, (QueuedTask, usize)>,
+    /// Ready tasks by scheduling class (resources + strategy), FIFO within a class.
+    queues: BTreeMap<String, VecDeque<QueuedTask>>,
+    running: HashMap<TaskId, Running>,
+    by_return: HashMap<ObjectId, TaskId>,
+    workers: HashMap<WorkerId, WorkerSlot>,
+    idle: Vec<WorkerId>,
+    starting_procs: usize,
+    threads_started: usize,
+    waiting_actors: HashMap<ActorId, WaitingActor>,
+    actors: HashMap<ActorId, ActorPlace>,
+    actor_queue: VecDeque<ActorId>,
+    procs: Option<ProcessPool>,
+}
+
+fn class_key(spec: &TaskSpec) -> String {
+    if spec.strategy == SchedulingStrategy::Default {
+        let mut k = String::new();
+        for (n, a) in spec.resources.iter() {
+            k.push_str(n);
+            k.push('=');
+            k.push_str(&a.to_string());
+            k.push(';');
+        }
+        k
+    } else {
+        format!("{:?}|{:?}", spec.resources, spec.strategy)
+    }
+}
+
+fn request_of(resources: &ResourceSet, strategy: &SchedulingStrategy) -> ResourceSet {
+    match strategy {
+        SchedulingStrategy::PlacementGroup {
+            pg, bundle_index, ..
+        } => bundle_request(resources, *pg, *bundle_index),
+        _ => resources.clone(),
+    }
+}
+
+fn cpu_part(set: &ResourceSet) -> ResourceSet {
+    let mut out = ResourceSet::new();
+    for (n, a) in set.iter() {
+        if n == crate::sched::CPU || n.starts_with("CPU_group_") {
+            out = out.with_amount(n, a);
+        }
+    }
+    out
+}
+
+impl Raylet {
+    pub fn new(
+        cfg: RayletConfig,
+        table: Arc<ObjectTable>,
+        directory: Arc<ActorDirectory>,
+        tx: flume::Sender<RayletMsg>,
+        rx: flume::Receiver<RayletMsg>,
+    ) -> Self {
+        let mut view = ClusterView::default();
+        view.nodes.insert(
+            cfg.node_id,
+            NodeView {
+                resources: NodeResources::new(cfg.total.clone()),
+                alive: true,
+                draining: false,
+            },
+        );
+        Self {
+            cfg,
+            table,
+            directory,
+            tx,
+            rx: Some(rx),
+            gcs: None,
+            me: None,
+            view,
+            scheduler: Scheduler::default(),
+            waiting: HashMap::new(),
+            queues: BTreeMap::new(),
+            running: HashMap::new(),
+            by_return: HashMap::new(),
+            workers: HashMap::new(),
+            idle: Vec::new(),
+            starting_procs: 0,
+            threads_started: 0,
+            waiting_actors: HashMap::new(),
+            actors: HashMap::new(),
+            actor_queue: VecDeque::new(),
+            procs: None,
+        }
+    }
+
+    pub fn with_gcs(mut self, gcs: Addr<Gcs>) -> Self {
+        self.gcs = Some(gcs);
+        self
+    }
+
+    fn local(&mut self) -> &mut NodeResources {
+        let id = self.cfg.node_id;
+        &mut self
+            .view
+            .nodes
+            .get_mut(&id)
+            .expect("the local node is always in the view")
+            .resources
+    }
+
+    fn local_ref(&self) -> &NodeResources {
+        &self.view.nodes[&self.cfg.node_id].resources
+    }
+
+    // ---- tasks ----------------------------------------------------------------------------
+
+    fn submit(&mut self, task: QueuedTask) {
+        self.by_return
+            .insert(task.spec.return_id, task.spec.task_id);
+        let mut remaining = 0;
+        for dep in task.spec.deps() {
+            if !self.table.is_ready(&dep) {
+                remaining += 1;
+                let addr = self.me.clone();
+                let tid = task.spec.task_id;
+                if let Err(w) = self.table.subscribe(
+                    dep,
+                    Box::new(move || {
+                        if let Some(a) = addr {
+                            a.do_send(DepsReady(tid));
+                        }
+                    }),
+                ) {
+                    // Sealed in the meantime.
+                    drop(w);
+                    remaining -= 1;
+                }
+            }
+        }
+        if remaining == 0 {
+            self.enqueue(task);
+        } else {
+            self.waiting.insert(task.spec.task_id, (task, remaining));
+        }
+    }
+
+    fn enqueue(&mut self, task: QueuedTask) {
+        let key = class_key(&task.spec);
+        self.queues.entry(key).or_default().push_back(task);
+    }
+
+    fn deps_ready(&mut self, tid: TaskId) {
+        let done = match self.waiting.get_mut(&tid) {
+            Some((_, n)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if done && let Some((task, _)) = self.waiting.remove(&tid) {
+            self.enqueue(task);
+        }
+    }
+
+    fn fail_task(&mut self, task: QueuedTask, err: &Error) {
+        self.by_return.remove(&task.spec.return_id);
+        seal_error(&self.table, task.spec.return_id, err);
+    }
+
+    /// Starts every queued task that fits now.
+    fn dispatch(&mut self) {
+        let local = self.cfg.node_id;
+        let keys: Vec<String> = self.queues.keys().cloned().collect();
+        for key in keys {
+            loop {
+                let Some(q) = self.queues.get_mut(&key) else {
+                    break;
+                };
+                let Some(head) = q.front() else {
+                    self.queues.remove(&key);
+                    break;
+                };
+                let req = request_of(&head.spec.resources, &head.spec.strategy);
+                let decision =
+                    self.scheduler
+                        .pick_node(&self.view, &req, &head.spec.strategy, local, None);
+                match decision {
+                    Decision::Node(n) if n == local => {
+                        let Some(task) = q.pop_front() else { break };
+                        let Some(alloc) = self.local().allocate(&req) else {
+                            // The policy said it fits; put it back and stop this class.
+                            if let Some(q) = self.queues.get_mut(&key) {
+                                q.push_front(task);
+                            }
+                            break;
+                        };
+                        self.start_task(task, alloc);
+                    }
+                    Decision::Node(_) | Decision::Wait => break,
+                    Decision::Infeasible(e) => {
+                        let Some(task) = q.pop_front() else { break };
+                        let err = infeasible_error(&task.spec.name, &req, self.local_ref(), &e);
+                        self.fail_task(task, &err);
+                    }
+                }
+            }
+        }
+        self.dispatch_actors();
+    }
+
+    fn start_task(&mut self, task: QueuedTask, alloc: Allocation) {
+        let tid = task.spec.task_id;
+        let spec = task.spec.clone();
+        let Some(wid) = self.take_worker() else {
+            // No worker could be started: give the resources back and fail the task.
+            self.local().release(&alloc);
+            self.fail_task(
+                task,
+                &Error::runtime("no worker could be started on this node"),
+            );
+            return;
+        };
+        self.running.insert(
+            tid,
+            Running {
+                task,
+                worker: wid,
+                alloc,
+                lent_cpu: ResourceSet::new(),
+            },
+        );
+        if let Some(slot) = self.workers.get_mut(&wid) {
+            slot.running = Some(tid);
+            if slot.starting {
+                return; // sent when it connects
+            }
+        }
+        self.push_to_worker(wid, spec);
+    }
+
+    fn push_to_worker(&mut self, wid: WorkerId, spec: Arc<TaskSpec>) {
+        let pushed = match self.workers.get(&wid).map(|s| &s.worker) {
+            Some(Worker::Thread(t)) => t.push(spec).is_ok(),
+            Some(Worker::Process(p)) => {
+                match crate::worker::thread::resolve_args(&self.table, &spec.args) {
+                    Ok(args) => p.execute(&spec, args).is_ok(),
+                    Err(e) => {
+                        // A dependency failed: the task fails with that error, not the worker.
+                        self.task_done(
+                            wid,
+                            spec.task_id,
+                            TaskOutcome::Failed {
+                                error: e,
+                                user: false,
+                            },
+                        );
+                        true
+                    }
+                }
+            }
+            None => false,
+        };
+        if !pushed {
+            self.worker_gone(wid, "worker stopped accepting tasks".to_string());
+        }
+    }
+
+    /// An idle worker, or a new one.
+    fn take_worker(&mut self) -> Option<WorkerId> {
+        while let Some(w) = self.idle.pop() {
+            if self.workers.contains_key(&w) {
+                return Some(w);
+            }
+        }
+        self.new_worker(None)
+    }
+
+    fn new_worker(
+        &mut self,
+        actor: Option<(
+            ActorSpec,
+            Vec<bytes::Bytes>,
+            Arc<crate::actors::directory::ActorRoute>,
+        )>,
+    ) -> Option<WorkerId> {
+        let wid = WorkerId::new();
+        let worker = match self.cfg.worker_mode {
+            WorkerMode::Thread => {
+                self.threads_started += 1;
+                match ThreadWorker::spawn(
+                    wid,
+                    self.threads_started,
+                    self.table.clone(),
+                    self.tx.clone(),
+                ) {
+                    Ok(t) => Worker::Thread(t),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker thread");
+                        return None;
+                    }
+                }
+            }
+            WorkerMode::Process => {
+                let pool = self.procs.as_ref()?;
+                match pool.spawn(wid, actor) {
+                    Ok(p) => {
+                        self.starting_procs += 1;
+                        Worker::Process(p)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker process");
+                        return None;
+                    }
+                }
+            }
+        };
+        let starting = matches!(worker, Worker::Process(_));
+        self.workers.insert(
+            wid,
+            WorkerSlot {
+                worker,
+                running: None,
+                starting,
+                actor: None,
+            },
+        );
+        Some(wid)
+    }
+
+    fn task_done(&mut self, worker: WorkerId, tid: TaskId, outcome: TaskOutcome) {
+        if let Some(slot) = self.workers.get_mut(&worker) {
+            if slot.running == Some(tid) {
+                slot.running = None;
+            }
+            if slot.actor.is_none() {
+                self.idle.push(worker);
+            }
+        }
+        let Some(run) = self.running.remove(&tid) else {
+            return;
+        };
+        self.local().release(&run.alloc);
+        if !run.lent_cpu.is_empty() {
+            // Finished while marked blocked (it never reported unblocking).
+            self.local().force_acquire(&run.lent_cpu);
+        }
+        match outcome {
+            TaskOutcome::Sealed => {
+                self.by_return.remove(&run.task.spec.return_id);
+            }
+            TaskOutcome::Failed { error, user } => {
+                if user && run.task.spec.retry_exceptions && run.task.spec.can_retry() {
+                    tracing::info!(task = %run.task.spec.name, attempt = run.task.spec.attempt, error = %error, "retrying task after a user error");
+                    self.retry(run.task);
+                } else {
+                    self.fail_task(run.task, &error);
+                }
+            }
+        }
+    }
+
+    fn retry(&mut self, mut task: QueuedTask) {
+        let mut spec = (*task.spec).clone();
+        spec.attempt += 1;
+        task.spec = Arc::new(spec);
+        self.enqueue(task);
+    }
+
+    /// A worker died or stopped: its task is retried or fails; its actor dies.
+    fn worker_gone(&mut self, wid: WorkerId, detail: String) {
+        let Some(slot) = self.workers.remove(&wid) else {
+            return;
+        };
+        if slot.starting {
+            self.starting_procs = self.starting_procs.saturating_sub(1);
+        }
+        self.idle.retain(|w| *w != wid);
+        if let Some(tid) = slot.running
+            && let Some(run) = self.running.remove(&tid)
+        {
+            self.local().release(&run.alloc);
+            if !run.lent_cpu.is_empty() {
+                self.local().force_acquire(&run.lent_cpu);
+            }
+            if !self.table.is_ready(&run.task.spec.return_id) && run.task.spec.can_retry() {
+                tracing::warn!(task = %run.task.spec.name, worker = %wid, detail = %detail, "worker died; retrying its task");
+                self.retry(run.task);
+            } else {
+                let err = Error::WorkerCrashed {
+                    task: run.task.spec.name.clone(),
+                    detail: detail.clone(),
+                };
+                self.fail_task(run.task, &err);
+            }
+        }
+        if let Some(aid) = slot.actor
+            && slot.starting
+        {
+            // Died before connecting; once connected, its connection reports the death.
+            self.actor_exited(
+                aid,
+                format!("its worker process died: {detail}"),
+                Vec::new(),
+                Some(wid),
+            );
+        }
+    }
+
+    fn blocked(&mut self, wid: WorkerId, blocked: bool) {
+        let Some(tid) = self.workers.get(&wid).and_then(|s| s.running) else {
+            return;
+        };
+        let Some(run) = self.running.get_mut(&tid) else {
+            return;
+        };
+        if blocked && run.lent_cpu.is_empty() {
+            let cpu = cpu_part(&run.alloc.resources);
+            if !cpu.is_empty() {
+                run.lent_cpu = cpu.clone();
+                self.local().force_release(&cpu);
+            }
+        } else if !blocked && !run.lent_cpu.is_empty() {
+            let cpu = std::mem::take(&mut run.lent_cpu);
+            self.local().force_acquire(&cpu);
+        }
+    }
+
+    fn cancel(&mut self, return_id: ObjectId, force: bool) {
+        let Some(tid) = self.by_return.get(&return_id).copied() else {
+            return; // finished already, or never a task here
+        };
+        let err = |name: &str| Error::Cancelled {
+            task: name.to_string(),
+        };
+        if let Some((task, _)) = self.waiting.remove(&tid) {
+            let e = err(&task.spec.name);
+            self.fail_task(task, &e);
+            return;
+        }
+        for q in self.queues.values_mut() {
+            if let Some(pos) = q.iter().position(|t| t.spec.task_id == tid) {
+                if let Some(task) = q.remove(pos) {
+                    let e = err(&task.spec.name);
+                    self.fail_task(task, &e);
+                }
+                return;
+            }
+        }
+        if let Some(run) = self.running.get(&tid) {
+            let e = err(&run.task.spec.name);
+            seal_error(&self.table, return_id, &e);
+            let wid = run.worker;
+            if force
+                && let Some(WorkerSlot {
+                    worker: Worker::Process(p),
+                    ..
+                }) = self.workers.get(&wid)
+            {
+                p.kill();
+            }
+        }
+    }
+
+    // ---- actors ---------------------------------------------------------------------------
+
+    fn create_actor(&mut self, spec: ActorSpec) {
+        let pins = Pins::new(&self.table, spec.deps().collect::<Vec<_>>());
+        let mut remaining = 0;
+        for dep in pins.ids().to_vec() {
+            if !self.table.is_ready(&dep) {
+                remaining += 1;
+                let addr = self.me.clone();
+                let aid = spec.actor_id;
+                if let Err(w) = self.table.subscribe(
+                    dep,
+                    Box::new(move || {
+                        if let Some(a) = addr {
+                            a.do_send(ActorDepsReady(aid));
+                        }
+                    }),
+                ) {
+                    drop(w);
+                    remaining -= 1;
+                }
+            }
+        }
+        if remaining == 0 {
+            self.actors
+                .insert(spec.actor_id, ActorPlace::Queued(spec.clone(), pins));
+            self.actor_queue.push_back(spec.actor_id);
+        } else {
+            self.waiting_actors.insert(
+                spec.actor_id,
+                WaitingActor {
+                    spec,
+                    pins,
+                    remaining,
+                },
+            );
+        }
+    }
+
+    fn actor_deps_ready(&mut self, aid: ActorId) {
+        let done = match self.waiting_actors.get_mut(&aid) {
+            Some(w) => {
+                w.remaining -= 1;
+                w.remaining == 0
+            }
+            None => false,
+        };
+        if done && let Some(w) = self.waiting_actors.remove(&aid) {
+            self.actors.insert(aid, ActorPlace::Queued(w.spec, w.pins));
+            self.actor_queue.push_back(aid);
+        }
+    }
+
+    fn dispatch_actors(&mut self) {
+        let local = self.cfg.node_id;
+        let mut i = 0;
+        while i < self.actor_queue.len() {
+            let aid = self.actor_queue[i];
+            let Some(ActorPlace::Queued(spec, _)) = self.actors.get(&aid) else {
+                self.actor_queue.remove(i);
+                continue;
+            };
+            let req = request_of(&spec.placement_resources, &spec.strategy);
+            let strategy = spec.strategy.clone();
+            match self
+                .scheduler
+                .pick_node(&self.view, &req, &strategy, local, None)
+            {
+                Decision::Node(n) if n == local => {
+                    self.actor_queue.remove(i);
+                    let Some(alloc) = self.local().allocate(&req) else {
+                        self.actor_queue.insert(i, aid);
+                        i += 1;
+                        continue;
+                    };
+                    if let Some(ActorPlace::Queued(spec, pins)) = self.actors.remove(&aid) {
+                        self.start_actor(spec, pins, alloc);
+                    }
+                }
+                Decision::Node(_) | Decision::Wait => i += 1,
+                Decision::Infeasible(e) => {
+                    self.actor_queue.remove(i);
+                    if let Some(ActorPlace::Queued(spec, _)) = self.actors.remove(&aid) {
+                        let err = infeasible_error(&spec.display(), &req, self.local_ref(), &e);
+                        self.report_creation(aid, Err(err));
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_actor(&mut self, spec: ActorSpec, pins: Pins, alloc: Allocation) {
+        let aid = spec.actor_id;
+        let args = match crate::worker::thread::resolve_args(&self.table, &spec.args) {
+            Ok(a) => a,
+            Err(e) => {
+                self.local().release(&alloc);
+                self.report_creation(aid, Err(e));
+                return;
+            }
+        };
+        drop(pins);
+        let route = self.directory.register(aid, spec.display());
+        let host = match self.cfg.worker_mode {
+            WorkerMode::Thread => {
+                let Some(me) = self.me.clone() else {
+                    return;
+                };
+                let (h, arb) = actor_host::spawn_thread_host(
+                    spec.clone(),
+                    args,
+                    self.table.clone(),
+                    route,
+                    me,
+                );
+                ActorHostRef::Thread(h, arb)
+            }
+            WorkerMode::Process => {
+                let Some(wid) = self.new_worker(Some((spec.clone(), args, route))) else {
+                    self.local().release(&alloc);
+                    self.report_creation(
+                        aid,
+                        Err(Error::runtime("no worker process could be started")),
+                    );
+                    return;
+                };
+                if let Some(slot) = self.workers.get_mut(&wid) {
+                    slot.actor = Some(aid);
+                }
+                ActorHostRef::Process(wid)
+            }
+        };
+        self.actors
+            .insert(aid, ActorPlace::Starting { alloc, host, spec });
+    }
+
+    fn report_creation(&mut self, aid: ActorId, result: Result<u32, Error>) {
+        if let Some(g) = &self.gcs {
+            g.do_send(gcs::ActorCreated {
+                actor_id: aid,
+                node_id: self.cfg.node_id,
+                result,
+            });
+        }
+    }
+
+    fn actor_started(&mut self, aid: ActorId, result: Result<u32, Error>) {
+        let Some(ActorPlace::Starting { alloc, host, spec }) = self.actors.remove(&aid) else {
+            return;
+        };
+        match &result {
+            Ok(_) => {
+                let keep = if spec.resources.is_empty() {
+                    self.local().release(&alloc);
+                    None
+                } else {
+                    Some(alloc)
+                };
+                self.actors.insert(
+                    aid,
+                    ActorPlace::Alive {
+                        alloc: keep,
+                        host,
+                        spec,
+                    },
+                );
+            }
+            Err(_) => {
+                self.local().release(&alloc);
+                self.stop_host(&host);
+            }
+        }
+        self.report_creation(aid, result);
+    }
+
+    fn stop_host(&mut self, host: &ActorHostRef) {
+        match host {
+            ActorHostRef::Thread(addr, _) => addr.do_send(HostControl::Stop),
+            ActorHostRef::Process(wid) => {
+                if let Some(WorkerSlot {
+                    worker: Worker::Process(p),
+                    ..
+                }) = self.workers.get(wid)
+                {
+                    p.kill();
+                }
+            }
+        }
+    }
+
+    fn stop_actor(&mut self, aid: ActorId) {
+        if let Some(w) = self.waiting_actors.remove(&aid) {
+            drop(w);
+            return;
+        }
+        match self.actors.get(&aid) {
+            Some(ActorPlace::Queued(..)) => {
+                self.actors.remove(&aid);
+            }
+            Some(ActorPlace::Starting { host, .. }) | Some(ActorPlace::Alive { host, .. }) => {
+                let host = host.clone();
+                self.stop_host(&host);
+            }
+            None => {}
+        }
+    }
+
+    /// An actor's host ended (stopped, or its process died).
+    fn actor_exited(
+        &mut self,
+        aid: ActorId,
+        reason: String,
+        unfinished: Vec<QueuedCall>,
+        host_worker: Option<WorkerId>,
+    ) {
+        let same_host = |h: &ActorHostRef| match (h, host_worker) {
+            (ActorHostRef::Thread(..), None) => true,
+            (ActorHostRef::Process(w), Some(x)) => *w == x,
+            _ => false,
+        };
+        let matches = match self.actors.get(&aid) {
+            Some(ActorPlace::Alive { host, .. }) | Some(ActorPlace::Starting { host, .. }) => {
+                same_host(host)
+            }
+            _ => false,
+        };
+        if matches {
+            match self.actors.remove(&aid) {
+                Some(ActorPlace::Alive { alloc, host, .. }) => {
+                    if let Some(a) = alloc {
+                        self.local().release(&a);
+                    }
+                    if let ActorHostRef::Thread(_, arb) = host {
+                        arb.stop();
+                    }
+                }
+                Some(ActorPlace::Starting { alloc, host, .. }) => {
+                    self.local().release(&alloc);
+                    if let ActorHostRef::Thread(_, arb) = host {
+                        arb.stop();
+                    }
+                }
+                _ => {}
+            }
+            if let Some(w) = host_worker
+                && let Some(WorkerSlot {
+                    worker: Worker::Process(p),
+                    ..
+                }) = self.workers.get(&w)
+            {
+                p.kill();
+            }
+        } else {
+            // A late report about an earlier incarnation: its leftover calls fail.
+            let err = Error::ActorDied {
+                actor: aid.hex(),
+                reason,
+            };
+            for q in unfinished {
+                crate::actors::directory::fail_call(&self.table, q, &err);
+            }
+            return;
+        }
+        if let Some(g) = &self.gcs {
+            g.do_send(gcs::ActorDied {
+                actor_id: aid,
+                reason,
+                unfinished,
+            });
+        }
+    }
+
+    fn shutdown_all(&mut self) {
+        let hosts: Vec<ActorHostRef> = self
+            .actors
+            .values()
+            .filter_map(|p| match p {
+                ActorPlace::Starting { host, .. } | ActorPlace::Alive { host, .. } => {
+                    Some(host.clone())
+                }
+                ActorPlace::Queued(..) => None,
+            })
+            .collect();
+        for h in hosts {
+            match h {
+                ActorHostRef::Thread(_, arb) => {
+                    arb.stop();
+                }
+                ActorHostRef::Process(_) => {}
+            }
+        }
+        for slot in self.workers.values() {
+            if let Worker::Process(p) = &slot.worker {
+                p.kill();
+            }
+        }
+        self.workers.clear();
+        self.idle.clear();
+    }
+}
+
+fn infeasible_error(
+    what: &str,
+    req: &ResourceSet,
+    node: &NodeResources,
+    e: &crate::sched::SchedError,
+) -> Error {
+    use crate::sched::SchedError as S;
+    match e {
+        S::Infeasible {
+            resource,
+            asked,
+            max,
+        }
+        | S::InfeasibleOnNode {
+            resource,
+            asked,
+            max,
+            ..
+        }
+        | S::BundleTooSmall {
+            resource,
+            asked,
+            max,
+            ..
+        } => {
+            return Error::Infeasible {
+                what: what.to_string(),
+                resource: resource.clone(),
+                asked: asked.to_f64(),
+                available: max.to_f64(),
+            };
+        }
+        _ => {}
+    }
+    // Otherwise name the first resource that the node's total cannot cover.
+    for (name, asked) in req.iter() {
+        let have = node.total.get(name);
+        if asked > have {
+            return Error::Infeasible {
+                what: what.to_string(),
+                resource: name.to_string(),
+                asked: asked.to_f64(),
+                available: have.to_f64(),
+            };
+        }
+    }
+    Error::Infeasible {
+        what: what.to_string(),
+        resource: e.to_string(),
+        asked: 0.0,
+        available: 0.0,
+    }
+}
+
+impl Actor for Raylet {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        self.me = Some(ctx.address());
+        if let Some(rx) = self.rx.take() {
+            ctx.add_stream(rx.into_stream());
+        }
+        tracing::debug!(node = %self.cfg.node_id, "raylet started");
+    }
+}
+
+impl StreamHandler<RayletMsg> for Raylet {
+    fn handle(&mut self, msg: RayletMsg, _ctx: &mut Self::Context) {
+        match msg {
+            RayletMsg::Submit(t) => self.submit(t),
+            RayletMsg::TaskDone {
+                worker,
+                task_id,
+                outcome,
+            } => self.task_done(worker, task_id, outcome),
+            RayletMsg::Blocked(w) => self.blocked(w, true),
+            RayletMsg::Unblocked(w) => self.blocked(w, false),
+            RayletMsg::Cancel { return_id, force } => self.cancel(return_id, force),
+            RayletMsg::WorkerExited { worker, detail } => self.worker_gone(worker, detail),
+            RayletMsg::WorkerReady(w) => {
+                if let Some(slot) = self.workers.get_mut(&w)
+                    && slot.starting
+                {
+                    slot.starting = false;
+                    self.starting_procs = self.starting_procs.saturating_sub(1);
+                    if let Some(tid) = slot.running
+                        && let Some(run) = self.running.get(&tid)
+                    {
+                        let spec = run.task.spec.clone();
+                        self.push_to_worker(w, spec);
+                    }
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+// ---- control messages ---------------------------------------------------------------------
+
+/// A dependency of a waiting task was sealed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct DepsReady(pub TaskId);
+
+impl Handler<DepsReady> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: DepsReady, _ctx: &mut Self::Context) {
+        self.deps_ready(msg.0);
+        self.dispatch();
+    }
+}
+
+/// A dependency of a waiting actor creation was sealed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ActorDepsReady(pub ActorId);
+
+impl Handler<ActorDepsReady> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: ActorDepsReady, _ctx: &mut Self::Context) {
+        self.actor_deps_ready(msg.0);
+        self.dispatch();
+    }
+}
+
+/// Starts the worker-process pool (process mode) and its prestarted workers.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct StartPool {
+    pub client: Arc<crate::node::NodeClient>,
+    pub command: crate::worker::process::WorkerCommand,
+    pub namespace: String,
+}
+
+impl Handler<StartPool> for Raylet {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, msg: StartPool, ctx: &mut Self::Context) -> Self::Result {
+        use crate::core::Core;
+        let pctx = crate::worker::process::PoolCtx {
+            raylet_tx: self.tx.clone(),
+            table: self.table.clone(),
+            directory: self.directory.clone(),
+            raylet: ctx.address(),
+            client: msg.client.clone(),
+        };
+        let pool = ProcessPool::new(
+            &self.cfg.temp_dir,
+            msg.command,
+            (msg.client.job_id(), self.cfg.node_id, msg.namespace),
+            pctx,
+            self.cfg.worker_start_timeout,
+        )
+        .map_err(|e| Error::runtime(format!("cannot start the worker process pool: {e}")))?;
+        self.procs = Some(pool);
+        for _ in 0..self.cfg.prestart_workers {
+            if let Some(w) = self.new_worker(None) {
+                self.idle.push(w);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tells the raylet which GCS to report to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetGcs(pub Addr<Gcs>);
+
+impl Handler<SetGcs> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: SetGcs, _ctx: &mut Self::Context) {
+        self.gcs = Some(msg.0);
+    }
+}
+
+/// Create (or re-create, on restart) an actor on this node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CreateActor(pub ActorSpec);
+
+impl Handler<CreateActor> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: CreateActor, _ctx: &mut Self::Context) {
+        self.create_actor(msg.0);
+        self.dispatch();
+    }
+}
+
+/// Stop an actor's host (kill).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopActor(pub ActorId);
+
+impl Handler<StopActor> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: StopActor, _ctx: &mut Self::Context) {
+        self.stop_actor(msg.0);
+        self.dispatch();
+    }
+}
+
+/// A host finished running the constructor (Ok carries the host's pid).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ActorStarted {
+    pub actor_id: ActorId,
+    pub result: Result<u32, Error>,
+}
+
+impl Handler<ActorStarted> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: ActorStarted, _ctx: &mut Self::Context) {
+        self.actor_started(msg.actor_id, msg.result);
+        self.dispatch();
+    }
+}
+
+/// A host ended; `unfinished` are calls it had not run.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ActorExited {
+    pub actor_id: ActorId,
+    pub reason: String,
+    pub unfinished: Vec<QueuedCall>,
+    /// The worker process that hosted it (`None`: a thread host).
+    pub host_worker: Option<WorkerId>,
+}
+
+impl Handler<ActorExited> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: ActorExited, _ctx: &mut Self::Context) {
+        self.actor_exited(msg.actor_id, msg.reason, msg.unfinished, msg.host_worker);
+        self.dispatch();
+    }
+}
+
+/// Reserve bundles of a placement group on this node, all or none.
+#[derive(Message)]
+#[rtype(result = "Result<(), crate::sched::SchedError>")]
+pub(crate) struct CommitBundles {
+    pub pg: PlacementGroupId,
+    pub bundles: Vec<(usize, ResourceSet)>,
+}
+
+impl Handler<CommitBundles> for Raylet {
+    type Result = Result<(), crate::sched::SchedError>;
+    fn handle(&mut self, msg: CommitBundles, _ctx: &mut Self::Context) -> Self::Result {
+        let mut done = Vec::new();
+        for (idx, b) in &msg.bundles {
+            if let Err(e) = self.local().commit_bundle(msg.pg, *idx, b) {
+                for i in done {
+                    let _ = self.local().return_bundle(msg.pg, i);
+                }
+                return Err(e);
+            }
+            done.push(*idx);
+        }
+        self.dispatch();
+        Ok(())
+    }
+}
+
+/// Return bundles of a placement group.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ReturnBundles {
+    pub pg: PlacementGroupId,
+}
+
+impl Handler<ReturnBundles> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: ReturnBundles, _ctx: &mut Self::Context) {
+        for i in self.local_ref().bundles_of(msg.pg) {
+            if let Err(e) = self.local().return_bundle(msg.pg, i) {
+                tracing::warn!(pg = %msg.pg, bundle = i, error = %e, "returning a bundle failed");
+            }
+        }
+        self.dispatch();
+    }
+}
+
+/// This node's resources (total, available).
+#[derive(Message)]
+#[rtype(result = "NodeResources")]
+pub(crate) struct GetResources;
+
+impl Handler<GetResources> for Raylet {
+    type Result = MessageResult<GetResources>;
+    fn handle(&mut self, _msg: GetResources, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.local_ref().clone())
+    }
+}
+
+/// Stop every worker and host.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown;
+
+impl Handler<Shutdown> for Raylet {
+    type Result = ();
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        self.shutdown_all();
+        ctx.stop();
+    }
+}
+
+/// Counts for tests and the state API.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RayletStats {
+    pub queued: usize,
+    pub waiting: usize,
+    pub running: usize,
+    pub workers: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "RayletStats")]
+pub(crate) struct GetStats;
+
+impl Handler<GetStats> for Raylet {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(RayletStats {
+            queued: self.queues.values().map(|q| q.len()).sum(),
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            workers: self.workers.len(),
+        })
+    }
+}

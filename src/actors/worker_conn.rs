@@ -1,0 +1,544 @@
+//! The raylet's side of one worker-process connection, as an actix actor.
+//!
+//! It decodes the worker's frames (a malformed or oversized frame drops the connection and
+//! kills that worker; the node keeps serving everyone else), seals the results the worker
+//! produces, answers the worker's requests through the node client, counts the object
+//! references the process holds (released if it dies), and, when the worker hosts an actor,
+//! forwards the actor's calls in order and remembers which ones have not finished.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::FramedRead;
+
+use crate::actors::actor_host::HOST_CHANNEL;
+use crate::actors::directory::{ActorRoute, Endpoint, HostMsg, QueuedCall, seal_error};
+use crate::actors::raylet::{ActorExited, ActorStarted, RayletMsg};
+use crate::codec::Encoded;
+use crate::core::Core;
+use crate::error::Error;
+use crate::ids::{ObjectId, TaskId, WorkerId};
+use crate::node::NodeClient;
+use crate::spec::ActorSpec;
+use crate::store::Lookup;
+use crate::worker::TaskOutcome;
+use crate::worker::process::{PoolCtx, ProcShared, attach};
+use crate::worker::protocol::{self, FromWorker, Reply, Request, ToWorker};
+use crate::worker::thread::resolve_args;
+
+#[derive(Default)]
+struct Inflight {
+    order: BTreeMap<u64, QueuedCall>,
+    seq_of: HashMap<TaskId, u64>,
+    next: u64,
+}
+
+struct Hosted {
+    spec: ActorSpec,
+    route: Arc<ActorRoute>,
+    rx: Option<flume::Receiver<HostMsg>>,
+}
+
+/// One worker process's connection.
+pub(crate) struct WorkerConn {
+    wid: WorkerId,
+    pid: u32,
+    shared: Arc<ProcShared>,
+    ctx: PoolCtx,
+    out: flume::Sender<Bytes>,
+    held: HashMap<ObjectId, u32>,
+    actor: Option<Hosted>,
+    actor_args: Option<Vec<Bytes>>,
+    inflight: Rc<RefCell<Inflight>>,
+}
+
+fn frame<T: serde::Serialize>(msg: &T) -> Option<Bytes> {
+    match protocol::encode_frame(msg) {
+        Ok(f) => Some(Bytes::from(f)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a frame for a worker");
+            None
+        }
+    }
+}
+
+impl WorkerConn {
+    /// Takes a fresh connection: reads its hello and starts the connection actor.
+    pub(crate) fn accept(
+        stream: tokio::net::UnixStream,
+        procs: Arc<parking_lot::Mutex<HashMap<WorkerId, Arc<ProcShared>>>>,
+        ctx: PoolCtx,
+    ) {
+        actix_rt::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut frames = FramedRead::new(r, protocol::codec());
+            let first = match tokio::time::timeout(Duration::from_secs(30), frames.next()).await {
+                Ok(Some(Ok(b))) => b,
+                other => {
+                    tracing::warn!(outcome = ?other.map(|o| o.map(|r| r.map(|b| b.len()))), "worker connection closed before its hello");
+                    return;
+                }
+            };
+            let (worker_id, pid) = match protocol::decode_body::<FromWorker>(&first) {
+                Ok(FromWorker::Hello { worker_id, pid }) => (worker_id, pid),
+                Ok(_) => {
+                    tracing::warn!("worker connection did not start with a hello; dropped");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed hello from a worker; dropped");
+                    return;
+                }
+            };
+            let (out_tx, out_rx) = flume::bounded::<Bytes>(4096);
+            let Some(shared) = attach(&procs, worker_id, out_tx.clone()) else {
+                tracing::warn!(worker = %worker_id, "connection from a worker this raylet did not start; dropped");
+                return;
+            };
+            actix_rt::spawn(async move {
+                while let Ok(b) = out_rx.recv_async().await {
+                    if let Err(e) = w.write_all(&b).await {
+                        tracing::debug!(error = %e, "worker socket write failed");
+                        break;
+                    }
+                }
+            });
+            let actor = shared.take_actor();
+            WorkerConn::create(move |c| {
+                c.add_stream(frames);
+                let (hosted, args) = match actor {
+                    Some((spec, args, route)) => (
+                        Some(Hosted {
+                            spec,
+                            route,
+                            rx: None,
+                        }),
+                        Some(args),
+                    ),
+                    None => (None, None),
+                };
+                WorkerConn {
+                    wid: worker_id,
+                    pid,
+                    shared,
+                    ctx,
+                    out: out_tx,
+                    held: HashMap::new(),
+                    actor: hosted,
+                    actor_args: args,
+                    inflight: Rc::default(),
+                }
+            });
+        });
+    }
+
+    fn client(&self) -> Arc<NodeClient> {
+        self.ctx.client.clone()
+    }
+
+    fn kill_process(&self) {
+        let pid = self.shared.pid();
+        if pid > 0 {
+            // SAFETY: kill(2) on the worker process this raylet started.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn hold(&mut self, id: ObjectId) {
+        *self.held.entry(id).or_insert(0) += 1;
+    }
+
+    fn reply(&self, ctx: &mut Context<Self>, req: u64, body: Reply) {
+        if let Some(f) = frame(&ToWorker::Reply { req, body }) {
+            let out = self.out.clone();
+            ctx.spawn(actix::fut::wrap_future(async move {
+                let _ = out.send_async(f).await;
+            }));
+        }
+    }
+
+    /// Runs a request that may wait on the GCS off this arbiter, then replies.
+    fn reply_blocking<F>(&self, ctx: &mut Context<Self>, req: u64, f: F)
+    where
+        F: FnOnce(Arc<NodeClient>) -> Reply + Send + 'static,
+    {
+        let client = self.client();
+        let out = self.out.clone();
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let body = match tokio::task::spawn_blocking(move || f(client)).await {
+                Ok(b) => b,
+                Err(e) => Reply::Unit(Err(Error::runtime(format!("request failed: {e}")))),
+            };
+            if let Some(fr) = frame(&ToWorker::Reply { req, body }) {
+                let _ = out.send_async(fr).await;
+            }
+        }));
+    }
+
+    fn start_actor_forwarding(&mut self, ctx: &mut Context<Self>) {
+        let Some(h) = self.actor.as_mut() else {
+            return;
+        };
+        let (tx, rx) = flume::bounded(HOST_CHANNEL);
+        let pending = h.route.activate(Endpoint::Channel(tx));
+        h.rx = Some(rx.clone());
+        let table = self.ctx.table.clone();
+        let out = self.out.clone();
+        let inflight = self.inflight.clone();
+        let forward = move |q: QueuedCall| {
+            let table = table.clone();
+            let out = out.clone();
+            let inflight = inflight.clone();
+            async move {
+                for dep in q.call.deps() {
+                    if !table.is_ready(&dep) {
+                        crate::store::sealed(&table, dep).await;
+                    }
+                }
+                let args = match resolve_args(&table, &q.call.args) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        seal_error(&table, q.call.return_id, &e);
+                        return;
+                    }
+                };
+                let Some(f) = frame(&ToWorker::Call {
+                    call: q.call.clone(),
+                    args,
+                }) else {
+                    seal_error(
+                        &table,
+                        q.call.return_id,
+                        &Error::Serialization("the call does not encode".to_string()),
+                    );
+                    return;
+                };
+                {
+                    let mut inf = inflight.borrow_mut();
+                    let seq = inf.next;
+                    inf.next += 1;
+                    inf.seq_of.insert(q.call.task_id, seq);
+                    inf.order.insert(seq, q);
+                }
+                let _ = out.send_async(f).await;
+            }
+        };
+        ctx.spawn(actix::fut::wrap_future(async move {
+            for q in pending {
+                forward(q).await;
+            }
+            while let Ok(HostMsg::Call(q)) = rx.recv_async().await {
+                forward(q).await;
+            }
+        }));
+    }
+
+    fn on_frame(&mut self, msg: FromWorker, ctx: &mut Context<Self>) {
+        let table = self.ctx.table.clone();
+        match msg {
+            FromWorker::Hello { .. } => {
+                tracing::warn!(worker = %self.wid, "second hello from a worker; dropping it");
+                self.kill_process();
+                ctx.stop();
+            }
+            FromWorker::TaskDone {
+                task_id,
+                return_id,
+                result,
+            } => {
+                let outcome = match result {
+                    Ok(v) => {
+                        table.seal(return_id, v.data, v.nested, false);
+                        TaskOutcome::Sealed
+                    }
+                    Err((error, user)) => TaskOutcome::Failed { error, user },
+                };
+                let _ = self.ctx.raylet_tx.send(RayletMsg::TaskDone {
+                    worker: self.wid,
+                    task_id,
+                    outcome,
+                });
+            }
+            FromWorker::ActorReady { result } => {
+                let Some(spec) = self.actor.as_ref().map(|h| h.spec.clone()) else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        self.start_actor_forwarding(ctx);
+                        self.ctx.raylet.do_send(ActorStarted {
+                            actor_id: spec.actor_id,
+                            result: Ok(self.pid),
+                        });
+                    }
+                    Err(e) => {
+                        self.ctx.raylet.do_send(ActorStarted {
+                            actor_id: spec.actor_id,
+                            result: Err(e),
+                        });
+                        self.actor = None;
+                    }
+                }
+            }
+            FromWorker::CallDone {
+                task_id,
+                return_id,
+                result,
+            } => {
+                match result {
+                    Ok(v) => {
+                        table.seal(return_id, v.data, v.nested, false);
+                    }
+                    Err(e) => seal_error(&table, return_id, &e),
+                }
+                let mut inf = self.inflight.borrow_mut();
+                if let Some(seq) = inf.seq_of.remove(&task_id) {
+                    inf.order.remove(&seq);
+                }
+            }
+            FromWorker::IncRef(ids) => {
+                for id in ids {
+                    table.incref(id);
+                    self.hold(id);
+                }
+            }
+            FromWorker::DecRef(ids) => {
+                for id in ids {
+                    if let Some(n) = self.held.get_mut(&id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.held.remove(&id);
+                        }
+                        table.decref(id);
+                    }
+                }
+            }
+            FromWorker::Request { req, body } => self.on_request(req, body, ctx),
+        }
+    }
+
+    fn on_request(&mut self, req: u64, body: Request, ctx: &mut Context<Self>) {
+        let client = self.client();
+        match body {
+            Request::Put { id, value } => {
+                let r = client.put_with_id(
+                    id,
+                    Encoded {
+                        data: value.data,
+                        nested: value.nested,
+                    },
+                    false,
+                );
+                if r.is_ok() {
+                    self.hold(id);
+                }
+                self.reply(ctx, req, Reply::Unit(r));
+            }
+            Request::PutError { id, error } => {
+                let data = crate::codec::encode(&error)
+                    .map(|e| e.data)
+                    .unwrap_or_default();
+                if self
+                    .ctx
+                    .table
+                    .put(id, data.clone(), Vec::new(), true)
+                    .is_err()
+                {
+                    self.ctx.table.create_pending(id);
+                    self.ctx.table.seal(id, data, Vec::new(), true);
+                }
+                self.hold(id);
+                self.reply(ctx, req, Reply::Unit(Ok(())));
+            }
+            Request::Get { ids, timeout_ms } => {
+                let table = self.ctx.table.clone();
+                let all_ready = ids
+                    .iter()
+                    .all(|id| !matches!(table.lookup(id), Lookup::Pending));
+                let timeout = timeout_ms.map(Duration::from_millis);
+                let to_reply = |r: crate::Result<Vec<crate::store::Object>>| {
+                    Reply::Objects(r.map(|v| v.into_iter().map(|o| (o.data, o.is_error)).collect()))
+                };
+                if all_ready {
+                    let r = futures::executor::block_on(NodeClient::get_async_many(
+                        table, ids, timeout,
+                    ));
+                    self.reply(ctx, req, to_reply(r));
+                    return;
+                }
+                let raylet_tx = self.ctx.raylet_tx.clone();
+                let wid = self.wid;
+                let out = self.out.clone();
+                let _ = raylet_tx.try_send(RayletMsg::Blocked(wid));
+                ctx.spawn(actix::fut::wrap_future(async move {
+                    let r = NodeClient::get_async_many(table, ids, timeout).await;
+                    let _ = raylet_tx.send_async(RayletMsg::Unblocked(wid)).await;
+                    if let Some(f) = frame(&ToWorker::Reply {
+                        req,
+                        body: to_reply(r),
+                    }) {
+                        let _ = out.send_async(f).await;
+                    }
+                }));
+            }
+            Request::Wait {
+                ids,
+                num,
+                timeout_ms,
+            } => {
+                let raylet_tx = self.ctx.raylet_tx.clone();
+                let wid = self.wid;
+                self.reply_blocking(ctx, req, move |c| {
+                    let _ = raylet_tx.send(RayletMsg::Blocked(wid));
+                    let r = c.wait(&ids, num, timeout_ms.map(Duration::from_millis));
+                    let _ = raylet_tx.send(RayletMsg::Unblocked(wid));
+                    Reply::Ready(r)
+                });
+            }
+            Request::SubmitTask(spec) => {
+                let id = spec.return_id;
+                let r = client.submit_task(spec);
+                if r.is_ok() {
+                    self.hold(id);
+                }
+                self.reply(ctx, req, Reply::Unit(r));
+            }
+            Request::SubmitCall(call) => {
+                let id = call.return_id;
+                let r = client.submit_actor_call(call);
+                if r.is_ok() {
+                    self.hold(id);
+                }
+                self.reply(ctx, req, Reply::Unit(r));
+            }
+            Request::Cancel { id, force } => {
+                let r = client.cancel(id, force);
+                self.reply(ctx, req, Reply::Unit(r));
+            }
+            Request::CreateActor(spec) => {
+                self.reply_blocking(ctx, req, move |c| Reply::Unit(c.create_actor(spec)))
+            }
+            Request::KillActor { id, no_restart } => {
+                self.reply_blocking(ctx, req, move |c| Reply::Unit(c.kill_actor(id, no_restart)))
+            }
+            Request::GetNamedActor { name, namespace } => self.reply_blocking(ctx, req, move |c| {
+                Reply::Actor(c.get_named_actor(&name, &namespace))
+            }),
+            Request::CreatePg {
+                id,
+                name,
+                bundles,
+                strategy,
+            } => self.reply_blocking(ctx, req, move |c| {
+                Reply::Unit(c.create_placement_group(id, name, bundles, strategy))
+            }),
+            Request::WaitPg { id, timeout_ms } => self.reply_blocking(ctx, req, move |c| {
+                Reply::Bool(c.wait_placement_group(id, timeout_ms.map(Duration::from_millis)))
+            }),
+            Request::RemovePg(id) => {
+                self.reply_blocking(ctx, req, move |c| Reply::Unit(c.remove_placement_group(id)))
+            }
+            Request::KvPut {
+                ns,
+                key,
+                value,
+                overwrite,
+            } => self.reply_blocking(ctx, req, move |c| {
+                Reply::Bool(c.kv_put(&ns, &key, value, overwrite))
+            }),
+            Request::KvGet { ns, key } => {
+                self.reply_blocking(ctx, req, move |c| Reply::Value(c.kv_get(&ns, &key)))
+            }
+            Request::KvDel { ns, key } => {
+                self.reply_blocking(ctx, req, move |c| Reply::Bool(c.kv_del(&ns, &key)))
+            }
+            Request::Resources { available } => self.reply_blocking(ctx, req, move |c| {
+                Reply::Resources(if available {
+                    c.available_resources()
+                } else {
+                    c.cluster_resources()
+                })
+            }),
+        }
+    }
+}
+
+impl Actor for WorkerConn {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        tracing::debug!(worker = %self.wid, pid = self.pid, "worker connected");
+        if let (Some(h), Some(args)) = (self.actor.as_ref(), self.actor_args.take()) {
+            if let Some(f) = frame(&ToWorker::CreateActor {
+                spec: h.spec.clone(),
+                args,
+            }) && self.out.try_send(f).is_err()
+            {
+                tracing::error!(worker = %self.wid, "cannot send the actor to its worker");
+            }
+        }
+        let _ = self.ctx.raylet_tx.send(RayletMsg::WorkerReady(self.wid));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.shared.detach();
+        for (id, n) in self.held.drain() {
+            for _ in 0..n {
+                self.ctx.table.decref(id);
+            }
+        }
+        if let Some(h) = self.actor.take() {
+            let mut unfinished: Vec<QueuedCall> =
+                std::mem::take(&mut self.inflight.borrow_mut().order)
+                    .into_values()
+                    .collect();
+            if let Some(rx) = &h.rx {
+                unfinished.extend(rx.try_iter().map(|m| match m {
+                    HostMsg::Call(q) => q,
+                }));
+            }
+            self.ctx.raylet.do_send(ActorExited {
+                actor_id: h.spec.actor_id,
+                reason: "its worker process died".to_string(),
+                unfinished,
+                host_worker: Some(self.wid),
+            });
+        }
+        tracing::debug!(worker = %self.wid, "worker connection closed");
+    }
+}
+
+impl StreamHandler<Result<BytesMut, std::io::Error>> for WorkerConn {
+    fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Self::Context) {
+        let body = match item {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(worker = %self.wid, error = %e, "bad frame from a worker; dropping its connection");
+                self.kill_process();
+                ctx.stop();
+                return;
+            }
+        };
+        match protocol::decode_body::<FromWorker>(&body) {
+            Ok(msg) => self.on_frame(msg, ctx),
+            Err(e) => {
+                tracing::warn!(worker = %self.wid, error = %e, "malformed frame from a worker; dropping its connection");
+                self.kill_process();
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,132 @@
+//! Runtime configuration: sizes, worker mode and limits, from code or `MOBULA_*` variables.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Where user code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerMode {
+    /// Threads of the driver's process: the fast path.
+    Thread,
+    /// Worker processes: the user's binary re-executed in worker mode.
+    Process,
+}
+
+/// Configuration of an embedded local cluster.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// CPUs to offer (default: the machine's).
+    pub num_cpus: Option<f64>,
+    /// GPUs to offer.
+    pub num_gpus: f64,
+    /// Memory (bytes) to offer for admission control (default: the machine's).
+    pub memory: Option<f64>,
+    /// Custom resources.
+    pub resources: HashMap<String, f64>,
+    /// Object store limit in bytes (default: 30% of the machine's memory).
+    pub object_store_memory: Option<u64>,
+    /// Threads or processes.
+    pub worker_mode: WorkerMode,
+    /// Namespace for named actors.
+    pub namespace: String,
+    /// Worker processes started at `init` (process mode; default: one per CPU).
+    pub prestart_workers: Option<usize>,
+    /// How long to wait for a worker process to connect before failing its start.
+    pub worker_start_timeout: Duration,
+    /// Directory for sockets and logs (default: a fresh one under the system temp dir).
+    pub temp_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            num_cpus: None,
+            num_gpus: 0.0,
+            memory: None,
+            resources: HashMap::new(),
+            object_store_memory: None,
+            worker_mode: WorkerMode::Thread,
+            namespace: "default".to_string(),
+            prestart_workers: None,
+            worker_start_timeout: Duration::from_secs(30),
+            temp_dir: None,
+        }
+    }
+}
+
+fn env_f64(name: &str) -> Option<f64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+impl Config {
+    /// Defaults overridden by `MOBULA_NUM_CPUS`, `MOBULA_NUM_GPUS`, `MOBULA_MEMORY`,
+    /// `MOBULA_OBJECT_STORE_MEMORY`, `MOBULA_WORKER_MODE` (`thread` | `process`) and
+    /// `MOBULA_NAMESPACE`.
+    pub fn from_env() -> Self {
+        let mut c = Self::default();
+        c.num_cpus = env_f64("MOBULA_NUM_CPUS");
+        if let Some(g) = env_f64("MOBULA_NUM_GPUS") {
+            c.num_gpus = g;
+        }
+        c.memory = env_f64("MOBULA_MEMORY");
+        c.object_store_memory = env_f64("MOBULA_OBJECT_STORE_MEMORY").map(|v| v as u64);
+        if let Ok(m) = std::env::var("MOBULA_WORKER_MODE")
+            && m.eq_ignore_ascii_case("process")
+        {
+            c.worker_mode = WorkerMode::Process;
+        }
+        if let Ok(ns) = std::env::var("MOBULA_NAMESPACE") {
+            c.namespace = ns;
+        }
+        c
+    }
+
+    /// Sets the CPU count.
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = Some(n);
+        self
+    }
+    /// Sets the GPU count.
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.num_gpus = n;
+        self
+    }
+    /// Adds a custom resource.
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.resources.insert(name.into(), amount);
+        self
+    }
+    /// Sets the object store limit.
+    pub fn object_store_memory(mut self, bytes: u64) -> Self {
+        self.object_store_memory = Some(bytes);
+        self
+    }
+    /// Chooses threads or processes.
+    pub fn worker_mode(mut self, m: WorkerMode) -> Self {
+        self.worker_mode = m;
+        self
+    }
+    /// Sets the namespace.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+    /// Sets how many worker processes start at `init`.
+    pub fn prestart_workers(mut self, n: usize) -> Self {
+        self.prestart_workers = Some(n);
+        self
+    }
+}
+
+/// Total memory of this machine in bytes, from /proc/meminfo (0 when unknown).
+pub(crate) fn system_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

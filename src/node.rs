@@ -1,0 +1,496 @@
+//! One node, embedded in the calling process: it starts an actix `System` on its own thread
+//! with the GCS, the raylet (on its own arbiter) and the object table, and hands back the
+//! [`NodeClient`], the in-process implementation of the client API.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+
+use crate::actors::directory::{ActorDirectory, QueuedCall, fail_call};
+use crate::actors::gcs::{self, Gcs, PgWait};
+use crate::actors::raylet::{self, QueuedTask, Raylet, RayletConfig, RayletMsg};
+use crate::api::{Config, WorkerMode};
+use crate::codec::Encoded;
+use crate::core::{ActorLookup, Core, CoreRef};
+use crate::error::{Error, Result};
+use crate::ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId};
+use crate::sched::{PlacementStrategy, ResourceSet};
+use crate::spec::{ActorCall, ActorSpec, TaskSpec};
+use crate::store::{self, Lookup, MemoryStorage, Object, ObjectTable, Pins};
+use crate::worker::process::WorkerCommand;
+
+/// Capacity of the raylet's hot-path channel: submitters block past it.
+const RAYLET_CHANNEL: usize = 65_536;
+
+/// The client of an embedded node.
+pub(crate) struct NodeClient {
+    job_id: JobId,
+    node_id: NodeId,
+    pub(crate) table: Arc<ObjectTable>,
+    pub(crate) raylet_tx: flume::Sender<RayletMsg>,
+    pub(crate) raylet: Addr<Raylet>,
+    pub(crate) gcs: Addr<Gcs>,
+    pub(crate) directory: Arc<ActorDirectory>,
+    system: Mutex<Option<(actix::System, std::thread::JoinHandle<()>)>>,
+    temp_dir: Option<PathBuf>,
+}
+
+fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
+    r.map_err(|e| Error::runtime(format!("system actor unreachable: {e}")))
+}
+
+impl NodeClient {
+    fn ask<A, M>(&self, addr: &Addr<A>, msg: M) -> Result<M::Result>
+    where
+        A: Actor<Context = Context<A>> + Handler<M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        mailbox(futures::executor::block_on(addr.send(msg)))
+    }
+
+    fn resources(&self) -> Result<crate::sched::NodeResources> {
+        self.ask(&self.raylet, raylet::GetResources)
+    }
+
+    /// Stores an object under a given id (one reference, held by the caller).
+    pub(crate) fn put_with_id(&self, id: ObjectId, value: Encoded, is_error: bool) -> Result<()> {
+        self.table
+            .put(id, value.data, value.nested, is_error)
+            .map_err(Into::into)
+    }
+
+    /// Waits (without blocking a thread) for the objects, up to `timeout`.
+    pub(crate) async fn get_async_many(
+        table: Arc<ObjectTable>,
+        ids: Vec<ObjectId>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Object>> {
+        let wait_all = async {
+            for id in &ids {
+                if matches!(table.lookup(id), Lookup::Pending) {
+                    store::sealed(&table, *id).await;
+                }
+            }
+        };
+        match timeout {
+            Some(t) => {
+                if tokio::time::timeout(t, wait_all).await.is_err() {
+                    return Err(Error::Timeout(t));
+                }
+            }
+            None => wait_all.await,
+        }
+        ids.iter().map(|id| ready_or_lost(&table, id)).collect()
+    }
+}
+
+fn ready_or_lost(table: &ObjectTable, id: &ObjectId) -> Result<Object> {
+    match table.lookup(id) {
+        Lookup::Ready(o) => Ok(o),
+        Lookup::Pending | Lookup::Missing => Err(Error::ObjectLost {
+            id: id.hex(),
+            reason: "no reference to it is held here any more".to_string(),
+        }),
+    }
+}
+
+impl Core for NodeClient {
+    fn job_id(&self) -> JobId {
+        self.job_id
+    }
+    fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    fn incref(&self, id: ObjectId) {
+        self.table.incref(id);
+    }
+    fn decref(&self, id: ObjectId) {
+        self.table.decref(id);
+    }
+
+    fn put(&self, value: Encoded) -> Result<ObjectId> {
+        let id = ObjectId::new();
+        self.put_with_id(id, value, false)?;
+        Ok(id)
+    }
+
+    fn put_error(&self, err: &Error) -> ObjectId {
+        let id = ObjectId::new();
+        let data = crate::codec::encode(err)
+            .map(|e| e.data)
+            .unwrap_or_default();
+        // An error object is tiny: it is stored even over the limit, so the caller's `get`
+        // reports the real failure.
+        if self.table.put(id, data.clone(), Vec::new(), true).is_err() {
+            self.table.create_pending(id);
+            self.table.seal(id, data, Vec::new(), true);
+        }
+        id
+    }
+
+    fn get_objects(&self, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<Object>> {
+        let pending: Vec<ObjectId> = ids
+            .iter()
+            .filter(|id| matches!(self.table.lookup(id), Lookup::Pending))
+            .copied()
+            .collect();
+        if !pending.is_empty() {
+            let ctx = crate::worker::ctx();
+            if let Some(c) = &ctx {
+                let _ = c.notify.send(RayletMsg::Blocked(c.worker_id));
+            }
+            let ok = store::block_until(
+                &self.table,
+                &pending,
+                pending.len(),
+                store::deadline(timeout),
+            );
+            if let Some(c) = &ctx {
+                let _ = c.notify.send(RayletMsg::Unblocked(c.worker_id));
+            }
+            if !ok {
+                return Err(Error::Timeout(timeout.unwrap_or_default()));
+            }
+        }
+        ids.iter()
+            .map(|id| ready_or_lost(&self.table, id))
+            .collect()
+    }
+
+    fn get_object_async(&self, id: ObjectId) -> BoxFuture<'static, Result<Object>> {
+        let table = self.table.clone();
+        async move {
+            let mut v = Self::get_async_many(table, vec![id], None).await?;
+            v.pop().ok_or_else(|| Error::runtime("empty get"))
+        }
+        .boxed()
+    }
+
+    fn wait(&self, ids: &[ObjectId], num: usize, timeout: Option<Duration>) -> Result<Vec<bool>> {
+        let flags =
+            |t: &ObjectTable| -> Vec<bool> { ids.iter().map(|id| t.is_ready(id)).collect() };
+        let now = flags(&self.table);
+        let ready = now.iter().filter(|r| **r).count();
+        if ready >= num {
+            return Ok(now);
+        }
+        let pending: Vec<ObjectId> = ids
+            .iter()
+            .zip(&now)
+            .filter(|(_, r)| !**r)
+            .map(|(id, _)| *id)
+            .collect();
+        let ctx = crate::worker::ctx();
+        if let Some(c) = &ctx {
+            let _ = c.notify.send(RayletMsg::Blocked(c.worker_id));
+        }
+        store::block_until(&self.table, &pending, num - ready, store::deadline(timeout));
+        if let Some(c) = &ctx {
+            let _ = c.notify.send(RayletMsg::Unblocked(c.worker_id));
+        }
+        Ok(flags(&self.table))
+    }
+
+    fn submit_task(&self, spec: TaskSpec) -> Result<()> {
+        self.table.create_pending(spec.return_id);
+        let pins = Pins::new(&self.table, spec.deps());
+        let task = QueuedTask {
+            spec: Arc::new(spec),
+            pins,
+        };
+        self.raylet_tx
+            .send(RayletMsg::Submit(task))
+            .map_err(|_| Error::runtime("the raylet has stopped"))
+    }
+
+    fn cancel(&self, return_id: ObjectId, force: bool) -> Result<()> {
+        self.raylet_tx
+            .send(RayletMsg::Cancel { return_id, force })
+            .map_err(|_| Error::runtime("the raylet has stopped"))
+    }
+
+    fn create_actor(&self, spec: ActorSpec) -> Result<()> {
+        self.ask(&self.gcs, gcs::RegisterActor(spec))?
+    }
+
+    fn submit_actor_call(&self, call: ActorCall) -> Result<()> {
+        self.table.create_pending(call.return_id);
+        let pins = Pins::new(&self.table, call.deps());
+        let actor_id = call.actor_id;
+        let q = QueuedCall { call, pins };
+        match self.directory.get(&actor_id) {
+            Some(route) => route.submit(q),
+            None => fail_call(
+                &self.table,
+                q,
+                &Error::ActorDied {
+                    actor: actor_id.hex(),
+                    reason: "no such actor is known on this node".to_string(),
+                },
+            ),
+        }
+        Ok(())
+    }
+
+    fn kill_actor(&self, id: ActorId, no_restart: bool) -> Result<()> {
+        self.ask(
+            &self.gcs,
+            gcs::KillActor {
+                actor_id: id,
+                no_restart,
+            },
+        )?
+    }
+
+    fn get_named_actor(&self, name: &str, namespace: &str) -> Result<ActorLookup> {
+        self.ask(
+            &self.gcs,
+            gcs::GetNamedActor {
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+            },
+        )?
+    }
+
+    fn create_placement_group(
+        &self,
+        id: PlacementGroupId,
+        name: Option<String>,
+        bundles: Vec<ResourceSet>,
+        strategy: PlacementStrategy,
+    ) -> Result<()> {
+        self.ask(
+            &self.gcs,
+            gcs::CreatePg {
+                id,
+                name,
+                bundles,
+                strategy,
+            },
+        )?
+    }
+
+    fn wait_placement_group(
+        &self,
+        id: PlacementGroupId,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        match self.ask(&self.gcs, gcs::WaitPg(id))? {
+            PgWait::Done(r) => r.map(|()| true),
+            PgWait::Later(rx) => {
+                let fut = async move {
+                    match timeout {
+                        None => rx.await.map(Some),
+                        Some(t) => match tokio::time::timeout(t, rx).await {
+                            Ok(r) => r.map(Some),
+                            Err(_) => Ok(None),
+                        },
+                    }
+                };
+                // A timer needs a tokio runtime: run the wait on a small one.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(Error::runtime)?;
+                match rt.block_on(fut) {
+                    Ok(Some(r)) => r.map(|()| true),
+                    Ok(None) => Ok(false),
+                    Err(_) => Err(Error::runtime("the gcs dropped a placement group wait")),
+                }
+            }
+        }
+    }
+
+    fn remove_placement_group(&self, id: PlacementGroupId) -> Result<()> {
+        self.ask(&self.gcs, gcs::RemovePg(id))?
+    }
+
+    fn kv_put(&self, ns: &str, key: &str, value: Vec<u8>, overwrite: bool) -> Result<bool> {
+        self.ask(
+            &self.gcs,
+            gcs::KvPut {
+                ns: ns.to_string(),
+                key: key.to_string(),
+                value,
+                overwrite,
+            },
+        )?
+    }
+
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.ask(
+            &self.gcs,
+            gcs::KvGet {
+                ns: ns.to_string(),
+                key: key.to_string(),
+            },
+        )?
+    }
+
+    fn kv_del(&self, ns: &str, key: &str) -> Result<bool> {
+        self.ask(
+            &self.gcs,
+            gcs::KvDel {
+                ns: ns.to_string(),
+                key: key.to_string(),
+            },
+        )?
+    }
+
+    fn cluster_resources(&self) -> Result<HashMap<String, f64>> {
+        Ok(self.resources()?.total.positive_part().to_f64_map())
+    }
+
+    fn available_resources(&self) -> Result<HashMap<String, f64>> {
+        Ok(self.resources()?.available.positive_part().to_f64_map())
+    }
+
+    fn shutdown(&self) {
+        let Some((system, thread)) = self.system.lock().take() else {
+            return;
+        };
+        let _ = futures::executor::block_on(self.raylet.send(raylet::Shutdown));
+        for route in self.directory.all() {
+            route.kill(Error::ActorDied {
+                actor: route.display.clone(),
+                reason: "the runtime shut down".to_string(),
+            });
+        }
+        system.stop();
+        if thread.join().is_err() {
+            tracing::error!("the system thread panicked");
+        }
+        if let Some(dir) = &self.temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn default_resources(config: &Config) -> ResourceSet {
+    let cpus = config
+        .num_cpus
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as f64);
+    let sys = crate::api::config::system_memory() as f64;
+    let mut r = ResourceSet::new()
+        .with(crate::sched::CPU, cpus)
+        .with(crate::sched::GPU, config.num_gpus)
+        .with(crate::sched::MEMORY, config.memory.unwrap_or(sys * 0.7))
+        .with(
+            crate::sched::OBJECT_STORE_MEMORY,
+            object_store_limit(config) as f64,
+        );
+    for (k, v) in &config.resources {
+        r = r.with(k, *v);
+    }
+    r
+}
+
+fn object_store_limit(config: &Config) -> u64 {
+    config.object_store_memory.unwrap_or_else(|| {
+        let sys = crate::api::config::system_memory();
+        if sys == 0 { 2 << 30 } else { sys / 10 * 3 }
+    })
+}
+
+/// Starts an embedded node and returns its client.
+pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
+    let node_id = NodeId::new();
+    let job_id = JobId::new();
+    let table = Arc::new(ObjectTable::new(object_store_limit(&config)));
+    let directory = Arc::new(ActorDirectory::new(table.clone()));
+    let (tx, rx) = flume::bounded::<RayletMsg>(RAYLET_CHANNEL);
+    let (temp_dir, owned) = match &config.temp_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!(
+                "mobula-{}-{}",
+                std::process::id(),
+                &node_id.hex()[16..24]
+            )),
+            true,
+        ),
+    };
+    let command = if config.worker_mode == WorkerMode::Process {
+        Some(WorkerCommand::current().map_err(Error::runtime)?)
+    } else {
+        None
+    };
+    let rcfg = RayletConfig {
+        node_id,
+        worker_mode: config.worker_mode,
+        total: default_resources(&config),
+        prestart_workers: config
+            .prestart_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        temp_dir: temp_dir.clone(),
+        worker_start_timeout: config.worker_start_timeout,
+    };
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let t2 = table.clone();
+    let d2 = directory.clone();
+    let raylet_tx = tx.clone();
+    let thread = std::thread::Builder::new()
+        .name("mobula-system".to_string())
+        .spawn(move || {
+            let sys = actix::System::new();
+            sys.block_on(async move {
+                let gcs = Gcs::new(Arc::new(MemoryStorage::default()), d2.clone()).start();
+                let arb = Arbiter::new();
+                let g2 = gcs.clone();
+                let raylet = Raylet::start_in_arbiter(&arb.handle(), move |_| {
+                    Raylet::new(rcfg, t2, d2, raylet_tx, rx).with_gcs(g2)
+                });
+                gcs.do_send(gcs::RegisterNode {
+                    node_id,
+                    raylet: raylet.clone(),
+                });
+                let _ = ready_tx.send((actix::System::current(), gcs, raylet));
+            });
+            if let Err(e) = sys.run() {
+                tracing::error!(error = %e, "actix system stopped with an error");
+            }
+        })
+        .map_err(Error::runtime)?;
+    let (system, gcs, raylet) = ready_rx
+        .recv()
+        .map_err(|_| Error::runtime("the system thread did not start"))?;
+    let client = Arc::new(NodeClient {
+        job_id,
+        node_id,
+        table,
+        raylet_tx: tx,
+        raylet: raylet.clone(),
+        gcs: gcs.clone(),
+        directory,
+        system: Mutex::new(Some((system, thread))),
+        temp_dir: owned.then_some(temp_dir),
+    });
+    gcs.do_send(gcs::RegisterJob {
+        job_id,
+        namespace: config.namespace.clone(),
+    });
+    if let Some(command) = command {
+        let res = mailbox(futures::executor::block_on(raylet.send(
+            raylet::StartPool {
+                client: client.clone(),
+                command,
+                namespace: config.namespace.clone(),
+            },
+        )))?;
+        if let Err(e) = res {
+            client.shutdown();
+            return Err(e);
+        }
+    }
+    tracing::debug!(node = %node_id, job = %job_id, mode = ?config.worker_mode, "embedded node started");
+    Ok(client)
+}

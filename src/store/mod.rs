@@ -1,0 +1,131 @@
+//! Storage: the node's object table (objects, reference counts, the memory limit and the
+//! waits on pending objects) and the GCS tables behind a storage trait.
+
+pub mod gcs_storage;
+mod object_table;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+pub use gcs_storage::{GcsStorage, MemoryStorage, StorageError};
+pub use object_table::{Lookup, Object, ObjectTable, StoreError, StoreStats, Waiter};
+
+use crate::ids::ObjectId;
+
+/// References that a queued call holds on its dependencies until it is done with them.
+pub struct Pins {
+    table: Arc<ObjectTable>,
+    ids: Vec<ObjectId>,
+}
+
+impl Pins {
+    /// Adds one reference to each id.
+    pub fn new(table: &Arc<ObjectTable>, ids: impl IntoIterator<Item = ObjectId>) -> Self {
+        let ids: Vec<ObjectId> = ids.into_iter().collect();
+        for id in &ids {
+            table.incref(*id);
+        }
+        Self {
+            table: table.clone(),
+            ids,
+        }
+    }
+
+    /// Takes over references already counted for these ids.
+    pub fn adopt(table: &Arc<ObjectTable>, ids: Vec<ObjectId>) -> Self {
+        Self {
+            table: table.clone(),
+            ids,
+        }
+    }
+
+    /// The pinned ids.
+    pub fn ids(&self) -> &[ObjectId] {
+        &self.ids
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            self.table.decref(id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Pins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pins({})", self.ids.len())
+    }
+}
+
+/// Counts down once per sealed object and wakes the waiting thread at zero.
+struct Latch {
+    remaining: AtomicUsize,
+    thread: Thread,
+}
+
+impl Latch {
+    fn hit(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Blocks the calling thread until `needed` of the `pending` objects are sealed (or dropped).
+/// Returns false on timeout.
+pub fn block_until(
+    table: &ObjectTable,
+    pending: &[ObjectId],
+    needed: usize,
+    deadline: Option<Instant>,
+) -> bool {
+    if needed == 0 {
+        return true;
+    }
+    let latch = Arc::new(Latch {
+        remaining: AtomicUsize::new(needed),
+        thread: std::thread::current(),
+    });
+    for id in pending {
+        let l = latch.clone();
+        if let Err(w) = table.subscribe(*id, Box::new(move || l.hit())) {
+            w();
+        }
+    }
+    while latch.remaining.load(Ordering::Acquire) > 0 {
+        match deadline {
+            None => std::thread::park(),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return latch.remaining.load(Ordering::Acquire) == 0;
+                }
+                std::thread::park_timeout(d - now);
+            }
+        }
+    }
+    true
+}
+
+/// Resolves once the object is sealed or dropped.
+pub async fn sealed(table: &ObjectTable, id: ObjectId) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    if let Err(w) = table.subscribe(
+        id,
+        Box::new(move || {
+            let _ = tx.send(());
+        }),
+    ) {
+        w();
+    }
+    let _ = rx.await;
+}
+
+/// The deadline `timeout` from now.
+pub fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}

@@ -1,0 +1,849 @@
+//! Worker processes, both ends.
+//!
+//! Raylet side: [`ProcessPool`] listens on the node's Unix socket, starts worker processes (the
+//! user's own executable, re-executed with `MOBULA_WORKER_*` variables), matches each
+//! connection to the worker it started, and reaps exits. [`ProcessWorker`] is the raylet's
+//! handle to one of them.
+//!
+//! Worker side: [`enter_if_worker`] runs first thing in `mobula::init()` (or
+//! `#[mobula::main]`). In a worker process it never returns: it connects to the raylet, installs
+//! a [`WorkerCore`] as the process's runtime (so user code can submit tasks, create actors and
+//! `get` results), and executes what the raylet sends until the socket closes.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::BufWriter;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+
+use crate::actors::directory::{ActorDirectory, ActorRoute};
+use crate::actors::raylet::{Raylet, RayletMsg};
+use crate::actors::worker_conn::WorkerConn;
+use crate::codec::Encoded;
+use crate::core::{ActorLookup, Core};
+use crate::error::{Error, Result};
+use crate::ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, WorkerId};
+use crate::registry::{self, ActorInstance, MethodOutcome, UserError};
+use crate::sched::{PlacementStrategy, ResourceSet};
+use crate::spec::{ActorCall, ActorSpec, TaskSpec};
+use crate::store::{Object, ObjectTable};
+use crate::worker::protocol::{
+    self, FromWorker, Reply, Request, ToWorker, WireValue, WorkerEnv, read_frame, write_frame,
+};
+use crate::worker::{invoke_function, user_error};
+
+const ENV_SOCKET: &str = "MOBULA_WORKER_SOCKET";
+const ENV_WORKER_ID: &str = "MOBULA_WORKER_ID";
+const ENV_JOB_ID: &str = "MOBULA_JOB_ID";
+const ENV_NODE_ID: &str = "MOBULA_NODE_ID";
+const ENV_NAMESPACE: &str = "MOBULA_WORKER_NAMESPACE";
+
+// ---- raylet side ------------------------------------------------------------------------------
+
+/// How to start a worker process: the executable and its arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerCommand {
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl WorkerCommand {
+    /// The current executable, with arguments that bring it to `init()` again. Under the
+    /// libtest harness (an executable in `target/*/deps`, called from a test thread) that is
+    /// the current test alone; otherwise the process's own arguments.
+    pub fn current() -> std::io::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let in_deps = exe
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "deps");
+        let thread = std::thread::current();
+        let test_name = thread.name().filter(|n| *n != "main");
+        let args = match (in_deps, test_name) {
+            (true, Some(name)) => vec![
+                name.into(),
+                "--exact".into(),
+                "--test-threads=1".into(),
+                "--nocapture".into(),
+                "-q".into(),
+            ],
+            _ => std::env::args_os().skip(1).collect(),
+        };
+        Ok(Self { exe, args })
+    }
+}
+
+/// Shared state of one worker process, between the raylet, its connection and its reaper.
+#[derive(Default)]
+pub(crate) struct ProcShared {
+    pid: AtomicU32,
+    conn: Mutex<Option<flume::Sender<Bytes>>>,
+    actor: Mutex<Option<(ActorSpec, Vec<Bytes>, Arc<ActorRoute>)>>,
+}
+
+impl ProcShared {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Acquire)
+    }
+
+    /// The connection closed.
+    pub fn detach(&self) {
+        *self.conn.lock() = None;
+    }
+
+    pub fn take_actor(&self) -> Option<(ActorSpec, Vec<Bytes>, Arc<ActorRoute>)> {
+        self.actor.lock().take()
+    }
+}
+
+/// The raylet's handle to a worker process.
+pub(crate) struct ProcessWorker {
+    id: WorkerId,
+    shared: Arc<ProcShared>,
+}
+
+impl ProcessWorker {
+    /// Sends a task with its resolved arguments.
+    pub fn execute(&self, spec: &TaskSpec, args: Vec<Bytes>) -> std::result::Result<(), ()> {
+        let frame = protocol::encode_frame(&ToWorker::Execute {
+            spec: spec.clone(),
+            args,
+        })
+        .map_err(|e| tracing::error!(worker = %self.id, error = %e, "cannot encode a task"))?;
+        let conn = self.shared.conn.lock().clone();
+        match conn {
+            Some(tx) => tx.send(Bytes::from(frame)).map_err(|_| ()),
+            None => Err(()),
+        }
+    }
+
+    /// Kills the process (SIGKILL).
+    pub fn kill(&self) {
+        let pid = self.shared.pid.load(Ordering::Acquire);
+        if pid > 0 {
+            // SAFETY: kill(2) with a pid we started; no memory is touched.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Context a pool needs to wire up connections.
+#[derive(Clone)]
+pub(crate) struct PoolCtx {
+    pub raylet_tx: flume::Sender<RayletMsg>,
+    pub table: Arc<ObjectTable>,
+    pub directory: Arc<ActorDirectory>,
+    pub raylet: Addr<Raylet>,
+    pub client: Arc<crate::node::NodeClient>,
+}
+
+/// The raylet's worker processes.
+pub(crate) struct ProcessPool {
+    socket: PathBuf,
+    command: WorkerCommand,
+    env: Vec<(&'static str, String)>,
+    procs: Arc<Mutex<HashMap<WorkerId, Arc<ProcShared>>>>,
+    raylet_tx: flume::Sender<RayletMsg>,
+    start_timeout: Duration,
+    arbiter: Arbiter,
+}
+
+impl ProcessPool {
+    /// Binds the socket in `dir` and starts accepting workers (on the current arbiter).
+    pub fn new(
+        dir: &Path,
+        command: WorkerCommand,
+        ids: (JobId, NodeId, String),
+        ctx: PoolCtx,
+        start_timeout: Duration,
+    ) -> std::io::Result<Self> {
+        let raylet_tx = ctx.raylet_tx.clone();
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join(format!("raylet-{}.sock", &ids.1.hex()[..12]));
+        let _ = std::fs::remove_file(&socket);
+        let std_listener = std::os::unix::net::UnixListener::bind(&socket)?;
+        std_listener.set_nonblocking(true)?;
+        let procs: Arc<Mutex<HashMap<WorkerId, Arc<ProcShared>>>> = Arc::default();
+        let p2 = procs.clone();
+        // Worker connections get their own arbiter: their handlers may block briefly on the
+        // raylet's channel, which must never happen on the raylet's own thread.
+        let arb = Arbiter::new();
+        arb.spawn(async move {
+            let listener = match tokio::net::UnixListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen on the worker socket");
+                    return;
+                }
+            };
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => WorkerConn::accept(stream, p2.clone(), ctx.clone()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker socket accept failed");
+                        break;
+                    }
+                }
+            }
+        });
+        let env = vec![
+            (ENV_SOCKET, socket.to_string_lossy().to_string()),
+            (ENV_JOB_ID, ids.0.hex()),
+            (ENV_NODE_ID, ids.1.hex()),
+            (ENV_NAMESPACE, ids.2),
+        ];
+        Ok(Self {
+            socket,
+            command,
+            env,
+            procs,
+            raylet_tx,
+            start_timeout,
+            arbiter: arb,
+        })
+    }
+
+    /// Starts a worker process; with `actor`, the process becomes that actor's host.
+    pub fn spawn(
+        &self,
+        wid: WorkerId,
+        actor: Option<(ActorSpec, Vec<Bytes>, Arc<ActorRoute>)>,
+    ) -> std::io::Result<ProcessWorker> {
+        let mut cmd = std::process::Command::new(&self.command.exe);
+        cmd.args(&self.command.args)
+            .env(ENV_WORKER_ID, wid.hex())
+            .stdin(std::process::Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let shared = Arc::new(ProcShared::default());
+        *shared.actor.lock() = actor;
+        let mut child = cmd.spawn()?;
+        shared.pid.store(child.id(), Ordering::Release);
+        self.procs.lock().insert(wid, shared.clone());
+        let tx = self.raylet_tx.clone();
+        let procs = self.procs.clone();
+        std::thread::Builder::new()
+            .name("mobula-reaper".to_string())
+            .spawn(move || {
+                let detail = match child.wait() {
+                    Ok(st) => describe_exit(st),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                procs.lock().remove(&wid);
+                tracing::debug!(worker = %wid, detail = %detail, "worker process exited");
+                let _ = tx.send(RayletMsg::WorkerExited {
+                    worker: wid,
+                    detail,
+                });
+            })?;
+        // A worker that never connects is killed (its reaper then reports it).
+        let s2 = shared.clone();
+        let timeout = self.start_timeout;
+        self.arbiter.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if s2.conn.lock().is_none() {
+                tracing::error!(worker = %wid, "worker process did not connect in time");
+                let pid = s2.pid.load(Ordering::Acquire);
+                // SAFETY: kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        });
+        Ok(ProcessWorker { id: wid, shared })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for ProcessPool {
+    fn drop(&mut self) {
+        self.arbiter.stop();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Attaches a connection to the worker it belongs to.
+pub(crate) fn attach(
+    procs: &Mutex<HashMap<WorkerId, Arc<ProcShared>>>,
+    wid: WorkerId,
+    out: flume::Sender<Bytes>,
+) -> Option<Arc<ProcShared>> {
+    let shared = procs.lock().get(&wid).cloned()?;
+    *shared.conn.lock() = Some(out);
+    Some(shared)
+}
+
+fn describe_exit(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "exited".to_string(),
+    }
+}
+
+// ---- worker side ------------------------------------------------------------------------------
+
+/// In a worker process, serves the raylet and exits; elsewhere returns at once.
+pub fn enter_if_worker() {
+    let Some(env) = worker_env() else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOBULA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let code = match run_worker(env) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "worker process failed");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn worker_env() -> Option<WorkerEnv> {
+    let socket = std::env::var_os(ENV_SOCKET)?;
+    let id = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| uuid::Uuid::parse_str(&v).ok())
+    };
+    Some(WorkerEnv {
+        socket: PathBuf::from(socket),
+        worker_id: WorkerId(id(ENV_WORKER_ID)?),
+        job_id: JobId(id(ENV_JOB_ID)?),
+        node_id: NodeId(id(ENV_NODE_ID)?),
+        namespace: std::env::var(ENV_NAMESPACE).unwrap_or_else(|_| "default".to_string()),
+    })
+}
+
+type ReplySink = Box<dyn FnOnce(Reply) + Send>;
+
+/// The runtime client inside a worker process: every operation is a request to the raylet.
+pub(crate) struct WorkerCore {
+    env: WorkerEnv,
+    writer: Mutex<BufWriter<StdUnixStream>>,
+    pending: Mutex<HashMap<u64, ReplySink>>,
+    next: AtomicU64,
+    refs: Mutex<HashMap<ObjectId, u32>>,
+}
+
+impl WorkerCore {
+    fn send(&self, msg: &FromWorker) -> Result<()> {
+        let mut w = self.writer.lock();
+        write_frame(&mut *w, msg).map_err(|e| Error::runtime(format!("raylet connection: {e}")))
+    }
+
+    fn request_with(&self, body: Request, sink: ReplySink) -> Result<()> {
+        let req = self.next.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().insert(req, sink);
+        if let Err(e) = self.send(&FromWorker::Request { req, body }) {
+            self.pending.lock().remove(&req);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn request(&self, body: Request) -> Result<Reply> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.request_with(
+            body,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.recv()
+            .map_err(|_| Error::runtime("the raylet connection closed"))
+    }
+
+    /// Counts a reference this process now holds without telling the raylet (the raylet
+    /// already counted it: a put, a submission).
+    fn own(&self, id: ObjectId) {
+        *self.refs.lock().entry(id).or_insert(0) += 1;
+    }
+
+    fn dispatch_reply(&self, req: u64, body: Reply) {
+        if let Some(sink) = self.pending.lock().remove(&req) {
+            sink(body);
+        }
+    }
+
+    fn fail_all(&self) {
+        let sinks: Vec<ReplySink> = self.pending.lock().drain().map(|(_, s)| s).collect();
+        for s in sinks {
+            s(Reply::Unit(Err(Error::runtime(
+                "the raylet connection closed",
+            ))));
+        }
+    }
+}
+
+fn unexpected(r: Reply) -> Error {
+    Error::runtime(format!("unexpected reply from the raylet: {r:?}"))
+}
+
+fn ms(t: Option<Duration>) -> Option<u64> {
+    t.map(|d| d.as_millis() as u64)
+}
+
+fn objects(r: Reply) -> Result<Vec<Object>> {
+    match r {
+        Reply::Objects(res) => res.map(|v| {
+            v.into_iter()
+                .map(|(data, is_error)| Object { data, is_error })
+                .collect()
+        }),
+        Reply::Unit(Err(e)) => Err(e),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unit(r: Reply) -> Result<()> {
+    match r {
+        Reply::Unit(res) => res,
+        other => Err(unexpected(other)),
+    }
+}
+
+impl Core for WorkerCore {
+    fn job_id(&self) -> JobId {
+        self.env.job_id
+    }
+    fn node_id(&self) -> NodeId {
+        self.env.node_id
+    }
+
+    fn incref(&self, id: ObjectId) {
+        let first = {
+            let mut refs = self.refs.lock();
+            let n = refs.entry(id).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            let _ = self.send(&FromWorker::IncRef(vec![id]));
+        }
+    }
+
+    fn decref(&self, id: ObjectId) {
+        let last = {
+            let mut refs = self.refs.lock();
+            match refs.get_mut(&id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    refs.remove(&id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _ = self.send(&FromWorker::DecRef(vec![id]));
+        }
+    }
+
+    fn put(&self, value: Encoded) -> Result<ObjectId> {
+        let id = ObjectId::new();
+        let r = self.request(Request::Put {
+            id,
+            value: WireValue {
+                data: value.data,
+                nested: value.nested,
+            },
+        })?;
+        unit(r)?;
+        self.own(id);
+        Ok(id)
+    }
+
+    fn put_error(&self, err: &Error) -> ObjectId {
+        let id = ObjectId::new();
+        if let Err(e) = self.request(Request::PutError {
+            id,
+            error: err.clone(),
+        }) {
+            tracing::error!(error = %e, "cannot store an error object");
+        }
+        self.own(id);
+        id
+    }
+
+    fn get_objects(&self, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<Object>> {
+        let r = self.request(Request::Get {
+            ids: ids.to_vec(),
+            timeout_ms: ms(timeout),
+        })?;
+        objects(r)
+    }
+
+    fn get_object_async(&self, id: ObjectId) -> BoxFuture<'static, Result<Object>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.request_with(
+            Request::Get {
+                ids: vec![id],
+                timeout_ms: None,
+            },
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        async move {
+            sent?;
+            let r = rx
+                .await
+                .map_err(|_| Error::runtime("the raylet connection closed"))?;
+            objects(r)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::runtime("empty get reply"))
+        }
+        .boxed()
+    }
+
+    fn wait(&self, ids: &[ObjectId], num: usize, timeout: Option<Duration>) -> Result<Vec<bool>> {
+        match self.request(Request::Wait {
+            ids: ids.to_vec(),
+            num,
+            timeout_ms: ms(timeout),
+        })? {
+            Reply::Ready(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn submit_task(&self, spec: TaskSpec) -> Result<()> {
+        let id = spec.return_id;
+        unit(self.request(Request::SubmitTask(spec))?)?;
+        self.own(id);
+        Ok(())
+    }
+
+    fn cancel(&self, id: ObjectId, force: bool) -> Result<()> {
+        unit(self.request(Request::Cancel { id, force })?)
+    }
+
+    fn create_actor(&self, spec: ActorSpec) -> Result<()> {
+        unit(self.request(Request::CreateActor(spec))?)
+    }
+
+    fn submit_actor_call(&self, call: ActorCall) -> Result<()> {
+        let id = call.return_id;
+        unit(self.request(Request::SubmitCall(call))?)?;
+        self.own(id);
+        Ok(())
+    }
+
+    fn kill_actor(&self, id: ActorId, no_restart: bool) -> Result<()> {
+        unit(self.request(Request::KillActor { id, no_restart })?)
+    }
+
+    fn get_named_actor(&self, name: &str, namespace: &str) -> Result<ActorLookup> {
+        match self.request(Request::GetNamedActor {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+        })? {
+            Reply::Actor(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn create_placement_group(
+        &self,
+        id: PlacementGroupId,
+        name: Option<String>,
+        bundles: Vec<ResourceSet>,
+        strategy: PlacementStrategy,
+    ) -> Result<()> {
+        unit(self.request(Request::CreatePg {
+            id,
+            name,
+            bundles,
+            strategy,
+        })?)
+    }
+
+    fn wait_placement_group(
+        &self,
+        id: PlacementGroupId,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        match self.request(Request::WaitPg {
+            id,
+            timeout_ms: ms(timeout),
+        })? {
+            Reply::Bool(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn remove_placement_group(&self, id: PlacementGroupId) -> Result<()> {
+        unit(self.request(Request::RemovePg(id))?)
+    }
+
+    fn kv_put(&self, ns: &str, key: &str, value: Vec<u8>, overwrite: bool) -> Result<bool> {
+        match self.request(Request::KvPut {
+            ns: ns.to_string(),
+            key: key.to_string(),
+            value,
+            overwrite,
+        })? {
+            Reply::Bool(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.request(Request::KvGet {
+            ns: ns.to_string(),
+            key: key.to_string(),
+        })? {
+            Reply::Value(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn kv_del(&self, ns: &str, key: &str) -> Result<bool> {
+        match self.request(Request::KvDel {
+            ns: ns.to_string(),
+            key: key.to_string(),
+        })? {
+            Reply::Bool(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn cluster_resources(&self) -> Result<HashMap<String, f64>> {
+        match self.request(Request::Resources { available: false })? {
+            Reply::Resources(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn available_resources(&self) -> Result<HashMap<String, f64>> {
+        match self.request(Request::Resources { available: true })? {
+            Reply::Resources(r) => r,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn shutdown(&self) {}
+}
+
+enum Work {
+    Execute(TaskSpec, Vec<Bytes>),
+    CreateActor(ActorSpec, Vec<Bytes>),
+    Call(ActorCall, Vec<Bytes>),
+}
+
+fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
+    let stream = StdUnixStream::connect(&env.socket)?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let core = Arc::new(WorkerCore {
+        env: env.clone(),
+        writer: Mutex::new(BufWriter::new(stream)),
+        pending: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(1),
+        refs: Mutex::new(HashMap::new()),
+    });
+    core.send(&FromWorker::Hello {
+        worker_id: env.worker_id,
+        pid: std::process::id(),
+    })
+    .map_err(|e| protocol::ProtoError::Encode(e.to_string()))?;
+    let core_dyn: Arc<dyn Core> = core.clone();
+    crate::api::install(core_dyn, &env.namespace);
+
+    let (work_tx, work_rx) = flume::unbounded::<Work>();
+    let reader_core = core.clone();
+    std::thread::Builder::new()
+        .name("mobula-worker-reader".to_string())
+        .spawn(move || {
+            loop {
+                let body = match read_frame(&mut reader) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "bad frame from the raylet");
+                        break;
+                    }
+                };
+                let msg = match protocol::decode_body::<ToWorker>(&body) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(error = %e, "bad frame from the raylet");
+                        break;
+                    }
+                };
+                match msg {
+                    ToWorker::Reply { req, body } => reader_core.dispatch_reply(req, body),
+                    ToWorker::Execute { spec, args } => {
+                        let _ = work_tx.send(Work::Execute(spec, args));
+                    }
+                    ToWorker::CreateActor { spec, args } => {
+                        let _ = work_tx.send(Work::CreateActor(spec, args));
+                    }
+                    ToWorker::Call { call, args } => {
+                        let _ = work_tx.send(Work::Call(call, args));
+                    }
+                }
+            }
+            // The raylet is gone: nothing here can finish.
+            reader_core.fail_all();
+            std::process::exit(0);
+        })?;
+
+    let mut actor: Option<Box<dyn ActorInstance>> = None;
+    while let Ok(work) = work_rx.recv() {
+        match work {
+            Work::Execute(spec, args) => {
+                let result = invoke_function(&spec, args).map(|e| WireValue {
+                    data: e.data,
+                    nested: e.nested,
+                });
+                let _ = core.send(&FromWorker::TaskDone {
+                    task_id: spec.task_id,
+                    return_id: spec.return_id,
+                    result,
+                });
+            }
+            Work::CreateActor(spec, args) => match construct(&spec, args) {
+                Ok(inst) => {
+                    let _ = core.send(&FromWorker::ActorReady { result: Ok(()) });
+                    if spec.is_async {
+                        run_async_actor(core.clone(), spec, inst, work_rx);
+                        break;
+                    }
+                    actor = Some(inst);
+                }
+                Err(e) => {
+                    let _ = core.send(&FromWorker::ActorReady { result: Err(e) });
+                }
+            },
+            Work::Call(call, args) => {
+                let result = match actor.as_mut() {
+                    Some(inst) => run_sync_call(inst.as_mut(), &call, args),
+                    None => Err(Error::runtime("this worker hosts no actor")),
+                };
+                let _ = core.send(&FromWorker::CallDone {
+                    task_id: call.task_id,
+                    return_id: call.return_id,
+                    result,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn construct(spec: &ActorSpec, args: Vec<Bytes>) -> Result<Box<dyn ActorInstance>> {
+    let class = registry::actor_class(&spec.class)
+        .ok_or_else(|| Error::NotRegistered(spec.class.clone()))?;
+    let name = format!("{}::{}", spec.class_name, spec.ctor);
+    match catch_unwind(AssertUnwindSafe(|| (class.construct)(&spec.ctor, args))) {
+        Ok(Ok(i)) => Ok(i),
+        Ok(Err(e)) => Err(user_error(&name, e).0),
+        Err(p) => Err(user_error(&name, UserError::Panicked(registry::panic_message(&*p))).0),
+    }
+}
+
+fn finish(name: &str, r: std::result::Result<Encoded, UserError>) -> Result<WireValue> {
+    r.map(|e| WireValue {
+        data: e.data,
+        nested: e.nested,
+    })
+    .map_err(|e| user_error(name, e).0)
+}
+
+fn run_sync_call(
+    inst: &mut dyn ActorInstance,
+    call: &ActorCall,
+    args: Vec<Bytes>,
+) -> Result<WireValue> {
+    let out = catch_unwind(AssertUnwindSafe(|| inst.call(&call.method, args)));
+    let r = match out {
+        Err(p) => Err(UserError::Panicked(registry::panic_message(&*p))),
+        Ok(MethodOutcome::Done(r)) => r,
+        Ok(MethodOutcome::Pending(f)) => {
+            futures::executor::block_on(AssertUnwindSafe(f).catch_unwind())
+                .unwrap_or_else(|p| Err(UserError::Panicked(registry::panic_message(&*p))))
+        }
+    };
+    finish(&call.name, r)
+}
+
+fn run_async_actor(
+    core: Arc<WorkerCore>,
+    spec: ActorSpec,
+    inst: Box<dyn ActorInstance>,
+    rx: flume::Receiver<Work>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the actor's event loop");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let inst = std::rc::Rc::new(std::cell::RefCell::new(inst));
+    let permits = Arc::new(tokio::sync::Semaphore::new(spec.max_concurrency.max(1)));
+    local.block_on(&rt, async move {
+        while let Ok(work) = rx.recv_async().await {
+            let Work::Call(call, args) = work else {
+                continue;
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let out = catch_unwind(AssertUnwindSafe(|| {
+                inst.borrow_mut().call(&call.method, args)
+            }));
+            let core = core.clone();
+            tokio::task::spawn_local(async move {
+                let r = match out {
+                    Err(p) => Err(UserError::Panicked(registry::panic_message(&*p))),
+                    Ok(MethodOutcome::Done(r)) => r,
+                    Ok(MethodOutcome::Pending(f)) => AssertUnwindSafe(f)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|p| Err(UserError::Panicked(registry::panic_message(&*p)))),
+                };
+                let _ = core.send(&FromWorker::CallDone {
+                    task_id: call.task_id,
+                    return_id: call.return_id,
+                    result: finish(&call.name, r),
+                });
+                drop(permit);
+            });
+        }
+    });
+}
