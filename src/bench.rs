@@ -1,1 +1,348 @@
-//! placeholder
+//! `mobula microbenchmark`: the workloads of Ray's `ray microbenchmark` (its core set), timed
+//! the way Ray times them (a warm-up second, then rounds of at least two seconds; the mean and
+//! standard deviation of the per-round rates), printed in Ray's line format
+//! `<name> per second <mean> +- <std>`.
+
+use std::time::{Duration, Instant};
+
+use crate::api::{ActorHandle, ActorOptions, Config, Runtime, WorkerMode};
+use crate::error::Result;
+use crate::sched::{PlacementStrategy, ResourceSet};
+
+/// Timing settings (Ray's: 1 s warm-up, 4 rounds of 2 s).
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Warm-up time.
+    pub warmup: Duration,
+    /// Minimum length of a round.
+    pub round: Duration,
+    /// Rounds.
+    pub rounds: usize,
+    /// Run only benchmarks whose name contains one of these (all when empty).
+    pub filters: Vec<String>,
+    /// Worker modes to run, in order.
+    pub modes: Vec<WorkerMode>,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            warmup: Duration::from_secs(1),
+            round: Duration::from_secs(2),
+            rounds: 4,
+            filters: Vec::new(),
+            modes: vec![WorkerMode::Thread, WorkerMode::Process],
+        }
+    }
+}
+
+/// One result line.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Benchmark name (with the mode suffix).
+    pub name: String,
+    /// Mean rate.
+    pub mean: f64,
+    /// Standard deviation of the rates.
+    pub std: f64,
+}
+
+impl std::fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} per second {:.2} +- {:.2}",
+            self.name, self.mean, self.std
+        )
+    }
+}
+
+#[crate::remote]
+fn small_value() -> Vec<u8> {
+    b"ok".to_vec()
+}
+
+#[crate::remote]
+fn do_put_small() -> Result<()> {
+    let rt = crate::runtime()?;
+    for _ in 0..100 {
+        rt.put(&0i64)?;
+    }
+    Ok(())
+}
+
+#[crate::remote]
+fn work(actors: Vec<ActorHandle<BenchActor>>, n: usize) -> Result<()> {
+    let rt = crate::runtime()?;
+    let refs: Vec<_> = (0..n)
+        .map(|i| actors[i % actors.len()].small_value())
+        .collect();
+    rt.get_all(&refs)?;
+    Ok(())
+}
+
+/// The actor of Ray's benchmarks (`num_cpus=0`).
+#[crate::actor]
+pub struct BenchActor;
+
+#[crate::actor]
+impl BenchActor {
+    /// Constructor.
+    pub fn new() -> Self {
+        BenchActor
+    }
+
+    /// Returns a small value.
+    pub fn small_value(&self) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+
+    /// Takes an argument, returns a small value.
+    pub fn small_value_arg(&self, _x: i64) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+
+    /// Submits `n` tasks and waits for them.
+    pub fn small_value_batch(&self, n: usize) -> Result<()> {
+        let rt = crate::runtime()?;
+        let refs: Vec<_> = (0..n).map(|_| small_value::remote(&rt)).collect();
+        rt.get_all(&refs)?;
+        Ok(())
+    }
+}
+
+/// The client actor of Ray's 1:n benchmark.
+#[crate::actor]
+pub struct BenchClient {
+    servers: Vec<ActorHandle<BenchActor>>,
+}
+
+#[crate::actor]
+impl BenchClient {
+    /// Constructor.
+    pub fn new(servers: Vec<ActorHandle<BenchActor>>) -> Self {
+        BenchClient { servers }
+    }
+
+    /// Calls every server `n` times and waits.
+    pub fn small_value_batch(&self, n: usize) -> Result<()> {
+        let rt = crate::runtime()?;
+        let mut refs = Vec::with_capacity(n * self.servers.len());
+        for s in &self.servers {
+            refs.extend((0..n).map(|_| s.small_value()));
+        }
+        rt.get_all(&refs)?;
+        Ok(())
+    }
+}
+
+struct Timer<'a> {
+    cfg: &'a BenchConfig,
+    suffix: &'static str,
+    out: &'a mut dyn FnMut(BenchResult),
+}
+
+impl Timer<'_> {
+    fn wanted(&self, name: &str) -> bool {
+        self.cfg.filters.is_empty() || self.cfg.filters.iter().any(|f| name.contains(f.as_str()))
+    }
+
+    fn timeit(
+        &mut self,
+        name: &str,
+        multiplier: f64,
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        if !self.wanted(name) {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut count = 0u64;
+        while start.elapsed() < self.cfg.warmup {
+            f()?;
+            count += 1;
+        }
+        let step = count / 10 + 1;
+        let mut rates = Vec::with_capacity(self.cfg.rounds);
+        for _ in 0..self.cfg.rounds {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < self.cfg.round {
+                for _ in 0..step {
+                    f()?;
+                }
+                n += step;
+            }
+            rates.push(multiplier * n as f64 / start.elapsed().as_secs_f64());
+        }
+        let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+        let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len().max(1) as f64;
+        (self.out)(BenchResult {
+            name: format!("{name}{}", self.suffix),
+            mean,
+            std: var.sqrt(),
+        });
+        Ok(())
+    }
+}
+
+/// Runs the benchmarks, calling `out` with each result as it is measured.
+pub fn run(cfg: &BenchConfig, out: &mut dyn FnMut(BenchResult)) -> Result<()> {
+    for mode in &cfg.modes {
+        let suffix = match mode {
+            WorkerMode::Thread => "",
+            WorkerMode::Process => " [process workers]",
+        };
+        let config = Config::from_env()
+            .worker_mode(*mode)
+            .resource("custom", 100.0);
+        let rt = crate::init_with(config)?;
+        let mut t = Timer { cfg, suffix, out };
+        let res = run_mode(&rt, &mut t);
+        crate::shutdown();
+        res?;
+    }
+    Ok(())
+}
+
+fn zero_cpu() -> ActorOptions {
+    ActorOptions::new().num_cpus(0.0)
+}
+
+fn run_mode(rt: &Runtime, t: &mut Timer<'_>) -> Result<()> {
+    let value = rt.put(&0i64)?;
+    t.timeit("single client get calls (Plasma Store)", 1.0, || {
+        rt.get(&value).map(|_| ())
+    })?;
+    t.timeit("single client put calls (Plasma Store)", 1.0, || {
+        rt.put(&0i64).map(|_| ())
+    })?;
+    t.timeit("multi client put calls (Plasma Store)", 1000.0, || {
+        let refs: Vec<_> = (0..10).map(|_| do_put_small::remote(rt)).collect();
+        rt.get_all(&refs).map(|_| ())
+    })?;
+    if t.wanted("single client put gigabytes") || t.wanted("memcpy gigabytes") {
+        let arr = serde_bytes::ByteBuf::from(vec![0u8; 800 * 1024 * 1024]);
+        t.timeit(
+            "single client put gigabytes",
+            0.8 * 1024.0 * 1024.0 * 1024.0 / 1e9,
+            || rt.put(&arr).map(|_| ()),
+        )?;
+        // The yardstick of the put figure: copying the same buffer into a fresh allocation.
+        t.timeit(
+            "memcpy gigabytes (baseline)",
+            0.8 * 1024.0 * 1024.0 * 1024.0 / 1e9,
+            || {
+                let copy = arr.to_vec();
+                std::hint::black_box(&copy);
+                Ok(())
+            },
+        )?;
+    }
+    t.timeit("single client tasks and get batch", 1.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| small_value::remote(rt)).collect();
+        rt.get_all(&refs).map(|_| ())
+    })?;
+    t.timeit("single client wait 1k refs", 1.0, || {
+        let mut not_ready: Vec<_> = (0..1000).map(|_| small_value::remote(rt)).collect();
+        for _ in 0..1000 {
+            let (_ready, rest) = rt.wait(&not_ready, 1, None)?;
+            not_ready = rest;
+        }
+        Ok(())
+    })?;
+    t.timeit("single client tasks sync", 1.0, || {
+        rt.get(&small_value::remote(rt)).map(|_| ())
+    })?;
+    t.timeit("single client tasks async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| small_value::remote(rt)).collect();
+        rt.get_all(&refs).map(|_| ())
+    })?;
+    {
+        let (n, m) = (10_000usize, 4usize);
+        let wanted = t.wanted("multi client tasks async");
+        if wanted {
+            let actors: Vec<_> = (0..m)
+                .map(|_| BenchActor::options(zero_cpu()).remote(rt))
+                .collect::<Result<_>>()?;
+            t.timeit("multi client tasks async", (n * m) as f64, || {
+                let refs: Vec<_> = actors.iter().map(|a| a.small_value_batch(n)).collect();
+                rt.get_all(&refs).map(|_| ())
+            })?;
+            for a in &actors {
+                rt.kill(a)?;
+            }
+        }
+    }
+    if t.wanted("1:1 actor calls sync") {
+        let a = BenchActor::options(zero_cpu()).remote(rt)?;
+        t.timeit("1:1 actor calls sync", 1.0, || {
+            rt.get(&a.small_value()).map(|_| ())
+        })?;
+        rt.kill(&a)?;
+    }
+    if t.wanted("1:1 actor calls async") {
+        let a = BenchActor::options(zero_cpu()).remote(rt)?;
+        t.timeit("1:1 actor calls async", 1000.0, || {
+            let refs: Vec<_> = (0..1000).map(|_| a.small_value()).collect();
+            rt.get_all(&refs).map(|_| ())
+        })?;
+        rt.kill(&a)?;
+    }
+    if t.wanted("1:1 actor calls concurrent") {
+        let a = BenchActor::options(zero_cpu().max_concurrency(16)).remote(rt)?;
+        t.timeit("1:1 actor calls concurrent", 1000.0, || {
+            let refs: Vec<_> = (0..1000).map(|_| a.small_value()).collect();
+            rt.get_all(&refs).map(|_| ())
+        })?;
+        rt.kill(&a)?;
+    }
+    let n_cpu = (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1);
+    if t.wanted("1:n actor calls async") {
+        let n = 5000usize;
+        let actors: Vec<_> = (0..n_cpu)
+            .map(|_| BenchActor::options(zero_cpu()).remote(rt))
+            .collect::<Result<_>>()?;
+        let client = BenchClient::options(zero_cpu()).remote(rt, actors.clone())?;
+        t.timeit("1:n actor calls async", (n * actors.len()) as f64, || {
+            rt.get(&client.small_value_batch(n)).map(|_| ())
+        })?;
+        rt.kill(&client)?;
+        for a in &actors {
+            rt.kill(a)?;
+        }
+    }
+    if t.wanted("n:n actor calls async") {
+        let (n, m) = (5000usize, 4usize);
+        let actors: Vec<_> = (0..n_cpu)
+            .map(|_| BenchActor::options(zero_cpu()).remote(rt))
+            .collect::<Result<_>>()?;
+        t.timeit("n:n actor calls async", (m * n) as f64, || {
+            let refs: Vec<_> = (0..m)
+                .map(|_| work::remote(rt, actors.clone(), n))
+                .collect();
+            rt.get_all(&refs).map(|_| ())
+        })?;
+        for a in &actors {
+            rt.kill(a)?;
+        }
+    }
+    t.timeit("placement group create/removal", 100.0, || {
+        let pgs: Vec<_> = (0..100)
+            .map(|_| {
+                rt.placement_group(
+                    vec![ResourceSet::new().with("custom", 0.001)],
+                    PlacementStrategy::Pack,
+                )
+            })
+            .collect::<Result<_>>()?;
+        for pg in &pgs {
+            pg.wait(Some(Duration::from_secs(30)))?;
+        }
+        for pg in &pgs {
+            rt.remove_placement_group(pg)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}

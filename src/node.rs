@@ -204,7 +204,7 @@ impl Core for NodeClient {
         let pins = Pins::new(&self.table, spec.deps());
         let task = QueuedTask {
             spec: Arc::new(spec),
-            pins,
+            _pins: pins,
         };
         self.raylet_tx
             .send(RayletMsg::Submit(task))
@@ -225,7 +225,7 @@ impl Core for NodeClient {
         self.table.create_pending(call.return_id);
         let pins = Pins::new(&self.table, call.deps());
         let actor_id = call.actor_id;
-        let q = QueuedCall { call, pins };
+        let q = QueuedCall { call, _pins: pins };
         match self.directory.get(&actor_id) {
             Some(route) => route.submit(q),
             None => fail_call(

@@ -19,7 +19,8 @@ use crate::store::{ObjectTable, Pins};
 #[derive(Debug)]
 pub(crate) struct QueuedCall {
     pub call: ActorCall,
-    pub pins: Pins,
+    /// Held until the call is done: keeps its dependencies alive.
+    pub _pins: Pins,
 }
 
 /// Messages to an actor host.
@@ -53,7 +54,6 @@ enum RouteState {
 
 /// The route of one actor.
 pub(crate) struct ActorRoute {
-    pub actor_id: ActorId,
     pub display: String,
     state: Mutex<RouteState>,
     table: Arc<ObjectTable>,
@@ -122,14 +122,6 @@ impl ActorRoute {
             fail_call(&self.table, q, &err);
         }
     }
-
-    /// The reason, when the actor is dead.
-    pub fn dead_reason(&self) -> Option<Error> {
-        match &*self.state.lock() {
-            RouteState::Dead(e) => Some(e.clone()),
-            _ => None,
-        }
-    }
 }
 
 /// Seals a call's return object with an error.
@@ -164,7 +156,6 @@ impl ActorDirectory {
             .entry(id)
             .or_insert_with(|| {
                 Arc::new(ActorRoute {
-                    actor_id: id,
                     display,
                     state: Mutex::new(RouteState::Pending(Vec::new())),
                     table: self.table.clone(),

@@ -33,7 +33,8 @@ use crate::worker::thread::ThreadWorker;
 #[derive(Debug)]
 pub(crate) struct QueuedTask {
     pub spec: Arc<TaskSpec>,
-    pub pins: Pins,
+    /// Held until the task is done: keeps its dependencies alive.
+    pub _pins: Pins,
 }
 
 /// Hot-path messages.
@@ -111,7 +112,6 @@ enum ActorPlace {
     Alive {
         alloc: Option<Allocation>,
         host: ActorHostRef,
-        spec: ActorSpec,
     },
 }
 
@@ -749,14 +749,8 @@ impl Raylet {
                 } else {
                     Some(alloc)
                 };
-                self.actors.insert(
-                    aid,
-                    ActorPlace::Alive {
-                        alloc: keep,
-                        host,
-                        spec,
-                    },
-                );
+                self.actors
+                    .insert(aid, ActorPlace::Alive { alloc: keep, host });
             }
             Err(_) => {
                 self.local().release(&alloc);
@@ -1037,7 +1031,6 @@ impl Handler<StartPool> for Raylet {
         let pctx = crate::worker::process::PoolCtx {
             raylet_tx: self.tx.clone(),
             table: self.table.clone(),
-            directory: self.directory.clone(),
             raylet: ctx.address(),
             client: msg.client.clone(),
         };
@@ -1199,30 +1192,5 @@ impl Handler<Shutdown> for Raylet {
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
         self.shutdown_all();
         ctx.stop();
-    }
-}
-
-/// Counts for tests and the state API.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RayletStats {
-    pub queued: usize,
-    pub waiting: usize,
-    pub running: usize,
-    pub workers: usize,
-}
-
-#[derive(Message)]
-#[rtype(result = "RayletStats")]
-pub(crate) struct GetStats;
-
-impl Handler<GetStats> for Raylet {
-    type Result = MessageResult<GetStats>;
-    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(RayletStats {
-            queued: self.queues.values().map(|q| q.len()).sum(),
-            waiting: self.waiting.len(),
-            running: self.running.len(),
-            workers: self.workers.len(),
-        })
     }
 }

@@ -108,10 +108,6 @@ pub fn shutdown() {
 }
 
 impl Runtime {
-    pub(crate) fn core(&self) -> &CoreRef {
-        &self.core
-    }
-
     /// The namespace of this job (for named actors).
     pub fn namespace(&self) -> &str {
         &self.namespace

@@ -5,7 +5,7 @@ pub mod gcs_storage;
 mod object_table;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,8 @@ impl std::fmt::Debug for Pins {
 
 /// Counts down once per sealed object and wakes the waiting thread at zero.
 struct Latch {
-    remaining: AtomicUsize,
+    /// Goes below zero when more objects than needed are sealed.
+    remaining: AtomicIsize,
     thread: Thread,
 }
 
@@ -72,6 +73,10 @@ impl Latch {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.thread.unpark();
         }
+    }
+
+    fn done(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) <= 0
     }
 }
 
@@ -87,7 +92,7 @@ pub fn block_until(
         return true;
     }
     let latch = Arc::new(Latch {
-        remaining: AtomicUsize::new(needed),
+        remaining: AtomicIsize::new(needed as isize),
         thread: std::thread::current(),
     });
     for id in pending {
@@ -96,13 +101,13 @@ pub fn block_until(
             w();
         }
     }
-    while latch.remaining.load(Ordering::Acquire) > 0 {
+    while !latch.done() {
         match deadline {
             None => std::thread::park(),
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
-                    return latch.remaining.load(Ordering::Acquire) == 0;
+                    return latch.done();
                 }
                 std::thread::park_timeout(d - now);
             }

@@ -26,7 +26,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
-use crate::actors::directory::{ActorDirectory, ActorRoute};
+use crate::actors::directory::ActorRoute;
 use crate::actors::raylet::{Raylet, RayletMsg};
 use crate::actors::worker_conn::WorkerConn;
 use crate::codec::Encoded;
@@ -145,7 +145,6 @@ impl ProcessWorker {
 pub(crate) struct PoolCtx {
     pub raylet_tx: flume::Sender<RayletMsg>,
     pub table: Arc<ObjectTable>,
-    pub directory: Arc<ActorDirectory>,
     pub raylet: Addr<Raylet>,
     pub client: Arc<crate::node::NodeClient>,
 }
@@ -231,9 +230,16 @@ impl ProcessPool {
         }
         let shared = Arc::new(ProcShared::default());
         *shared.actor.lock() = actor;
-        let mut child = cmd.spawn()?;
-        shared.pid.store(child.id(), Ordering::Release);
+        // Registered before the process starts: its hello may arrive before spawn returns.
         self.procs.lock().insert(wid, shared.clone());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                self.procs.lock().remove(&wid);
+                return Err(e);
+            }
+        };
+        shared.pid.store(child.id(), Ordering::Release);
         let tx = self.raylet_tx.clone();
         let procs = self.procs.clone();
         std::thread::Builder::new()
@@ -265,11 +271,6 @@ impl ProcessPool {
             }
         });
         Ok(ProcessWorker { id: wid, shared })
-    }
-
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 }
 
