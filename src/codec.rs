@@ -27,7 +27,8 @@ pub struct Encoded {
 /// Encodes `value`, collecting the ids of `ObjectRef`s nested in it.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, Error> {
     let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
-    let res = rmp_serde::to_vec(value);
+    let mut w = crate::store::buffers::PooledWriter::default();
+    let res = rmp_serde::encode::write(&mut w, value).map(|()| w.into_vec());
     let nested = NESTED.with(|n| {
         let mut slot = n.borrow_mut();
         let found = slot.take().unwrap_or_default();

@@ -1,26 +1,24 @@
-//! The actor host: the actix actor that owns one user actor instance and runs its method
-//! calls. In thread mode each host has its own arbiter (its own OS thread), so user code never
-//! runs on a system actor's thread; in process mode the same host runs inside a worker process.
-//!
-//! Calls run in the order they arrive. A sync actor runs one call at a time; an async actor
-//! starts calls in order and lets up to `max_concurrency` of them interleave at `.await`s.
+//! The actor host: the actix actor that owns one user actor's life on this node. The instance
+//! itself lives on a dedicated OS thread (user code never runs on an actor system thread): a
+//! sync actor's thread runs calls one at a time, an async actor's thread runs a single-threaded
+//! event loop that starts calls in order and lets up to `max_concurrency` of them interleave at
+//! `.await`s. Calls come straight from callers over a bounded channel (see the directory).
 
 use std::cell::RefCell;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use futures::FutureExt;
 
 use crate::actors::directory::{ActorRoute, Endpoint, HostMsg, QueuedCall, seal_error};
 use crate::error::Error;
-use crate::registry::{self, ActorInstance, MethodOutcome, UserError};
+use crate::registry::{ActorInstance, UserError};
 use crate::spec::ActorSpec;
 use crate::store::ObjectTable;
 use crate::worker::thread::resolve_args;
-use crate::worker::user_error;
+use crate::worker::{CallStart, construct_actor, event_loop, start_call, user_error};
 
 /// Capacity of a host's call channel: callers block (back-pressure) past it.
 pub(crate) const HOST_CHANNEL: usize = 65_536;
@@ -56,54 +54,27 @@ pub(crate) enum HostControl {
     Stop,
 }
 
-struct Shared {
-    spec: ActorSpec,
-    table: Arc<ObjectTable>,
-    instance: RefCell<Box<dyn ActorInstance>>,
-    permits: Arc<tokio::sync::Semaphore>,
+/// What the instance thread reports.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum ThreadEvent {
+    Started(Result<u32, Error>),
+    Exited(Vec<QueuedCall>),
 }
 
 /// Hosts one actor instance.
 pub(crate) struct ActorHost {
     spec: ActorSpec,
-    table: Arc<ObjectTable>,
-    route: Arc<ActorRoute>,
     events: Box<dyn HostEvents>,
-    ctor_args: Option<Vec<Bytes>>,
-    rx: Option<flume::Receiver<HostMsg>>,
+    stop: Arc<AtomicBool>,
+    wake: Option<flume::Sender<HostMsg>>,
+    launch: Option<Launch>,
 }
 
-impl ActorHost {
-    pub(crate) fn new(
-        spec: ActorSpec,
-        ctor_args: Vec<Bytes>,
-        table: Arc<ObjectTable>,
-        route: Arc<ActorRoute>,
-        events: Box<dyn HostEvents>,
-    ) -> Self {
-        Self {
-            spec,
-            table,
-            route,
-            events,
-            ctor_args: Some(ctor_args),
-            rx: None,
-        }
-    }
-
-    fn construct(&mut self) -> Result<Box<dyn ActorInstance>, Error> {
-        let class = registry::actor_class(&self.spec.class)
-            .ok_or_else(|| Error::NotRegistered(self.spec.class.clone()))?;
-        let args = self.ctor_args.take().unwrap_or_default();
-        let name = format!("{}::{}", self.spec.class_name, self.spec.ctor);
-        match catch_unwind(AssertUnwindSafe(|| {
-            (class.construct)(&self.spec.ctor, args)
-        })) {
-            Ok(Ok(i)) => Ok(i),
-            Ok(Err(e)) => Err(user_error(&name, e).0),
-            Err(p) => Err(user_error(&name, UserError::Panicked(registry::panic_message(&*p))).0),
-        }
-    }
+struct Launch {
+    args: Vec<Bytes>,
+    table: Arc<ObjectTable>,
+    route: Arc<ActorRoute>,
 }
 
 fn seal_result(table: &ObjectTable, q: &QueuedCall, r: Result<crate::codec::Encoded, UserError>) {
@@ -115,49 +86,153 @@ fn seal_result(table: &ObjectTable, q: &QueuedCall, r: Result<crate::codec::Enco
     }
 }
 
-fn panic_result(p: Box<dyn std::any::Any + Send>) -> Result<crate::codec::Encoded, UserError> {
-    Err(UserError::Panicked(registry::panic_message(&*p)))
-}
-
-async fn run_call(sh: Rc<Shared>, q: QueuedCall) {
-    for dep in q.call.deps() {
-        if !sh.table.is_ready(&dep) {
-            crate::store::sealed(&sh.table, dep).await;
+/// Waits for a call's dependencies (blocking this thread) and resolves its arguments.
+fn args_blocking(table: &ObjectTable, q: &QueuedCall) -> Option<Vec<Bytes>> {
+    let pending: Vec<_> = q.call.deps().filter(|d| !table.is_ready(d)).collect();
+    if !pending.is_empty() {
+        crate::store::block_until(table, &pending, pending.len(), None);
+    }
+    match resolve_args(table, &q.call.args) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            seal_error(table, q.call.return_id, &e);
+            None
         }
     }
-    let args = match resolve_args(&sh.table, &q.call.args) {
-        Ok(a) => a,
-        Err(e) => {
-            seal_error(&sh.table, q.call.return_id, &e);
-            return;
-        }
-    };
-    let permit = if sh.spec.is_async {
-        sh.permits.clone().acquire_owned().await.ok()
-    } else {
-        None
-    };
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        sh.instance.borrow_mut().call(&q.call.method, args)
-    }));
-    match outcome {
-        Err(p) => seal_result(&sh.table, &q, panic_result(p)),
-        Ok(MethodOutcome::Done(r)) => seal_result(&sh.table, &q, r),
-        Ok(MethodOutcome::Pending(fut)) => {
-            let table = sh.table.clone();
-            let finish = async move {
-                let r = AssertUnwindSafe(fut)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(panic_result);
-                seal_result(&table, &q, r);
-                drop(permit);
+}
+
+struct Instance {
+    spec: ActorSpec,
+    table: Arc<ObjectTable>,
+    stop: Arc<AtomicBool>,
+    rx: flume::Receiver<HostMsg>,
+}
+
+impl Instance {
+    fn drain(&self, first: Option<QueuedCall>) -> Vec<QueuedCall> {
+        first
+            .into_iter()
+            .chain(self.rx.try_iter().filter_map(|m| match m {
+                HostMsg::Call(q) => Some(q),
+                HostMsg::Wake => None,
+            }))
+            .collect()
+    }
+
+    fn run_sync(
+        &self,
+        mut inst: Box<dyn ActorInstance>,
+        pending: Vec<QueuedCall>,
+    ) -> Vec<QueuedCall> {
+        let mut queue = pending.into_iter();
+        loop {
+            let q = match queue.next() {
+                Some(q) => q,
+                None => match self.rx.recv() {
+                    Ok(HostMsg::Call(q)) => q,
+                    Ok(HostMsg::Wake) | Err(_) => {
+                        if self.stop.load(Ordering::Acquire) || self.rx.is_disconnected() {
+                            let mut rest: Vec<QueuedCall> = queue.collect();
+                            rest.extend(self.drain(None));
+                            return rest;
+                        }
+                        continue;
+                    }
+                },
             };
-            if sh.spec.is_async {
-                actix_rt::spawn(finish);
-            } else {
-                finish.await;
+            if self.stop.load(Ordering::Acquire) {
+                let mut rest = vec![q];
+                rest.extend(queue);
+                rest.extend(self.drain(None));
+                return rest;
             }
+            let Some(args) = args_blocking(&self.table, &q) else {
+                continue;
+            };
+            let r = crate::worker::call_blocking(inst.as_mut(), &q.call.method, args);
+            seal_result(&self.table, &q, r);
+        }
+    }
+
+    fn run_async(&self, inst: Box<dyn ActorInstance>, pending: Vec<QueuedCall>) -> Vec<QueuedCall> {
+        let (rt, local) = match event_loop() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start an async actor's event loop");
+                return self.drain(None);
+            }
+        };
+        let inst = Rc::new(RefCell::new(inst));
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.spec.max_concurrency.max(1),
+        ));
+        local.block_on(&rt, async move {
+            let mut queue = pending.into_iter();
+            loop {
+                let q = match queue.next() {
+                    Some(q) => q,
+                    None => match self.rx.recv_async().await {
+                        Ok(HostMsg::Call(q)) => q,
+                        Ok(HostMsg::Wake) | Err(_) => {
+                            if self.stop.load(Ordering::Acquire) || self.rx.is_disconnected() {
+                                let mut rest: Vec<QueuedCall> = queue.collect();
+                                rest.extend(self.drain(None));
+                                return rest;
+                            }
+                            continue;
+                        }
+                    },
+                };
+                if self.stop.load(Ordering::Acquire) {
+                    let mut rest = vec![q];
+                    rest.extend(queue);
+                    rest.extend(self.drain(None));
+                    return rest;
+                }
+                for dep in q.call.deps() {
+                    if !self.table.is_ready(&dep) {
+                        crate::store::sealed(&self.table, dep).await;
+                    }
+                }
+                let args = match resolve_args(&self.table, &q.call.args) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        seal_error(&self.table, q.call.return_id, &e);
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break Vec::new();
+                };
+                let started = start_call(&mut **inst.borrow_mut(), &q.call.method, args);
+                let table = self.table.clone();
+                tokio::task::spawn_local(async move {
+                    let r = match started {
+                        CallStart::Done(r) => r,
+                        CallStart::Running(f) => f.await,
+                    };
+                    seal_result(&table, &q, r);
+                    drop(permit);
+                });
+            }
+        })
+    }
+}
+
+impl ActorHost {
+    pub(crate) fn new(
+        spec: ActorSpec,
+        args: Vec<Bytes>,
+        table: Arc<ObjectTable>,
+        route: Arc<ActorRoute>,
+        events: Box<dyn HostEvents>,
+    ) -> Self {
+        Self {
+            spec,
+            events,
+            stop: Arc::new(AtomicBool::new(false)),
+            wake: None,
+            launch: Some(Launch { args, table, route }),
         }
     }
 }
@@ -166,54 +241,62 @@ impl Actor for ActorHost {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let instance = match self.construct() {
-            Ok(i) => i,
-            Err(e) => {
-                self.events.started(&self.spec, Err(e));
-                ctx.stop();
-                return;
-            }
+        let Some(Launch { args, table, route }) = self.launch.take() else {
+            return;
         };
         let (tx, rx) = flume::bounded(HOST_CHANNEL);
-        let pending = self.route.activate(Endpoint::Channel(tx));
-        self.rx = Some(rx.clone());
-        self.events.started(&self.spec, Ok(std::process::id()));
-        let sh = Rc::new(Shared {
-            spec: self.spec.clone(),
-            table: self.table.clone(),
-            instance: RefCell::new(instance),
-            permits: Arc::new(tokio::sync::Semaphore::new(
-                self.spec.max_concurrency.max(1),
-            )),
+        self.wake = Some(tx.clone());
+        let me = ctx.address();
+        let spec = self.spec.clone();
+        let stop = self.stop.clone();
+        let name = format!("mobula-actor-{}", self.spec.class_name);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let inst = match construct_actor(&spec, args) {
+                Ok(i) => i,
+                Err(e) => {
+                    me.do_send(ThreadEvent::Started(Err(e)));
+                    return;
+                }
+            };
+            let pending = route.activate(Endpoint::Channel(tx));
+            me.do_send(ThreadEvent::Started(Ok(std::process::id())));
+            let runner = Instance {
+                spec: spec.clone(),
+                table,
+                stop,
+                rx,
+            };
+            let unfinished = if spec.is_async {
+                runner.run_async(inst, pending)
+            } else {
+                runner.run_sync(inst, pending)
+            };
+            me.do_send(ThreadEvent::Exited(unfinished));
         });
-        let lp = async move {
-            for q in pending {
-                run_call(sh.clone(), q).await;
-            }
-            while let Ok(HostMsg::Call(q)) = rx.recv_async().await {
-                run_call(sh.clone(), q).await;
-            }
-        };
-        ctx.spawn(actix::fut::wrap_future(lp));
+        if let Err(e) = spawned {
+            self.events.started(
+                &self.spec,
+                Err(Error::runtime(format!(
+                    "cannot start the actor's thread: {e}"
+                ))),
+            );
+            ctx.stop();
+        }
     }
 }
 
-impl Handler<HostControl> for ActorHost {
+impl Handler<ThreadEvent> for ActorHost {
     type Result = ();
-    fn handle(&mut self, msg: HostControl, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ThreadEvent, ctx: &mut Self::Context) {
         match msg {
-            HostControl::Stop => {
-                let unfinished: Vec<QueuedCall> = self
-                    .rx
-                    .as_ref()
-                    .map(|rx| {
-                        rx.try_iter()
-                            .map(|m| match m {
-                                HostMsg::Call(q) => q,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+            ThreadEvent::Started(r) => {
+                let failed = r.is_err();
+                self.events.started(&self.spec, r);
+                if failed {
+                    ctx.stop();
+                }
+            }
+            ThreadEvent::Exited(unfinished) => {
                 self.events
                     .exited(&self.spec, "it was killed".to_string(), unfinished);
                 ctx.stop();
@@ -222,17 +305,30 @@ impl Handler<HostControl> for ActorHost {
     }
 }
 
-/// Starts a host on a new arbiter (its own thread).
+impl Handler<HostControl> for ActorHost {
+    type Result = ();
+    fn handle(&mut self, msg: HostControl, _ctx: &mut Self::Context) {
+        match msg {
+            HostControl::Stop => {
+                self.stop.store(true, Ordering::Release);
+                if let Some(w) = &self.wake {
+                    // A full channel means the thread is busy: it sees the flag at its next call.
+                    let _ = w.try_send(HostMsg::Wake);
+                }
+            }
+        }
+    }
+}
+
+/// Starts a host on `arbiter`; its instance gets a thread of its own.
 pub(crate) fn spawn_thread_host(
+    arbiter: &actix::ArbiterHandle,
     spec: ActorSpec,
     args: Vec<Bytes>,
     table: Arc<ObjectTable>,
     route: Arc<ActorRoute>,
     raylet: Addr<crate::actors::raylet::Raylet>,
-) -> (Addr<ActorHost>, actix::ArbiterHandle) {
-    let arb = Arbiter::new();
-    let handle = arb.handle();
+) -> Addr<ActorHost> {
     let host = ActorHost::new(spec, args, table, route, Box::new(raylet));
-    let addr = ActorHost::start_in_arbiter(&handle, move |_| host);
-    (addr, handle)
+    ActorHost::start_in_arbiter(arbiter, move |_| host)
 }

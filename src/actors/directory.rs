@@ -27,6 +27,8 @@ pub(crate) struct QueuedCall {
 #[derive(Debug)]
 pub(crate) enum HostMsg {
     Call(QueuedCall),
+    /// Wakes a host to look at its stop flag.
+    Wake,
 }
 
 /// Where an alive actor's calls go.
@@ -37,11 +39,16 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    fn send(&self, q: QueuedCall) -> Result<(), QueuedCall> {
+    /// Sends a call; gives it back when the host is gone.
+    fn send(&self, q: QueuedCall) -> Option<QueuedCall> {
         match self {
-            Endpoint::Channel(tx) => tx.send(HostMsg::Call(q)).map_err(|e| match e.0 {
-                HostMsg::Call(q) => q,
-            }),
+            Endpoint::Channel(tx) => match tx.send(HostMsg::Call(q)) {
+                Ok(()) => None,
+                Err(e) => match e.0 {
+                    HostMsg::Call(q) => Some(q),
+                    HostMsg::Wake => None,
+                },
+            },
         }
     }
 }
@@ -78,7 +85,7 @@ impl ActorRoute {
                 RouteState::Alive(ep) => ep.clone(),
             }
         };
-        if let Err(q) = ep.send(q) {
+        if let Some(q) = ep.send(q) {
             let e = Error::ActorDied {
                 actor: self.display.clone(),
                 reason: "the actor's host is gone".to_string(),

@@ -117,7 +117,7 @@ enum ActorPlace {
 
 #[derive(Clone)]
 pub(crate) enum ActorHostRef {
-    Thread(Addr<actor_host::ActorHost>, actix::ArbiterHandle),
+    Thread(Addr<actor_host::ActorHost>),
     Process(WorkerId),
 }
 
@@ -145,6 +145,8 @@ pub(crate) struct Raylet {
     actors: HashMap<ActorId, ActorPlace>,
     actor_queue: VecDeque<ActorId>,
     procs: Option<ProcessPool>,
+    /// The arbiter of the thread-mode actor hosts (their instances have threads of their own).
+    hosts: Arbiter,
 }
 
 fn class_key(spec: &TaskSpec) -> String {
@@ -220,6 +222,7 @@ impl Raylet {
             actors: HashMap::new(),
             actor_queue: VecDeque::new(),
             procs: None,
+            hosts: Arbiter::new(),
         }
     }
 
@@ -302,10 +305,7 @@ impl Raylet {
         let local = self.cfg.node_id;
         let keys: Vec<String> = self.queues.keys().cloned().collect();
         for key in keys {
-            loop {
-                let Some(q) = self.queues.get_mut(&key) else {
-                    break;
-                };
+            while let Some(q) = self.queues.get_mut(&key) {
                 let Some(head) = q.front() else {
                     self.queues.remove(&key);
                     break;
@@ -407,11 +407,7 @@ impl Raylet {
 
     fn new_worker(
         &mut self,
-        actor: Option<(
-            ActorSpec,
-            Vec<bytes::Bytes>,
-            Arc<crate::actors::directory::ActorRoute>,
-        )>,
+        actor: Option<crate::worker::process::ActorLaunch>,
     ) -> Option<WorkerId> {
         let wid = WorkerId::new();
         let worker = match self.cfg.worker_mode {
@@ -699,14 +695,15 @@ impl Raylet {
                 let Some(me) = self.me.clone() else {
                     return;
                 };
-                let (h, arb) = actor_host::spawn_thread_host(
+                let h = actor_host::spawn_thread_host(
+                    &self.hosts.handle(),
                     spec.clone(),
                     args,
                     self.table.clone(),
                     route,
                     me,
                 );
-                ActorHostRef::Thread(h, arb)
+                ActorHostRef::Thread(h)
             }
             WorkerMode::Process => {
                 let Some(wid) = self.new_worker(Some((spec.clone(), args, route))) else {
@@ -762,7 +759,7 @@ impl Raylet {
 
     fn stop_host(&mut self, host: &ActorHostRef) {
         match host {
-            ActorHostRef::Thread(addr, _) => addr.do_send(HostControl::Stop),
+            ActorHostRef::Thread(addr) => addr.do_send(HostControl::Stop),
             ActorHostRef::Process(wid) => {
                 if let Some(WorkerSlot {
                     worker: Worker::Process(p),
@@ -813,19 +810,11 @@ impl Raylet {
         };
         if matches {
             match self.actors.remove(&aid) {
-                Some(ActorPlace::Alive { alloc, host, .. }) => {
-                    if let Some(a) = alloc {
-                        self.local().release(&a);
-                    }
-                    if let ActorHostRef::Thread(_, arb) = host {
-                        arb.stop();
-                    }
+                Some(ActorPlace::Alive { alloc: Some(a), .. }) => {
+                    self.local().release(&a);
                 }
-                Some(ActorPlace::Starting { alloc, host, .. }) => {
+                Some(ActorPlace::Starting { alloc, .. }) => {
                     self.local().release(&alloc);
-                    if let ActorHostRef::Thread(_, arb) = host {
-                        arb.stop();
-                    }
                 }
                 _ => {}
             }
@@ -869,11 +858,8 @@ impl Raylet {
             })
             .collect();
         for h in hosts {
-            match h {
-                ActorHostRef::Thread(_, arb) => {
-                    arb.stop();
-                }
-                ActorHostRef::Process(_) => {}
+            if let ActorHostRef::Thread(addr) = h {
+                addr.do_send(HostControl::Stop);
             }
         }
         for slot in self.workers.values() {

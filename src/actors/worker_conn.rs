@@ -236,8 +236,10 @@ impl WorkerConn {
             for q in pending {
                 forward(q).await;
             }
-            while let Ok(HostMsg::Call(q)) = rx.recv_async().await {
-                forward(q).await;
+            while let Ok(m) = rx.recv_async().await {
+                if let HostMsg::Call(q) = m {
+                    forward(q).await;
+                }
             }
         }));
     }
@@ -303,6 +305,20 @@ impl WorkerConn {
                 let mut inf = self.inflight.borrow_mut();
                 if let Some(seq) = inf.seq_of.remove(&task_id) {
                     inf.order.remove(&seq);
+                }
+            }
+            FromWorker::SubmitTask(spec) => {
+                let id = spec.return_id;
+                self.hold(id);
+                if let Err(e) = self.client().submit_task(spec) {
+                    seal_error(&table, id, &e);
+                }
+            }
+            FromWorker::SubmitCall(call) => {
+                let id = call.return_id;
+                self.hold(id);
+                if let Err(e) = self.client().submit_actor_call(call) {
+                    seal_error(&table, id, &e);
                 }
             }
             FromWorker::IncRef(ids) => {
@@ -404,28 +420,12 @@ impl WorkerConn {
                     Reply::Ready(r)
                 });
             }
-            Request::SubmitTask(spec) => {
-                let id = spec.return_id;
-                let r = client.submit_task(spec);
-                if r.is_ok() {
-                    self.hold(id);
-                }
-                self.reply(ctx, req, Reply::Unit(r));
-            }
-            Request::SubmitCall(call) => {
-                let id = call.return_id;
-                let r = client.submit_actor_call(call);
-                if r.is_ok() {
-                    self.hold(id);
-                }
-                self.reply(ctx, req, Reply::Unit(r));
-            }
             Request::Cancel { id, force } => {
                 let r = client.cancel(id, force);
                 self.reply(ctx, req, Reply::Unit(r));
             }
             Request::CreateActor(spec) => {
-                self.reply_blocking(ctx, req, move |c| Reply::Unit(c.create_actor(spec)))
+                self.reply_blocking(ctx, req, move |c| Reply::Unit(c.create_actor(*spec)))
             }
             Request::KillActor { id, no_restart } => {
                 self.reply_blocking(ctx, req, move |c| Reply::Unit(c.kill_actor(id, no_restart)))
@@ -477,14 +477,14 @@ impl Actor for WorkerConn {
 
     fn started(&mut self, _ctx: &mut Self::Context) {
         tracing::debug!(worker = %self.wid, pid = self.pid, "worker connected");
-        if let (Some(h), Some(args)) = (self.actor.as_ref(), self.actor_args.take()) {
-            if let Some(f) = frame(&ToWorker::CreateActor {
+        if let (Some(h), Some(args)) = (self.actor.as_ref(), self.actor_args.take())
+            && let Some(f) = frame(&ToWorker::CreateActor {
                 spec: h.spec.clone(),
                 args,
-            }) && self.out.try_send(f).is_err()
-            {
-                tracing::error!(worker = %self.wid, "cannot send the actor to its worker");
-            }
+            })
+            && self.out.try_send(f).is_err()
+        {
+            tracing::error!(worker = %self.wid, "cannot send the actor to its worker");
         }
         let _ = self.ctx.raylet_tx.send(RayletMsg::WorkerReady(self.wid));
     }
@@ -502,8 +502,9 @@ impl Actor for WorkerConn {
                     .into_values()
                     .collect();
             if let Some(rx) = &h.rx {
-                unfinished.extend(rx.try_iter().map(|m| match m {
-                    HostMsg::Call(q) => q,
+                unfinished.extend(rx.try_iter().filter_map(|m| match m {
+                    HostMsg::Call(q) => Some(q),
+                    HostMsg::Wake => None,
                 }));
             }
             self.ctx.raylet.do_send(ActorExited {

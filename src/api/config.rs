@@ -63,13 +63,13 @@ impl Config {
     /// `MOBULA_OBJECT_STORE_MEMORY`, `MOBULA_WORKER_MODE` (`thread` | `process`) and
     /// `MOBULA_NAMESPACE`.
     pub fn from_env() -> Self {
-        let mut c = Self::default();
-        c.num_cpus = env_f64("MOBULA_NUM_CPUS");
-        if let Some(g) = env_f64("MOBULA_NUM_GPUS") {
-            c.num_gpus = g;
-        }
-        c.memory = env_f64("MOBULA_MEMORY");
-        c.object_store_memory = env_f64("MOBULA_OBJECT_STORE_MEMORY").map(|v| v as u64);
+        let mut c = Self {
+            num_cpus: env_f64("MOBULA_NUM_CPUS"),
+            num_gpus: env_f64("MOBULA_NUM_GPUS").unwrap_or(0.0),
+            memory: env_f64("MOBULA_MEMORY"),
+            object_store_memory: env_f64("MOBULA_OBJECT_STORE_MEMORY").map(|v| v as u64),
+            ..Self::default()
+        };
         if let Ok(m) = std::env::var("MOBULA_WORKER_MODE")
             && m.eq_ignore_ascii_case("process")
         {

@@ -30,6 +30,9 @@ use object_ref::decode_object;
 
 static GLOBAL: RwLock<Option<Runtime>> = RwLock::new(None);
 
+/// What `wait` gives back: (ready, not ready).
+pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// A handle to the running runtime: cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct Runtime {
@@ -168,7 +171,7 @@ impl Runtime {
         refs: &[ObjectRef<T>],
         num_returns: usize,
         timeout: Option<Duration>,
-    ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    ) -> Result<WaitResult<T>> {
         let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
         let num = num_returns.min(ids.len());
         let ready = self.core.wait(&ids, num, timeout)?;

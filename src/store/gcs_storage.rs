@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
 
+/// Every (key, value) of a table.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// Errors of a GCS storage backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -22,13 +27,13 @@ pub trait GcsStorage: Send + Sync + 'static {
     /// Deletes a value; returns whether it existed.
     fn delete(&self, table: &str, key: &[u8]) -> Result<bool, StorageError>;
     /// Every (key, value) of a table, in key order.
-    fn scan(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn scan(&self, table: &str) -> Result<Rows, StorageError>;
 }
 
 /// GCS storage in memory: lost when the process exits.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
-    tables: Mutex<BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: Mutex<BTreeMap<String, Table>>,
 }
 
 impl GcsStorage for MemoryStorage {
@@ -57,7 +62,7 @@ impl GcsStorage for MemoryStorage {
             .is_some_and(|t| t.remove(key).is_some()))
     }
 
-    fn scan(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, table: &str) -> Result<Rows, StorageError> {
         Ok(self
             .tables
             .lock()

@@ -1,6 +1,7 @@
 //! Storage: the node's object table (objects, reference counts, the memory limit and the
 //! waits on pending objects) and the GCS tables behind a storage trait.
 
+pub mod buffers;
 pub mod gcs_storage;
 mod object_table;
 
@@ -101,6 +102,9 @@ pub fn block_until(
             w();
         }
     }
+    // A result usually arrives within microseconds of the call: spin briefly before paying
+    // for a sleep and a wake-up.
+    spin_until(SPIN, || latch.done());
     while !latch.done() {
         match deadline {
             None => std::thread::park(),
@@ -114,6 +118,25 @@ pub fn block_until(
         }
     }
     true
+}
+
+/// How long a waiting thread spins before it sleeps.
+pub const SPIN: Duration = Duration::from_micros(50);
+
+/// Spins until `ready()` or `limit` passes; returns whether it became ready.
+pub fn spin_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= limit {
+            return ready();
+        }
+    }
 }
 
 /// Resolves once the object is sealed or dropped.

@@ -336,10 +336,13 @@ impl ObjectTable {
             if let Some(e) = freed {
                 self.used.fetch_sub(e.size, Ordering::AcqRel);
                 work.extend(e.nested);
-                if let State::Pending(ws) = e.state {
-                    for w in ws {
-                        w();
+                match e.state {
+                    State::Pending(ws) => {
+                        for w in ws {
+                            w();
+                        }
                     }
+                    State::Ready(o) => super::buffers::recycle(o.data),
                 }
             }
         }

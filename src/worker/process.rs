@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::BufWriter;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -33,14 +32,16 @@ use crate::codec::Encoded;
 use crate::core::{ActorLookup, Core};
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, WorkerId};
-use crate::registry::{self, ActorInstance, MethodOutcome, UserError};
+use crate::registry::{ActorInstance, UserError};
 use crate::sched::{PlacementStrategy, ResourceSet};
 use crate::spec::{ActorCall, ActorSpec, TaskSpec};
 use crate::store::{Object, ObjectTable};
 use crate::worker::protocol::{
     self, FromWorker, Reply, Request, ToWorker, WireValue, WorkerEnv, read_frame, write_frame,
 };
-use crate::worker::{invoke_function, user_error};
+use crate::worker::{
+    CallStart, call_blocking, construct_actor, event_loop, invoke_function, start_call, user_error,
+};
 
 const ENV_SOCKET: &str = "MOBULA_WORKER_SOCKET";
 const ENV_WORKER_ID: &str = "MOBULA_WORKER_ID";
@@ -83,12 +84,16 @@ impl WorkerCommand {
     }
 }
 
+/// What a worker process needs to become an actor's host: the spec, the constructor's
+/// arguments and the actor's route.
+pub(crate) type ActorLaunch = (ActorSpec, Vec<Bytes>, Arc<ActorRoute>);
+
 /// Shared state of one worker process, between the raylet, its connection and its reaper.
 #[derive(Default)]
 pub(crate) struct ProcShared {
     pid: AtomicU32,
     conn: Mutex<Option<flume::Sender<Bytes>>>,
-    actor: Mutex<Option<(ActorSpec, Vec<Bytes>, Arc<ActorRoute>)>>,
+    actor: Mutex<Option<ActorLaunch>>,
 }
 
 impl ProcShared {
@@ -102,7 +107,7 @@ impl ProcShared {
         *self.conn.lock() = None;
     }
 
-    pub fn take_actor(&self) -> Option<(ActorSpec, Vec<Bytes>, Arc<ActorRoute>)> {
+    pub fn take_actor(&self) -> Option<ActorLaunch> {
         self.actor.lock().take()
     }
 }
@@ -219,7 +224,7 @@ impl ProcessPool {
     pub fn spawn(
         &self,
         wid: WorkerId,
-        actor: Option<(ActorSpec, Vec<Bytes>, Arc<ActorRoute>)>,
+        actor: Option<ActorLaunch>,
     ) -> std::io::Result<ProcessWorker> {
         let mut cmd = std::process::Command::new(&self.command.exe);
         cmd.args(&self.command.args)
@@ -540,7 +545,7 @@ impl Core for WorkerCore {
 
     fn submit_task(&self, spec: TaskSpec) -> Result<()> {
         let id = spec.return_id;
-        unit(self.request(Request::SubmitTask(spec))?)?;
+        self.send(&FromWorker::SubmitTask(spec))?;
         self.own(id);
         Ok(())
     }
@@ -550,12 +555,12 @@ impl Core for WorkerCore {
     }
 
     fn create_actor(&self, spec: ActorSpec) -> Result<()> {
-        unit(self.request(Request::CreateActor(spec))?)
+        unit(self.request(Request::CreateActor(Box::new(spec)))?)
     }
 
     fn submit_actor_call(&self, call: ActorCall) -> Result<()> {
         let id = call.return_id;
-        unit(self.request(Request::SubmitCall(call))?)?;
+        self.send(&FromWorker::SubmitCall(call))?;
         self.own(id);
         Ok(())
     }
@@ -733,7 +738,7 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
                     result,
                 });
             }
-            Work::CreateActor(spec, args) => match construct(&spec, args) {
+            Work::CreateActor(spec, args) => match construct_actor(&spec, args) {
                 Ok(inst) => {
                     let _ = core.send(&FromWorker::ActorReady { result: Ok(()) });
                     if spec.is_async {
@@ -748,7 +753,9 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
             },
             Work::Call(call, args) => {
                 let result = match actor.as_mut() {
-                    Some(inst) => run_sync_call(inst.as_mut(), &call, args),
+                    Some(inst) => {
+                        finish(&call.name, call_blocking(inst.as_mut(), &call.method, args))
+                    }
                     None => Err(Error::runtime("this worker hosts no actor")),
                 };
                 let _ = core.send(&FromWorker::CallDone {
@@ -762,17 +769,6 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
     Ok(())
 }
 
-fn construct(spec: &ActorSpec, args: Vec<Bytes>) -> Result<Box<dyn ActorInstance>> {
-    let class = registry::actor_class(&spec.class)
-        .ok_or_else(|| Error::NotRegistered(spec.class.clone()))?;
-    let name = format!("{}::{}", spec.class_name, spec.ctor);
-    match catch_unwind(AssertUnwindSafe(|| (class.construct)(&spec.ctor, args))) {
-        Ok(Ok(i)) => Ok(i),
-        Ok(Err(e)) => Err(user_error(&name, e).0),
-        Err(p) => Err(user_error(&name, UserError::Panicked(registry::panic_message(&*p))).0),
-    }
-}
-
 fn finish(name: &str, r: std::result::Result<Encoded, UserError>) -> Result<WireValue> {
     r.map(|e| WireValue {
         data: e.data,
@@ -781,40 +777,19 @@ fn finish(name: &str, r: std::result::Result<Encoded, UserError>) -> Result<Wire
     .map_err(|e| user_error(name, e).0)
 }
 
-fn run_sync_call(
-    inst: &mut dyn ActorInstance,
-    call: &ActorCall,
-    args: Vec<Bytes>,
-) -> Result<WireValue> {
-    let out = catch_unwind(AssertUnwindSafe(|| inst.call(&call.method, args)));
-    let r = match out {
-        Err(p) => Err(UserError::Panicked(registry::panic_message(&*p))),
-        Ok(MethodOutcome::Done(r)) => r,
-        Ok(MethodOutcome::Pending(f)) => {
-            futures::executor::block_on(AssertUnwindSafe(f).catch_unwind())
-                .unwrap_or_else(|p| Err(UserError::Panicked(registry::panic_message(&*p))))
-        }
-    };
-    finish(&call.name, r)
-}
-
 fn run_async_actor(
     core: Arc<WorkerCore>,
     spec: ActorSpec,
     inst: Box<dyn ActorInstance>,
     rx: flume::Receiver<Work>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let (rt, local) = match event_loop() {
+        Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the actor's event loop");
             return;
         }
     };
-    let local = tokio::task::LocalSet::new();
     let inst = std::rc::Rc::new(std::cell::RefCell::new(inst));
     let permits = Arc::new(tokio::sync::Semaphore::new(spec.max_concurrency.max(1)));
     local.block_on(&rt, async move {
@@ -825,18 +800,12 @@ fn run_async_actor(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let out = catch_unwind(AssertUnwindSafe(|| {
-                inst.borrow_mut().call(&call.method, args)
-            }));
+            let started = start_call(&mut **inst.borrow_mut(), &call.method, args);
             let core = core.clone();
             tokio::task::spawn_local(async move {
-                let r = match out {
-                    Err(p) => Err(UserError::Panicked(registry::panic_message(&*p))),
-                    Ok(MethodOutcome::Done(r)) => r,
-                    Ok(MethodOutcome::Pending(f)) => AssertUnwindSafe(f)
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|p| Err(UserError::Panicked(registry::panic_message(&*p)))),
+                let r = match started {
+                    CallStart::Done(r) => r,
+                    CallStart::Running(f) => f.await,
                 };
                 let _ = core.send(&FromWorker::CallDone {
                     task_id: call.task_id,

@@ -119,6 +119,10 @@ pub enum FromWorker {
         /// What is asked.
         body: Request,
     },
+    /// Submit a task (one-way: a failure seals the task's return object with the error).
+    SubmitTask(TaskSpec),
+    /// Call an actor (one-way, like `SubmitTask`).
+    SubmitCall(ActorCall),
     /// The worker took references to these objects.
     IncRef(Vec<ObjectId>),
     /// The worker dropped references to these objects.
@@ -158,8 +162,6 @@ pub enum Request {
         /// Time limit.
         timeout_ms: Option<u64>,
     },
-    /// Submit a task.
-    SubmitTask(TaskSpec),
     /// Cancel the task producing `id`.
     Cancel {
         /// Its return object.
@@ -168,9 +170,7 @@ pub enum Request {
         force: bool,
     },
     /// Create an actor.
-    CreateActor(ActorSpec),
-    /// Call an actor.
-    SubmitCall(ActorCall),
+    CreateActor(Box<ActorSpec>),
     /// Kill an actor.
     KillActor {
         /// The actor.
