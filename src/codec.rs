@@ -8,20 +8,27 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::RawRef;
 use crate::error::Error;
 use crate::ids::ObjectId;
 
 thread_local! {
-    static NESTED: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
+    static NESTED: RefCell<Option<Vec<RawRef>>> = const { RefCell::new(None) };
 }
 
 /// An encoded value and the object ids found inside it.
+///
+/// It holds a handle to every nested reference (`pins`), so the referenced objects stay alive
+/// while the encoded value is on its way, even after the value it came from is dropped; whoever
+/// stores it (the object table, a task's pins) takes references of its own first.
 #[derive(Debug, Clone, Default)]
 pub struct Encoded {
     /// The MessagePack bytes.
     pub data: Bytes,
     /// Ids of the `ObjectRef`s nested in the value, in encounter order.
     pub nested: Vec<ObjectId>,
+    /// Handles keeping the nested objects alive until the value is stored.
+    pub pins: Vec<RawRef>,
 }
 
 /// Encodes `value`, collecting the ids of `ObjectRef`s nested in it.
@@ -29,7 +36,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, Error> {
     let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
     let mut w = crate::store::buffers::PooledWriter::default();
     let res = rmp_serde::encode::write(&mut w, value).map(|()| w.into_vec());
-    let nested = NESTED.with(|n| {
+    let pins = NESTED.with(|n| {
         let mut slot = n.borrow_mut();
         let found = slot.take().unwrap_or_default();
         *slot = outer;
@@ -38,7 +45,8 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, Error> {
     let data = res.map_err(|e| Error::Serialization(e.to_string()))?;
     Ok(Encoded {
         data: Bytes::from(data),
-        nested,
+        nested: pins.iter().map(RawRef::id).collect(),
+        pins,
     })
 }
 
@@ -49,10 +57,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 /// Called by `ObjectRef`'s `Serialize` impl: records a nested reference if an [`encode`] is
 /// running on this thread.
-pub(crate) fn note_nested(id: ObjectId) {
+pub(crate) fn note_nested(r: &RawRef) {
     NESTED.with(|n| {
         if let Some(v) = n.borrow_mut().as_mut() {
-            v.push(id);
+            v.push(r.clone());
         }
     });
 }

@@ -72,6 +72,8 @@ pub(crate) trait Core: Send + Sync + 'static {
     fn kv_del(&self, ns: &str, key: &str) -> Result<bool>;
 
     fn cluster_resources(&self) -> Result<HashMap<String, f64>>;
+    /// Counters of this node's object store.
+    fn store_stats(&self) -> Result<crate::store::StoreStats>;
     fn available_resources(&self) -> Result<HashMap<String, f64>>;
 
     /// Stops the runtime (for the embedded cluster) or disconnects (for a worker).

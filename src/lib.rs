@@ -4,16 +4,19 @@
 //! [`init`]; call them with `f::remote(&rt, args)` / `Type::remote(&rt, args)` and get typed
 //! [`ObjectRef`]s back. See the README for a tour and ARCHITECTURE.md for how it works.
 //!
-//! ```no_run
+//! ```
 //! #[mobula::remote]
 //! fn square(x: u64) -> u64 {
 //!     x * x
 //! }
 //!
-//! let rt = mobula::init().expect("runtime");
-//! let refs: Vec<_> = (0..4).map(|i| square::remote(&rt, i)).collect();
-//! assert_eq!(rt.get_all(&refs).expect("results"), vec![0, 1, 4, 9]);
-//! mobula::shutdown();
+//! fn main() -> mobula::Result<()> {
+//!     let rt = mobula::init()?;
+//!     let refs: Vec<_> = (0..4).map(|i| square::remote(&rt, i)).collect();
+//!     assert_eq!(rt.get_all(&refs)?, vec![0, 1, 4, 9]);
+//!     mobula::shutdown();
+//!     Ok(())
+//! }
 //! ```
 
 #![warn(missing_docs, rust_2018_idioms)]

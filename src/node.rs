@@ -353,6 +353,10 @@ impl Core for NodeClient {
         Ok(self.resources()?.available.positive_part().to_f64_map())
     }
 
+    fn store_stats(&self) -> Result<crate::store::StoreStats> {
+        Ok(self.table.stats())
+    }
+
     fn shutdown(&self) {
         let Some((system, thread)) = self.system.lock().take() else {
             return;

@@ -351,6 +351,7 @@ impl WorkerConn {
                     Encoded {
                         data: value.data,
                         nested: value.nested,
+                        pins: Vec::new(),
                     },
                     false,
                 );

@@ -270,6 +270,11 @@ impl Runtime {
         self.core.cluster_resources()
     }
 
+    /// Counters of this node's object store (objects, bytes used, the limit).
+    pub fn object_store_stats(&self) -> Result<crate::store::StoreStats> {
+        self.core.store_stats()
+    }
+
     /// Resources free right now.
     pub fn available_resources(&self) -> Result<HashMap<String, f64>> {
         self.core.available_resources()
@@ -371,6 +376,7 @@ pub mod __private {
                 RawArg::Value(v) => {
                     let v = v?;
                     nested.extend(v.nested);
+                    keep.extend(v.pins);
                     out.push(TaskArg::Value(v.data));
                 }
                 RawArg::Ref(r) => {

@@ -135,7 +135,7 @@ impl<T: DeserializeOwned> ObjectRef<T> {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        codec::note_nested(self.id());
+        codec::note_nested(&self.raw);
         self.id().serialize(s)
     }
 }

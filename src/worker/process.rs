@@ -483,6 +483,7 @@ impl Core for WorkerCore {
                 nested: value.nested,
             },
         })?;
+        drop(value.pins);
         unit(r)?;
         self.own(id);
         Ok(id)
@@ -658,6 +659,12 @@ impl Core for WorkerCore {
         }
     }
 
+    fn store_stats(&self) -> Result<crate::store::StoreStats> {
+        Err(Error::runtime(
+            "object store counters are read on the driver, not in a worker process",
+        ))
+    }
+
     fn shutdown(&self) {}
 }
 
@@ -728,15 +735,23 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
     while let Ok(work) = work_rx.recv() {
         match work {
             Work::Execute(spec, args) => {
-                let result = invoke_function(&spec, args).map(|e| WireValue {
-                    data: e.data,
-                    nested: e.nested,
-                });
+                let (result, pins) = match invoke_function(&spec, args) {
+                    Ok(e) => (
+                        Ok(WireValue {
+                            data: e.data,
+                            nested: e.nested,
+                        }),
+                        e.pins,
+                    ),
+                    Err(e) => (Err(e), Vec::new()),
+                };
                 let _ = core.send(&FromWorker::TaskDone {
                     task_id: spec.task_id,
                     return_id: spec.return_id,
                     result,
                 });
+                // Nested refs of the value stay alive until the raylet has stored it.
+                drop(pins);
             }
             Work::CreateActor(spec, args) => match construct_actor(&spec, args) {
                 Ok(inst) => {
@@ -752,29 +767,43 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
                 }
             },
             Work::Call(call, args) => {
-                let result = match actor.as_mut() {
+                let (result, pins) = match actor.as_mut() {
                     Some(inst) => {
                         finish(&call.name, call_blocking(inst.as_mut(), &call.method, args))
                     }
-                    None => Err(Error::runtime("this worker hosts no actor")),
+                    None => (
+                        Err(Error::runtime("this worker hosts no actor")),
+                        Vec::new(),
+                    ),
                 };
                 let _ = core.send(&FromWorker::CallDone {
                     task_id: call.task_id,
                     return_id: call.return_id,
                     result,
                 });
+                drop(pins);
             }
         }
     }
     Ok(())
 }
 
-fn finish(name: &str, r: std::result::Result<Encoded, UserError>) -> Result<WireValue> {
-    r.map(|e| WireValue {
-        data: e.data,
-        nested: e.nested,
-    })
-    .map_err(|e| user_error(name, e).0)
+/// The wire form of a call's result, and the handles that keep its nested refs alive until
+/// the result has been sent.
+fn finish(
+    name: &str,
+    r: std::result::Result<Encoded, UserError>,
+) -> (Result<WireValue>, Vec<crate::api::RawRef>) {
+    match r {
+        Ok(e) => (
+            Ok(WireValue {
+                data: e.data,
+                nested: e.nested,
+            }),
+            e.pins,
+        ),
+        Err(e) => (Err(user_error(name, e).0), Vec::new()),
+    }
 }
 
 fn run_async_actor(
@@ -807,11 +836,13 @@ fn run_async_actor(
                     CallStart::Done(r) => r,
                     CallStart::Running(f) => f.await,
                 };
+                let (result, pins) = finish(&call.name, r);
                 let _ = core.send(&FromWorker::CallDone {
                     task_id: call.task_id,
                     return_id: call.return_id,
-                    result: finish(&call.name, r),
+                    result,
                 });
+                drop(pins);
                 drop(permit);
             });
         }

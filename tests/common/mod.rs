@@ -1,0 +1,114 @@
+//! Shared fixtures of the integration tests: one runtime at a time per test binary, a gate
+//! actor that lets a test hold tasks back and release them on an event, and waits on files.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mobula::{Config, Runtime, WorkerMode};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// A running runtime; dropping it shuts the runtime down.
+pub struct Rt {
+    pub rt: Runtime,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Rt {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.rt
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        mobula::shutdown();
+    }
+}
+
+/// Starts a runtime with `config` (tests of one binary take turns).
+pub fn start(config: Config) -> Rt {
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = mobula::init_with(config).expect("runtime starts");
+    Rt { rt, _guard: guard }
+}
+
+/// Thread workers with `cpus` CPUs.
+pub fn threads(cpus: f64) -> Config {
+    Config::default().num_cpus(cpus)
+}
+
+/// Worker processes with `cpus` CPUs.
+pub fn processes(cpus: f64) -> Config {
+    Config::default()
+        .num_cpus(cpus)
+        .worker_mode(WorkerMode::Process)
+        .prestart_workers(cpus as usize)
+}
+
+/// A long guard against hangs (not a speed expectation).
+pub const HANG: Duration = Duration::from_secs(120);
+
+/// Waits until `path` exists and returns its contents.
+pub fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + HANG;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.is_empty()
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends SIGKILL to a process.
+pub fn sigkill(pid: u32) {
+    // SAFETY: kill(2) on a pid the test read from its own worker.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill {pid}");
+}
+
+/// An actor that holds tasks back until the test opens it.
+#[mobula::actor]
+pub struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+#[mobula::actor]
+impl Gate {
+    pub fn new() -> Self {
+        let (open, _) = tokio::sync::watch::channel(false);
+        Gate { open }
+    }
+
+    /// Lets every waiter through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Returns once the gate is open.
+    pub async fn wait_open(&self) {
+        let mut rx = self.open.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A task that returns `v` once `gate` opens.
+#[mobula::remote]
+pub fn gated(gate: mobula::ActorHandle<Gate>, v: u64) -> mobula::Result<u64> {
+    mobula::runtime()?.get(&gate.wait_open())?;
+    Ok(v)
+}
