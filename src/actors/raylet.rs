@@ -311,9 +311,15 @@ impl Raylet {
                     break;
                 };
                 let req = request_of(&head.spec.resources, &head.spec.strategy);
-                let decision =
-                    self.scheduler
-                        .pick_node(&self.view, &req, &head.spec.strategy, local, None);
+                // The policy translates placement-group requests itself; the allocation takes
+                // the translated (group) resources.
+                let decision = self.scheduler.pick_node(
+                    &self.view,
+                    &head.spec.resources,
+                    &head.spec.strategy,
+                    local,
+                    None,
+                );
                 match decision {
                     Decision::Node(n) if n == local => {
                         let Some(task) = q.pop_front() else { break };
@@ -651,9 +657,10 @@ impl Raylet {
             };
             let req = request_of(&spec.placement_resources, &spec.strategy);
             let strategy = spec.strategy.clone();
+            let placement = spec.placement_resources.clone();
             match self
                 .scheduler
-                .pick_node(&self.view, &req, &strategy, local, None)
+                .pick_node(&self.view, &placement, &strategy, local, None)
             {
                 Decision::Node(n) if n == local => {
                     self.actor_queue.remove(i);
