@@ -471,11 +471,7 @@ impl Raylet {
         let Some(run) = self.running.remove(&tid) else {
             return;
         };
-        self.local().release(&run.alloc);
-        if !run.lent_cpu.is_empty() {
-            // Finished while marked blocked (it never reported unblocking).
-            self.local().force_acquire(&run.lent_cpu);
-        }
+        self.release_running(&run);
         match outcome {
             TaskOutcome::Sealed => {
                 self.by_return.remove(&run.task.spec.return_id);
@@ -489,6 +485,16 @@ impl Raylet {
                 }
             }
         }
+    }
+
+    /// Gives back a finished task's resources. A task that ended while blocked in `get` had
+    /// lent its CPU out already: take that back first, so the release is not capped at the
+    /// total and counted twice.
+    fn release_running(&mut self, run: &Running) {
+        if !run.lent_cpu.is_empty() {
+            self.local().force_acquire(&run.lent_cpu);
+        }
+        self.local().release(&run.alloc);
     }
 
     fn retry(&mut self, mut task: QueuedTask) {
@@ -510,10 +516,7 @@ impl Raylet {
         if let Some(tid) = slot.running
             && let Some(run) = self.running.remove(&tid)
         {
-            self.local().release(&run.alloc);
-            if !run.lent_cpu.is_empty() {
-                self.local().force_acquire(&run.lent_cpu);
-            }
+            self.release_running(&run);
             if !self.table.is_ready(&run.task.spec.return_id) && run.task.spec.can_retry() {
                 tracing::warn!(task = %run.task.spec.name, worker = %wid, detail = %detail, "worker died; retrying its task");
                 self.retry(run.task);

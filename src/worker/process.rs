@@ -56,6 +56,8 @@ const ENV_NAMESPACE: &str = "MOBULA_WORKER_NAMESPACE";
 pub(crate) struct WorkerCommand {
     pub exe: PathBuf,
     pub args: Vec<OsString>,
+    /// Discard the worker's stdout (a re-executed test harness prints its own headers there).
+    pub quiet: bool,
 }
 
 impl WorkerCommand {
@@ -70,6 +72,7 @@ impl WorkerCommand {
             .is_some_and(|n| n == "deps");
         let thread = std::thread::current();
         let test_name = thread.name().filter(|n| *n != "main");
+        let quiet = in_deps && test_name.is_some();
         let args = match (in_deps, test_name) {
             (true, Some(name)) => vec![
                 name.into(),
@@ -80,7 +83,7 @@ impl WorkerCommand {
             ],
             _ => std::env::args_os().skip(1).collect(),
         };
-        Ok(Self { exe, args })
+        Ok(Self { exe, args, quiet })
     }
 }
 
@@ -230,6 +233,9 @@ impl ProcessPool {
         cmd.args(&self.command.args)
             .env(ENV_WORKER_ID, wid.hex())
             .stdin(std::process::Stdio::null());
+        if self.command.quiet {
+            cmd.stdout(std::process::Stdio::null());
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
