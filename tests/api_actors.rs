@@ -232,7 +232,7 @@ fn async_actors_interleave_calls() {
     // If calls ran one at a time, `quick` would wait behind `wait_for` forever.
     assert_eq!(rt.get_timeout(&s.quick(), Some(HANG)).expect("quick"), 2);
     let (ready, _) = rt
-        .wait(&[waiting.clone()], 1, Some(Duration::ZERO))
+        .wait(std::slice::from_ref(&waiting), 1, Some(Duration::ZERO))
         .expect("wait");
     assert!(ready.is_empty());
     rt.get(&gate.open()).expect("open");
@@ -245,7 +245,11 @@ fn async_actors_interleave_calls() {
     let first = seq.wait_for(gate2.clone());
     let second = seq.quick();
     let (ready, _) = rt
-        .wait(&[second.clone()], 1, Some(Duration::from_millis(200)))
+        .wait(
+            std::slice::from_ref(&second),
+            1,
+            Some(Duration::from_millis(200)),
+        )
         .expect("wait");
     assert!(
         ready.is_empty(),
@@ -286,7 +290,11 @@ fn actors_hold_their_resources_while_alive() {
     rt.get(&b.get()).expect("b alive");
     let task = one::options(TaskOptions::new().num_cpus(1.0)).remote(&rt);
     let (ready, _) = rt
-        .wait(&[task.clone()], 1, Some(Duration::from_millis(200)))
+        .wait(
+            std::slice::from_ref(&task),
+            1,
+            Some(Duration::from_millis(200)),
+        )
         .expect("wait");
     assert!(ready.is_empty(), "both CPUs are held by actors");
     rt.kill(&a).expect("kill");

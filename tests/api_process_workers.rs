@@ -157,7 +157,11 @@ fn force_cancel_kills_the_worker_and_is_not_retried() {
     let held = gated::options(TaskOptions::new().max_retries(3)).remote(&rt, gate.clone(), 1);
     // Wait until it is running (the gate's waiter count is not observable: use wait).
     let (ready, _) = rt
-        .wait(&[held.clone()], 1, Some(Duration::from_millis(300)))
+        .wait(
+            std::slice::from_ref(&held),
+            1,
+            Some(Duration::from_millis(300)),
+        )
         .expect("wait");
     assert!(ready.is_empty());
     rt.cancel_force(&held).expect("cancel");

@@ -294,7 +294,11 @@ fn resources_limit_concurrency() {
         gated::options(TaskOptions::new().resource("slot", 1.0)).remote(&rt, gate.clone(), 1);
     let second = square::options(TaskOptions::new().resource("slot", 1.0)).remote(&rt, 3);
     let (ready, _) = rt
-        .wait(&[second.clone()], 1, Some(Duration::from_millis(200)))
+        .wait(
+            std::slice::from_ref(&second),
+            1,
+            Some(Duration::from_millis(200)),
+        )
         .expect("wait");
     assert!(ready.is_empty(), "the second task waits for the slot");
     rt.get(&gate.open()).expect("open");

@@ -543,6 +543,9 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         format!("Remote methods of [`{ty_str}`], reached through `ActorHandle<{ty_str}>`.");
     let builder_doc = format!("Creation of a [`{ty_str}`] actor with options.");
     Ok(quote! {
+        // `new` is the remote constructor, called through `Type::remote`: a `Default` impl
+        // would not be used.
+        #[allow(clippy::new_without_default)]
         #imp
 
         #[doc = #client_doc]
