@@ -308,13 +308,14 @@ fn resources_limit_concurrency() {
 
 #[test]
 fn shutdown_then_init_again() {
-    {
-        let rt = start(threads(1.0));
-        assert_eq!(rt.get(&square::remote(&rt, 2)).expect("first runtime"), 4);
-        assert!(matches!(mobula::init(), Err(Error::AlreadyInitialized)));
-    }
+    let _turn = common::exclusive();
+    let rt = mobula::init_with(threads(1.0)).expect("first runtime");
+    assert_eq!(rt.get(&square::remote(&rt, 2)).expect("first runtime"), 4);
+    assert!(matches!(mobula::init(), Err(Error::AlreadyInitialized)));
+    mobula::shutdown();
     assert!(!mobula::is_initialized());
     assert!(matches!(mobula::runtime(), Err(Error::NotInitialized)));
-    let rt = start(threads(1.0));
+    let rt = mobula::init_with(threads(1.0)).expect("second runtime");
     assert_eq!(rt.get(&square::remote(&rt, 3)).expect("second runtime"), 9);
+    mobula::shutdown();
 }

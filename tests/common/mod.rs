@@ -29,9 +29,14 @@ impl Drop for Rt {
     }
 }
 
+/// Takes this binary's runtime turn without starting a runtime.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Starts a runtime with `config` (tests of one binary take turns).
 pub fn start(config: Config) -> Rt {
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = exclusive();
     let rt = mobula::init_with(config).expect("runtime starts");
     Rt { rt, _guard: guard }
 }
