@@ -115,6 +115,8 @@ pub(crate) struct Gcs {
     pgs: HashMap<PlacementGroupId, PgRecord>,
     pg_waiters: HashMap<PlacementGroupId, Vec<oneshot::Sender<Result<(), Error>>>>,
     pg_in_flight: bool,
+    /// A group arrived while a round was running: run another round right after it.
+    pg_again: bool,
 }
 
 impl Gcs {
@@ -129,6 +131,7 @@ impl Gcs {
             pgs: HashMap::new(),
             pg_waiters: HashMap::new(),
             pg_in_flight: false,
+            pg_again: false,
         }
     }
 
@@ -257,6 +260,7 @@ impl Gcs {
     /// Tries to place every pending placement group (one round at a time).
     fn place_pending(&mut self, ctx: &mut Context<Self>) {
         if self.pg_in_flight {
+            self.pg_again = true;
             return;
         }
         let pending: Vec<PlacementGroupId> = self
@@ -342,7 +346,7 @@ impl Gcs {
             }
             results
         };
-        ctx.spawn(fut.into_actor(self).map(|results, act, _ctx| {
+        ctx.spawn(fut.into_actor(self).map(|results, act, ctx| {
             act.pg_in_flight = false;
             for (pg, outcome) in results {
                 match outcome {
@@ -376,6 +380,9 @@ impl Gcs {
                         );
                     }
                 }
+            }
+            if std::mem::take(&mut act.pg_again) {
+                act.place_pending(ctx);
             }
         }));
     }
