@@ -49,6 +49,8 @@ pub use ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, Worker
 pub use mobula_macros::{actor, main, remote};
 pub use sched::{PlacementStrategy, ResourceSet, SchedulingStrategy};
 
+pub use worker::gpu_ids;
+
 /// In a worker process, serves the raylet and exits; in any other process returns at once.
 /// `#[mobula::main]` calls this before the body of `main`; `init()` calls it too.
 pub fn worker_entry() {

@@ -482,6 +482,13 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         job_id,
         namespace: config.namespace.clone(),
     });
+    gcs.do_send(gcs::RegisterFunctions {
+        job_id,
+        ids: crate::registry::all_ids()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+    });
     if let Some(command) = command {
         let res = mailbox(futures::executor::block_on(raylet.send(
             raylet::StartPool {

@@ -319,3 +319,69 @@ fn shutdown_then_init_again() {
     assert_eq!(rt.get(&square::remote(&rt, 3)).expect("second runtime"), 9);
     mobula::shutdown();
 }
+
+#[mobula::remote]
+fn my_gpus(gate: mobula::ActorHandle<Gate>) -> mobula::Result<Vec<usize>> {
+    let ids = mobula::gpu_ids();
+    mobula::runtime()?.get(&gate.wait_open())?;
+    Ok(ids)
+}
+
+#[test]
+fn gpu_tasks_get_distinct_instance_ids() {
+    let rt = start(threads(4.0).num_gpus(2.0));
+    let gate = Gate::remote(&rt).expect("gate");
+    let a = my_gpus::options(TaskOptions::new().num_gpus(1.0)).remote(&rt, gate.clone());
+    let b = my_gpus::options(TaskOptions::new().num_gpus(1.0)).remote(&rt, gate.clone());
+    let c = my_gpus::options(TaskOptions::new().num_gpus(0.5)).remote(&rt, gate.clone());
+    let (ready, _) = rt
+        .wait(
+            std::slice::from_ref(&c),
+            1,
+            Some(Duration::from_millis(200)),
+        )
+        .expect("wait");
+    assert!(
+        ready.is_empty(),
+        "both GPUs are taken by the first two tasks"
+    );
+    rt.get(&gate.open()).expect("open");
+    let mut ids = rt.get(&a).expect("a");
+    ids.extend(rt.get(&b).expect("b"));
+    ids.sort_unstable();
+    assert_eq!(ids, vec![0, 1]);
+    assert_eq!(rt.get(&c).expect("c").len(), 1);
+    assert!(mobula::gpu_ids().is_empty(), "the driver runs no task");
+}
+
+/// A value that refuses to be encoded.
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value cannot be encoded"))
+    }
+}
+
+#[test]
+fn serialization_lost_objects_and_unknown_functions_are_errors() {
+    let rt = start(threads(1.0));
+    let e = rt.put(&Unencodable).expect_err("no encoding");
+    assert!(
+        matches!(&e, Error::Serialization(m) if m.contains("cannot be encoded")),
+        "{e}"
+    );
+    // A reference to an object that never existed here.
+    let bytes = rmp_serde::to_vec(&mobula::ObjectId::new()).expect("encode id");
+    let stray: ObjectRef<u64> = rmp_serde::from_slice(&bytes).expect("decode ref");
+    assert!(matches!(rt.get(&stray), Err(Error::ObjectLost { .. })));
+    // A function id no binary registered.
+    let r: ObjectRef<u64> = mobula::__private::submit_task(
+        &rt,
+        "no::such::function",
+        "ghost",
+        &TaskOptions::default(),
+        Vec::new(),
+    );
+    assert!(matches!(rt.get(&r), Err(Error::NotRegistered(id)) if id == "no::such::function"));
+}

@@ -110,6 +110,7 @@ pub(crate) struct Gcs {
     directory: Arc<ActorDirectory>,
     raylets: HashMap<NodeId, Addr<Raylet>>,
     jobs: HashMap<JobId, JobRecord>,
+    functions: std::collections::BTreeSet<String>,
     actors: HashMap<ActorId, ActorRecord>,
     named: HashMap<(String, String), ActorId>,
     pgs: HashMap<PlacementGroupId, PgRecord>,
@@ -126,6 +127,7 @@ impl Gcs {
             directory,
             raylets: HashMap::new(),
             jobs: HashMap::new(),
+            functions: Default::default(),
             actors: HashMap::new(),
             named: HashMap::new(),
             pgs: HashMap::new(),
@@ -435,6 +437,36 @@ impl Handler<RegisterJob> for Gcs {
         };
         self.persist("jobs", msg.job_id.0.as_bytes(), &rec);
         self.jobs.insert(msg.job_id, rec);
+    }
+}
+
+/// A driver's binary registers the remote functions and actor classes linked into it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RegisterFunctions {
+    pub job_id: JobId,
+    pub ids: Vec<String>,
+}
+
+impl Handler<RegisterFunctions> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: RegisterFunctions, _ctx: &mut Self::Context) {
+        for id in &msg.ids {
+            self.persist("functions", id.as_bytes(), &msg.job_id);
+        }
+        self.functions.extend(msg.ids);
+    }
+}
+
+/// Registry ids known to the GCS.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub(crate) struct ListFunctions;
+
+impl Handler<ListFunctions> for Gcs {
+    type Result = MessageResult<ListFunctions>;
+    fn handle(&mut self, _msg: ListFunctions, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.functions.iter().cloned().collect())
     }
 }
 

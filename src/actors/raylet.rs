@@ -375,11 +375,16 @@ impl Raylet {
     }
 
     fn push_to_worker(&mut self, wid: WorkerId, spec: Arc<TaskSpec>) {
+        let gpus = self
+            .running
+            .get(&spec.task_id)
+            .map(|r| r.alloc.gpu_indices())
+            .unwrap_or_default();
         let pushed = match self.workers.get(&wid).map(|s| &s.worker) {
-            Some(Worker::Thread(t)) => t.push(spec).is_ok(),
+            Some(Worker::Thread(t)) => t.push(spec, gpus).is_ok(),
             Some(Worker::Process(p)) => {
                 match crate::worker::thread::resolve_args(&self.table, &spec.args) {
-                    Ok(args) => p.execute(&spec, args).is_ok(),
+                    Ok(args) => p.execute(&spec, args, gpus).is_ok(),
                     Err(e) => {
                         // A dependency failed: the task fails with that error, not the worker.
                         self.task_done(

@@ -147,6 +147,17 @@ pub(crate) struct WorkerCtx {
 
 thread_local! {
     static CTX: RefCell<Option<WorkerCtx>> = const { RefCell::new(None) };
+    static GPU_IDS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) fn set_gpu_ids(ids: Vec<usize>) {
+    GPU_IDS.with(|g| *g.borrow_mut() = ids);
+}
+
+/// The GPU instances assigned to the task running on this thread (empty outside a task or
+/// when it asked for no GPU), as Ray's `ray.get_gpu_ids()`.
+pub fn gpu_ids() -> Vec<usize> {
+    GPU_IDS.with(|g| g.borrow().clone())
 }
 
 pub(crate) fn set_ctx(ctx: Option<WorkerCtx>) {

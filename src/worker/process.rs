@@ -123,10 +123,16 @@ pub(crate) struct ProcessWorker {
 
 impl ProcessWorker {
     /// Sends a task with its resolved arguments.
-    pub fn execute(&self, spec: &TaskSpec, args: Vec<Bytes>) -> std::result::Result<(), ()> {
+    pub fn execute(
+        &self,
+        spec: &TaskSpec,
+        args: Vec<Bytes>,
+        gpu_ids: Vec<usize>,
+    ) -> std::result::Result<(), ()> {
         let frame = protocol::encode_frame(&ToWorker::Execute {
             spec: spec.clone(),
             args,
+            gpu_ids,
         })
         .map_err(|e| tracing::error!(worker = %self.id, error = %e, "cannot encode a task"))?;
         let conn = self.shared.conn.lock().clone();
@@ -675,7 +681,7 @@ impl Core for WorkerCore {
 }
 
 enum Work {
-    Execute(TaskSpec, Vec<Bytes>),
+    Execute(TaskSpec, Vec<Bytes>, Vec<usize>),
     CreateActor(ActorSpec, Vec<Bytes>),
     Call(ActorCall, Vec<Bytes>),
 }
@@ -721,8 +727,12 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
                 };
                 match msg {
                     ToWorker::Reply { req, body } => reader_core.dispatch_reply(req, body),
-                    ToWorker::Execute { spec, args } => {
-                        let _ = work_tx.send(Work::Execute(spec, args));
+                    ToWorker::Execute {
+                        spec,
+                        args,
+                        gpu_ids,
+                    } => {
+                        let _ = work_tx.send(Work::Execute(spec, args, gpu_ids));
                     }
                     ToWorker::CreateActor { spec, args } => {
                         let _ = work_tx.send(Work::CreateActor(spec, args));
@@ -740,8 +750,11 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
     let mut actor: Option<Box<dyn ActorInstance>> = None;
     while let Ok(work) = work_rx.recv() {
         match work {
-            Work::Execute(spec, args) => {
-                let (result, pins) = match invoke_function(&spec, args) {
+            Work::Execute(spec, args, gpus) => {
+                crate::worker::set_gpu_ids(gpus);
+                let outcome = invoke_function(&spec, args);
+                crate::worker::set_gpu_ids(Vec::new());
+                let (result, pins) = match outcome {
                     Ok(e) => (
                         Ok(WireValue {
                             data: e.data,

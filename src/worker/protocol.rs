@@ -55,6 +55,8 @@ pub enum ToWorker {
         spec: TaskSpec,
         /// Its argument values.
         args: Vec<Bytes>,
+        /// GPU instances assigned to it.
+        gpu_ids: Vec<usize>,
     },
     /// Become the host of this actor.
     CreateActor {

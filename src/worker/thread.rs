@@ -15,7 +15,7 @@ use crate::worker::{TaskOutcome, WorkerCtx, invoke_function, set_ctx};
 /// A running thread worker.
 #[derive(Debug)]
 pub(crate) struct ThreadWorker {
-    tx: crossbeam_channel::Sender<Arc<TaskSpec>>,
+    tx: crossbeam_channel::Sender<(Arc<TaskSpec>, Vec<usize>)>,
 }
 
 impl ThreadWorker {
@@ -26,7 +26,7 @@ impl ThreadWorker {
         table: Arc<ObjectTable>,
         raylet: flume::Sender<RayletMsg>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::bounded::<Arc<TaskSpec>>(4);
+        let (tx, rx) = crossbeam_channel::bounded::<(Arc<TaskSpec>, Vec<usize>)>(4);
         std::thread::Builder::new()
             .name(format!("mobula-worker-{n}"))
             .spawn(move || {
@@ -34,8 +34,10 @@ impl ThreadWorker {
                     worker_id: id,
                     notify: raylet.clone(),
                 }));
-                while let Ok(spec) = rx.recv() {
+                while let Ok((spec, gpus)) = rx.recv() {
+                    crate::worker::set_gpu_ids(gpus);
                     let outcome = run(&table, &spec);
+                    crate::worker::set_gpu_ids(Vec::new());
                     let done = RayletMsg::TaskDone {
                         worker: id,
                         task_id: spec.task_id,
@@ -53,8 +55,10 @@ impl ThreadWorker {
     }
 
     /// Hands a task to the worker. Fails when the worker is gone.
-    pub fn push(&self, spec: Arc<TaskSpec>) -> Result<(), Arc<TaskSpec>> {
-        self.tx.try_send(spec).map_err(|e| e.into_inner())
+    pub fn push(&self, spec: Arc<TaskSpec>, gpu_ids: Vec<usize>) -> Result<(), Arc<TaskSpec>> {
+        self.tx
+            .try_send((spec, gpu_ids))
+            .map_err(|e| e.into_inner().0)
     }
 }
 
