@@ -101,6 +101,12 @@ fn args_blocking(table: &ObjectTable, q: &QueuedCall) -> Option<Vec<Bytes>> {
     }
 }
 
+enum Step {
+    Run(QueuedCall),
+    Skip,
+    Finish(Vec<QueuedCall>),
+}
+
 struct Instance {
     spec: ActorSpec,
     table: Arc<ObjectTable>,
@@ -109,14 +115,40 @@ struct Instance {
 }
 
 impl Instance {
-    fn drain(&self, first: Option<QueuedCall>) -> Vec<QueuedCall> {
-        first
-            .into_iter()
-            .chain(self.rx.try_iter().filter_map(|m| match m {
+    /// The calls still waiting in the channel.
+    fn drain(&self) -> Vec<QueuedCall> {
+        self.rx
+            .try_iter()
+            .filter_map(|m| match m {
                 HostMsg::Call(q) => Some(q),
                 HostMsg::Wake => None,
-            }))
+            })
             .collect()
+    }
+
+    /// The next call to run: from the calls queued before the host started, else the message
+    /// just received. Once the stop flag is set, everything not run yet is handed back.
+    fn step(
+        &self,
+        queue: &mut std::vec::IntoIter<QueuedCall>,
+        received: Option<Result<HostMsg, flume::RecvError>>,
+    ) -> Step {
+        let q = match received {
+            None => queue.next(),
+            Some(Ok(HostMsg::Call(q))) => Some(q),
+            Some(Ok(HostMsg::Wake) | Err(_)) => None,
+        };
+        let stopping = self.stop.load(Ordering::Acquire);
+        match q {
+            Some(q) if !stopping => Step::Run(q),
+            None if !stopping && !self.rx.is_disconnected() => Step::Skip,
+            q => {
+                let mut rest: Vec<QueuedCall> = q.into_iter().collect();
+                rest.extend(queue.by_ref());
+                rest.extend(self.drain());
+                Step::Finish(rest)
+            }
+        }
     }
 
     fn run_sync(
@@ -126,26 +158,15 @@ impl Instance {
     ) -> Vec<QueuedCall> {
         let mut queue = pending.into_iter();
         loop {
-            let q = match queue.next() {
-                Some(q) => q,
-                None => match self.rx.recv() {
-                    Ok(HostMsg::Call(q)) => q,
-                    Ok(HostMsg::Wake) | Err(_) => {
-                        if self.stop.load(Ordering::Acquire) || self.rx.is_disconnected() {
-                            let mut rest: Vec<QueuedCall> = queue.collect();
-                            rest.extend(self.drain(None));
-                            return rest;
-                        }
-                        continue;
-                    }
-                },
+            let next = match queue.as_slice().is_empty() {
+                true => Some(self.rx.recv()),
+                false => None,
             };
-            if self.stop.load(Ordering::Acquire) {
-                let mut rest = vec![q];
-                rest.extend(queue);
-                rest.extend(self.drain(None));
-                return rest;
-            }
+            let q = match self.step(&mut queue, next) {
+                Step::Run(q) => q,
+                Step::Skip => continue,
+                Step::Finish(rest) => return rest,
+            };
             let Some(args) = args_blocking(&self.table, &q) else {
                 continue;
             };
@@ -159,7 +180,7 @@ impl Instance {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start an async actor's event loop");
-                return self.drain(None);
+                return self.drain();
             }
         };
         let inst = Rc::new(RefCell::new(inst));
@@ -169,26 +190,15 @@ impl Instance {
         local.block_on(&rt, async move {
             let mut queue = pending.into_iter();
             loop {
-                let q = match queue.next() {
-                    Some(q) => q,
-                    None => match self.rx.recv_async().await {
-                        Ok(HostMsg::Call(q)) => q,
-                        Ok(HostMsg::Wake) | Err(_) => {
-                            if self.stop.load(Ordering::Acquire) || self.rx.is_disconnected() {
-                                let mut rest: Vec<QueuedCall> = queue.collect();
-                                rest.extend(self.drain(None));
-                                return rest;
-                            }
-                            continue;
-                        }
-                    },
+                let next = match queue.as_slice().is_empty() {
+                    true => Some(self.rx.recv_async().await),
+                    false => None,
                 };
-                if self.stop.load(Ordering::Acquire) {
-                    let mut rest = vec![q];
-                    rest.extend(queue);
-                    rest.extend(self.drain(None));
-                    return rest;
-                }
+                let q = match self.step(&mut queue, next) {
+                    Step::Run(q) => q,
+                    Step::Skip => continue,
+                    Step::Finish(rest) => break rest,
+                };
                 for dep in q.call.deps() {
                     if !self.table.is_ready(&dep) {
                         crate::store::sealed(&self.table, dep).await;
