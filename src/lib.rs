@@ -32,6 +32,7 @@ pub mod codec;
 mod core;
 pub mod error;
 pub mod ids;
+pub mod net;
 mod node;
 pub mod registry;
 pub mod sched;
