@@ -28,6 +28,7 @@ extern crate self as mobula;
 pub mod actors;
 mod api;
 pub mod bench;
+pub mod cluster;
 pub mod codec;
 mod core;
 pub mod error;

@@ -25,6 +25,69 @@ enum Mode {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Starts a node daemon: a head (`--head`) or a node joining one (`--address`).
+    Start {
+        /// Start the head of a new cluster.
+        #[arg(long, conflicts_with = "address")]
+        head: bool,
+        /// `HOST:PORT` of the head to join.
+        #[arg(long)]
+        address: Option<String>,
+        /// The head's port.
+        #[arg(long, default_value_t = 6379)]
+        port: u16,
+        /// Interface to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// CPUs to offer (default: the machine's).
+        #[arg(long)]
+        num_cpus: Option<f64>,
+        /// GPUs to offer.
+        #[arg(long, default_value_t = 0.0)]
+        num_gpus: f64,
+        /// Memory to offer, in bytes.
+        #[arg(long)]
+        memory: Option<f64>,
+        /// Custom resources as JSON, e.g. '{"tpu": 4}'.
+        #[arg(long)]
+        resources: Option<String>,
+        /// Root of the cluster directories.
+        #[arg(long, default_value = "/tmp/mobula")]
+        temp_dir: std::path::PathBuf,
+        /// The cluster secret (joining from another machine).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Seconds without heartbeats before a node is declared dead.
+        #[arg(long, default_value_t = 3.0)]
+        death_timeout: f64,
+        /// Run in the foreground.
+        #[arg(long)]
+        block: bool,
+    },
+    /// Shows the nodes and resources of the cluster, like `ray status`.
+    Status {
+        /// The head's port (default: the only cluster under --temp-dir).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Root of the cluster directories.
+        #[arg(long, default_value = "/tmp/mobula")]
+        temp_dir: std::path::PathBuf,
+        /// The cluster secret, when this machine does not have it.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// Stops this machine's node daemons of one cluster (never every cluster).
+    Stop {
+        /// The head's port (default: the only cluster under --temp-dir).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Root of the cluster directories.
+        #[arg(long, default_value = "/tmp/mobula")]
+        temp_dir: std::path::PathBuf,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(long, default_value_t = 10.0)]
+        grace_period: f64,
+    },
     /// Runs the workloads of `ray microbenchmark`, printed in Ray's format.
     Microbenchmark {
         /// Only benchmarks whose name contains this (repeatable).
@@ -45,10 +108,140 @@ enum Command {
     },
 }
 
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("mobula: {msg}");
+    ExitCode::FAILURE
+}
+
+fn init_logs() {
+    let filter = std::env::var("MOBULA_LOG").unwrap_or_else(|_| "info".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses `{"name": amount, ...}`.
+fn parse_resources(text: &str) -> Result<std::collections::HashMap<String, f64>, String> {
+    let bad =
+        || format!("--resources wants a JSON object of numbers like '{{\"tpu\": 4}}', got {text}");
+    let inner = text
+        .trim()
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .ok_or_else(bad)?;
+    let mut out = std::collections::HashMap::new();
+    for pair in inner.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair.split_once(':').ok_or_else(bad)?;
+        let k = k.trim().trim_matches('"').to_string();
+        let v: f64 = v.trim().parse().map_err(|_| bad())?;
+        if k.is_empty() || v < 0.0 {
+            return Err(bad());
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
 fn main() -> ExitCode {
     mobula::worker_entry();
     let cli = Cli::parse();
     match cli.command {
+        Command::Start {
+            head,
+            address,
+            port,
+            bind,
+            num_cpus,
+            num_gpus,
+            memory,
+            resources,
+            temp_dir,
+            secret,
+            death_timeout,
+            block,
+        } => {
+            let resources = match resources.as_deref().map(parse_resources).transpose() {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => return fail(&e),
+            };
+            let opts = mobula::cluster::StartOptions {
+                head,
+                address,
+                port,
+                bind,
+                num_cpus,
+                num_gpus,
+                memory,
+                resources,
+                temp_dir,
+                secret,
+                death_timeout: Duration::from_secs_f64(death_timeout),
+            };
+            if block {
+                init_logs();
+                return match mobula::cluster::run_node(opts) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e.to_string()),
+                };
+            }
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            match mobula::cluster::spawn_daemon(&opts, args) {
+                Ok(h) if opts.head => {
+                    let dir = mobula::cluster::ClusterDir::new(&opts.temp_dir, opts.port);
+                    println!("mobula head started: node {}", h.node_id);
+                    println!(
+                        "To join from this machine:\n  mobula start --address {}",
+                        h.address
+                    );
+                    if let Ok(s) = std::fs::read_to_string(dir.dir.join("secret")) {
+                        println!(
+                            "To join from another machine (replace the host with this machine's address):\n  mobula start --address {} --secret {}",
+                            h.address,
+                            s.trim()
+                        );
+                    }
+                    println!("Cluster status:\n  mobula status --port {}", opts.port);
+                    println!("Stop it:\n  mobula stop --port {}", opts.port);
+                    ExitCode::SUCCESS
+                }
+                Ok(_) => {
+                    println!(
+                        "mobula node started and joined {}",
+                        opts.address.unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Status {
+            port,
+            temp_dir,
+            secret,
+        } => {
+            let report = mobula::cluster::pick_cluster(&temp_dir, port)
+                .and_then(|d| mobula::cluster::status(&d, secret.as_deref()));
+            match report {
+                Ok(r) => {
+                    print!("{}", mobula::cluster::format_status(&r));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Stop {
+            port,
+            temp_dir,
+            grace_period,
+        } => match mobula::cluster::pick_cluster(&temp_dir, port) {
+            Ok(d) => {
+                let n = mobula::cluster::stop(&d, Duration::from_secs_f64(grace_period));
+                println!("stopped {n} mobula node process(es) of {}", d.dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
         Command::Microbenchmark {
             filters,
             mode,

@@ -1,0 +1,887 @@
+//! Cluster daemons and their command line: `mobula start --head`, `mobula start --address`,
+//! `mobula status` and `mobula stop`.
+//!
+//! A node daemon runs an embedded node and the node swarm (`crate::net`). The head also keeps
+//! the membership table: worker nodes register over request/response and then heartbeat their
+//! resources over gossipsub; a node whose heartbeats stop for `death_timeout` is dead. Every
+//! file of a cluster lives in `<temp-dir>/cluster-<port>/` (the secret with mode 0600, the
+//! head's address, one pid file per node of this machine), so two clusters on one machine never
+//! collide and `mobula stop` stops exactly one of them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::{self, NetConfig, NetEvent};
+
+/// Errors of the cluster commands.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A file of the cluster could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The network layer failed.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] crate::Error),
+    /// The command cannot go on (the message says why and what to do).
+    #[error("{0}")]
+    Usage(String),
+    /// A message from a peer did not decode.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+type Res<T> = Result<T, ClusterError>;
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+    move |source| ClusterError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The files of one cluster on this machine.
+#[derive(Debug, Clone)]
+pub struct ClusterDir {
+    /// `<temp-dir>/cluster-<port>`.
+    pub dir: PathBuf,
+}
+
+impl ClusterDir {
+    /// The directory of the cluster whose head listens on `port`.
+    pub fn new(temp_dir: &Path, port: u16) -> Self {
+        Self {
+            dir: temp_dir.join(format!("cluster-{port}")),
+        }
+    }
+    fn secret(&self) -> PathBuf {
+        self.dir.join("secret")
+    }
+    fn head(&self) -> PathBuf {
+        self.dir.join("head.json")
+    }
+    fn pid_file(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(format!("{node}.pid"))
+    }
+    /// Log file of a node daemon.
+    pub fn log(&self, node: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{node}.log"))
+    }
+
+    /// Writes the cluster secret, readable by the owner only.
+    fn write_secret(&self, secret: &[u8; 32]) -> Res<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.secret();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(file_err(&path))?;
+        f.write_all(hex(secret).as_bytes()).map_err(file_err(&path))
+    }
+
+    /// Reads the cluster secret, if this machine has it.
+    pub fn read_secret(&self) -> Res<[u8; 32]> {
+        let path = self.secret();
+        let text = std::fs::read_to_string(&path).map_err(file_err(&path))?;
+        parse_secret(&text)
+    }
+
+    /// The head's record, once the head is up.
+    pub fn read_head(&self) -> Res<HeadRecord> {
+        let path = self.head();
+        let text = std::fs::read_to_string(&path).map_err(file_err(&path))?;
+        serde_json_lite::from_str(&text).map_err(ClusterError::Malformed)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parses a 64-hex-digit cluster secret.
+pub fn parse_secret(text: &str) -> Res<[u8; 32]> {
+    let t = text.trim();
+    if t.len() != 64 || !t.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ClusterError::Usage(
+            "a cluster secret is 64 hex digits (see the head's join instructions)".to_string(),
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
+            .map_err(|e| ClusterError::Usage(format!("bad secret: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// What the head writes for others to find it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeadRecord {
+    /// `host:port` to join with.
+    pub address: String,
+    /// The head's libp2p address, with its peer id.
+    pub multiaddr: String,
+    /// The head's node id.
+    pub node_id: String,
+    /// The head daemon's pid.
+    pub pid: u32,
+}
+
+/// A tiny JSON codec for the head record (keeps the dependency set small).
+mod serde_json_lite {
+    use super::HeadRecord;
+
+    fn esc(s: &str) -> String {
+        s.replace('\\', "\\\\").replace('"', "\\\"")
+    }
+
+    pub fn to_string(h: &HeadRecord) -> String {
+        format!(
+            "{{\"address\":\"{}\",\"multiaddr\":\"{}\",\"node_id\":\"{}\",\"pid\":{}}}\n",
+            esc(&h.address),
+            esc(&h.multiaddr),
+            esc(&h.node_id),
+            h.pid
+        )
+    }
+
+    fn field<'a>(text: &'a str, key: &str) -> Result<&'a str, String> {
+        let pat = format!("\"{key}\":");
+        let start = text
+            .find(&pat)
+            .ok_or_else(|| format!("head record has no {key}"))?
+            + pat.len();
+        let rest = &text[start..];
+        if let Some(r) = rest.strip_prefix('"') {
+            let end = r.find('"').ok_or_else(|| format!("unterminated {key}"))?;
+            Ok(&r[..end])
+        } else {
+            let end = rest
+                .find([',', '}'])
+                .ok_or_else(|| format!("unterminated {key}"))?;
+            Ok(rest[..end].trim())
+        }
+    }
+
+    pub fn from_str(text: &str) -> Result<HeadRecord, String> {
+        Ok(HeadRecord {
+            address: field(text, "address")?.to_string(),
+            multiaddr: field(text, "multiaddr")?.to_string(),
+            node_id: field(text, "node_id")?.to_string(),
+            pid: field(text, "pid")?
+                .parse()
+                .map_err(|e| format!("bad pid: {e}"))?,
+        })
+    }
+}
+
+/// Messages between nodes and the head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClusterMsg {
+    /// A node joins (request; answered with `Welcome`).
+    Register {
+        /// Its node id.
+        node_id: String,
+        /// Its resources.
+        total: HashMap<String, f64>,
+    },
+    /// The head accepts a node.
+    Welcome {
+        /// The head's node id.
+        head: String,
+    },
+    /// A node's periodic report (gossip).
+    Heartbeat {
+        /// Its node id.
+        node_id: String,
+        /// Its resources.
+        total: HashMap<String, f64>,
+        /// What is free.
+        available: HashMap<String, f64>,
+    },
+    /// Asks the head for the cluster's status (request).
+    Status,
+    /// The answer to `Status`.
+    StatusReport(StatusReport),
+}
+
+/// One node as the head sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    /// Node id (hex).
+    pub node_id: String,
+    /// The head node.
+    pub is_head: bool,
+    /// Heartbeating.
+    pub alive: bool,
+    /// Its resources.
+    pub total: HashMap<String, f64>,
+    /// What is free.
+    pub available: HashMap<String, f64>,
+}
+
+/// The cluster's status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    /// Every node ever seen.
+    pub nodes: Vec<NodeStatus>,
+    /// Resource shapes waiting for a node, with how many tasks ask for each.
+    pub pending: Vec<(HashMap<String, f64>, usize)>,
+}
+
+fn encode(m: &ClusterMsg) -> Vec<u8> {
+    rmp_serde::to_vec(m).unwrap_or_default()
+}
+
+fn decode(b: &[u8]) -> Res<ClusterMsg> {
+    rmp_serde::from_slice(b).map_err(|e| ClusterError::Malformed(e.to_string()))
+}
+
+/// Options of `mobula start`.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Start a head (else join `address`).
+    pub head: bool,
+    /// `host:port` of the head to join.
+    pub address: Option<String>,
+    /// The head's port.
+    pub port: u16,
+    /// Interface to listen on.
+    pub bind: String,
+    /// CPUs (default: the machine's).
+    pub num_cpus: Option<f64>,
+    /// GPUs.
+    pub num_gpus: f64,
+    /// Memory in bytes.
+    pub memory: Option<f64>,
+    /// Custom resources.
+    pub resources: HashMap<String, f64>,
+    /// Root of the cluster directories.
+    pub temp_dir: PathBuf,
+    /// The cluster secret (joining from another machine).
+    pub secret: Option<String>,
+    /// A node that stops heartbeating for this long is dead.
+    pub death_timeout: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Member {
+    status: NodeStatus,
+    last_seen: Instant,
+}
+
+/// Runs a node daemon in the foreground until SIGTERM or SIGINT.
+pub fn run_node(opts: StartOptions) -> Res<()> {
+    let port = match (&opts.address, opts.head) {
+        (_, true) => opts.port,
+        (Some(a), false) => port_of(a)?,
+        (None, false) => {
+            return Err(ClusterError::Usage(
+                "pass --head to start a head or --address HOST:PORT to join one".to_string(),
+            ));
+        }
+    };
+    let dir = ClusterDir::new(&opts.temp_dir, port);
+    for sub in ["nodes", "logs"] {
+        let p = dir.dir.join(sub);
+        std::fs::create_dir_all(&p).map_err(file_err(&p))?;
+    }
+    let secret = if opts.head {
+        let s = net::new_secret();
+        dir.write_secret(&s)?;
+        s
+    } else {
+        match &opts.secret {
+            Some(s) => parse_secret(s)?,
+            None => dir.read_secret().map_err(|_| {
+                ClusterError::Usage(format!(
+                    "no cluster secret: pass --secret (printed by the head), or join from the head's machine where {} exists",
+                    dir.secret().display()
+                ))
+            })?,
+        }
+    };
+    let config = crate::Config {
+        num_cpus: opts.num_cpus,
+        num_gpus: opts.num_gpus,
+        memory: opts.memory,
+        resources: opts.resources.clone(),
+        namespace: "_mobula_node".to_string(),
+        ..Default::default()
+    };
+    let rt = crate::init_with(config)?;
+    let node_id = rt.node_id().hex();
+
+    let listen = if opts.head {
+        format!("/ip4/{}/tcp/{}", opts.bind, port)
+    } else {
+        format!("/ip4/{}/tcp/0", opts.bind)
+    };
+    let dial = match (&opts.address, opts.head) {
+        (Some(a), false) => vec![multiaddr_of(a)?],
+        _ => Vec::new(),
+    };
+    let started = net::start(NetConfig {
+        keypair: None,
+        listen: Some(
+            listen
+                .parse()
+                .map_err(|e| ClusterError::Usage(format!("bad address {listen}: {e}")))?,
+        ),
+        secret,
+        dial,
+        request_timeout: Duration::from_secs(30),
+    });
+    let (net, mut events, bound) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            crate::shutdown();
+            let hint = if opts.head {
+                " (choose another with --port)"
+            } else {
+                ""
+            };
+            return Err(ClusterError::Usage(format!("{e}{hint}")));
+        }
+    };
+    let pid_file = dir.pid_file(&node_id);
+    std::fs::write(&pid_file, std::process::id().to_string()).map_err(file_err(&pid_file))?;
+    if opts.head {
+        let host = if opts.bind == "0.0.0.0" {
+            "127.0.0.1".to_string()
+        } else {
+            opts.bind.clone()
+        };
+        let multiaddr = bound
+            .map(|a| format!("{a}/p2p/{}", net.peer_id()))
+            .unwrap_or_default();
+        let rec = HeadRecord {
+            address: format!("{host}:{port}"),
+            multiaddr,
+            node_id: node_id.clone(),
+            pid: std::process::id(),
+        };
+        let path = dir.head();
+        std::fs::write(&path, serde_json_lite::to_string(&rec)).map_err(file_err(&path))?;
+    }
+    tracing::info!(node = %node_id, head = opts.head, "node daemon up");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Usage(format!("cannot start the daemon's event loop: {e}")))?;
+    let result = runtime.block_on(async {
+        let mut members: HashMap<String, Member> = HashMap::new();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| ClusterError::Usage(format!("cannot watch signals: {e}")))?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut head_peer = None;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tick.tick() => {
+                    if !opts.head {
+                        let hb = ClusterMsg::Heartbeat {
+                            node_id: node_id.clone(),
+                            total: rt.cluster_resources().unwrap_or_default(),
+                            available: rt.available_resources().unwrap_or_default(),
+                        };
+                        // Fails until the head's subscription is known; the next tick retries.
+                        let _ = net.publish(encode(&hb)).await;
+                    }
+                }
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    match ev {
+                        NetEvent::Connected(peer) if !opts.head && head_peer.is_none() => {
+                            head_peer = Some(peer);
+                            let reg = ClusterMsg::Register {
+                                node_id: node_id.clone(),
+                                total: rt.cluster_resources().unwrap_or_default(),
+                            };
+                            match net.request(peer, encode(&reg)).await.map(|b| decode(&b)) {
+                                Ok(Ok(ClusterMsg::Welcome { head })) => {
+                                    tracing::info!(head = %head, "joined the cluster");
+                                }
+                                other => tracing::error!(reply = ?other, "the head did not accept this node"),
+                            }
+                        }
+                        NetEvent::Request { from, data, reply } if opts.head => {
+                            match decode(&data) {
+                                Ok(ClusterMsg::Register { node_id: n, total }) => {
+                                    tracing::info!(node = %n, peer = %from, "node registered");
+                                    members.insert(n.clone(), Member {
+                                        status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total },
+                                        last_seen: Instant::now(),
+                                    });
+                                    let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
+                                }
+                                Ok(ClusterMsg::Status) => {
+                                    let report = status_report(&rt, &node_id, &members, opts.death_timeout);
+                                    let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
+                                }
+                                Ok(other) => tracing::warn!(peer = %from, msg = ?other, "unexpected request"),
+                                Err(e) => tracing::warn!(peer = %from, error = %e, "malformed request dropped"),
+                            }
+                        }
+                        NetEvent::Gossip { from, data } if opts.head => match decode(&data) {
+                            Ok(ClusterMsg::Heartbeat { node_id: n, total, available }) => {
+                                let e = members.entry(n.clone()).or_insert_with(|| Member {
+                                    status: NodeStatus { node_id: n, is_head: false, alive: true, total: total.clone(), available: available.clone() },
+                                    last_seen: Instant::now(),
+                                });
+                                e.status.total = total;
+                                e.status.available = available;
+                                e.last_seen = Instant::now();
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed gossip dropped"),
+                        },
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok::<(), ClusterError>(())
+    });
+    runtime.block_on(net.shutdown());
+    crate::shutdown();
+    let _ = std::fs::remove_file(&pid_file);
+    if opts.head {
+        let _ = std::fs::remove_file(dir.head());
+    }
+    tracing::info!(node = %node_id, "node daemon stopped");
+    result
+}
+
+fn status_report(
+    rt: &crate::Runtime,
+    head_id: &str,
+    members: &HashMap<String, Member>,
+    death_timeout: Duration,
+) -> StatusReport {
+    let mut nodes = vec![NodeStatus {
+        node_id: head_id.to_string(),
+        is_head: true,
+        alive: true,
+        total: rt.cluster_resources().unwrap_or_default(),
+        available: rt.available_resources().unwrap_or_default(),
+    }];
+    for m in members.values() {
+        let mut s = m.status.clone();
+        s.alive = m.last_seen.elapsed() < death_timeout;
+        nodes.push(s);
+    }
+    StatusReport {
+        nodes,
+        pending: Vec::new(),
+    }
+}
+
+fn port_of(address: &str) -> Res<u16> {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| ClusterError::Usage(format!("expected HOST:PORT, got {address}")))
+}
+
+fn multiaddr_of(address: &str) -> Res<libp2p::Multiaddr> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| ClusterError::Usage(format!("expected HOST:PORT, got {address}")))?;
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let proto = if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        "ip4"
+    } else {
+        "dns"
+    };
+    format!("/{proto}/{host}/tcp/{port}")
+        .parse()
+        .map_err(|e| ClusterError::Usage(format!("bad address {address}: {e}")))
+}
+
+/// Starts a node daemon in the background (the same executable with `--block`) and waits
+/// until it is up. Returns the head record.
+pub fn spawn_daemon(opts: &StartOptions, args: Vec<std::ffi::OsString>) -> Res<HeadRecord> {
+    use std::os::unix::process::CommandExt;
+    let port = if opts.head {
+        opts.port
+    } else {
+        port_of(opts.address.as_deref().unwrap_or_default())?
+    };
+    let dir = ClusterDir::new(&opts.temp_dir, port);
+    let logs = dir.dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(file_err(&logs))?;
+    if opts.head && dir.read_head().is_ok_and(|h| alive(h.pid)) {
+        return Err(ClusterError::Usage(format!(
+            "a head is already running on port {port} (stop it with `mobula stop --port {port}` or pick another --port)"
+        )));
+    }
+    let log_path = dir.log(if opts.head { "head" } else { "node" });
+    let log = std::fs::File::create(&log_path).map_err(file_err(&log_path))?;
+    let log2 = log.try_clone().map_err(file_err(&log_path))?;
+    let exe = std::env::current_exe().map_err(file_err(Path::new("current executable")))?;
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .arg("--block")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(file_err(Path::new("node daemon")))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(ClusterError::Usage(format!(
+                "the node daemon exited ({st}):\n{}",
+                tail.lines()
+                    .rev()
+                    .take(10)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )));
+        }
+        let up = if opts.head {
+            dir.read_head().is_ok_and(|h| h.pid == child.id())
+        } else {
+            pid_files(&dir).iter().any(|(_, pid)| *pid == child.id())
+        };
+        if up {
+            return dir.read_head().or_else(|_| {
+                Ok(HeadRecord {
+                    address: opts.address.clone().unwrap_or_default(),
+                    multiaddr: String::new(),
+                    node_id: String::new(),
+                    pid: child.id(),
+                })
+            });
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on the child we just started.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+            }
+            return Err(ClusterError::Usage(format!(
+                "the node daemon did not come up in 60 s; see {}",
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+}
+
+fn pid_files(dir: &ClusterDir) -> Vec<(PathBuf, u32)> {
+    let Ok(rd) = std::fs::read_dir(dir.dir.join("nodes")) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let p = e.path();
+            let pid = std::fs::read_to_string(&p).ok()?.trim().parse().ok()?;
+            Some((p, pid))
+        })
+        .collect()
+}
+
+/// The cluster directories under `temp_dir`.
+pub fn clusters(temp_dir: &Path) -> Vec<(u16, ClusterDir)> {
+    let Ok(rd) = std::fs::read_dir(temp_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u16, ClusterDir)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let port = name.strip_prefix("cluster-")?.parse().ok()?;
+            Some((port, ClusterDir { dir: e.path() }))
+        })
+        .collect();
+    out.sort_by_key(|(p, _)| *p);
+    out
+}
+
+/// Picks the cluster a command is about: the given port, or the only one there is.
+pub fn pick_cluster(temp_dir: &Path, port: Option<u16>) -> Res<ClusterDir> {
+    if let Some(p) = port {
+        return Ok(ClusterDir::new(temp_dir, p));
+    }
+    let all = clusters(temp_dir);
+    match all.len() {
+        0 => Err(ClusterError::Usage(format!(
+            "no cluster under {} (start one with `mobula start --head`)",
+            temp_dir.display()
+        ))),
+        1 => Ok(all.into_iter().next().map(|(_, d)| d).expect("one cluster")),
+        _ => Err(ClusterError::Usage(format!(
+            "several clusters under {}: pick one with --port ({})",
+            temp_dir.display(),
+            all.iter()
+                .map(|(p, _)| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Stops the node daemons of one cluster on this machine: SIGTERM, then SIGKILL after
+/// `grace`. Returns how many were stopped.
+pub fn stop(dir: &ClusterDir, grace: Duration) -> usize {
+    let pids = pid_files(dir);
+    let mut n = 0;
+    for (_, pid) in &pids {
+        if alive(*pid) {
+            // SAFETY: kill(2) on a pid recorded by one of this cluster's daemons.
+            unsafe {
+                libc::kill(*pid as libc::pid_t, libc::SIGTERM);
+            }
+            n += 1;
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while pids.iter().any(|(_, p)| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (path, pid) in &pids {
+        if alive(*pid) {
+            // SAFETY: as above; the daemon ignored SIGTERM.
+            unsafe {
+                libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(dir.head());
+    n
+}
+
+/// Asks the head for the cluster's status.
+pub fn status(dir: &ClusterDir, secret: Option<&str>) -> Res<StatusReport> {
+    let head = dir.read_head().map_err(|_| {
+        ClusterError::Usage(format!(
+            "no head is running here ({} is missing)",
+            dir.head().display()
+        ))
+    })?;
+    let secret = match secret {
+        Some(s) => parse_secret(s)?,
+        None => dir.read_secret()?,
+    };
+    let addr: libp2p::Multiaddr = head
+        .multiaddr
+        .parse()
+        .map_err(|e| ClusterError::Malformed(format!("head address: {e}")))?;
+    let peer = addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .ok_or_else(|| ClusterError::Malformed("head address has no peer id".to_string()))?;
+    let (net, _events, _) = net::start(NetConfig {
+        keypair: None,
+        listen: None,
+        secret,
+        dial: vec![addr],
+        request_timeout: Duration::from_secs(10),
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterError::Usage(e.to_string()))?;
+    let reply = rt.block_on(async {
+        let r = net.request(peer, encode(&ClusterMsg::Status)).await;
+        net.shutdown().await;
+        r
+    })?;
+    match decode(&reply)? {
+        ClusterMsg::StatusReport(r) => Ok(r),
+        other => Err(ClusterError::Malformed(format!(
+            "unexpected reply {other:?}"
+        ))),
+    }
+}
+
+fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0}{}", UNITS[i])
+    } else {
+        format!("{v:.2}{}", UNITS[i])
+    }
+}
+
+fn utc_now() -> String {
+    let secs = now_ms() / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Formats a status report like `ray status`.
+pub fn format_status(r: &StatusReport) -> String {
+    let rule = "-".repeat(63);
+    let mut out = format!(
+        "======== Cluster status: {} ========\nNode status\n{rule}\n",
+        utc_now()
+    );
+    out.push_str("Active:\n");
+    let alive: Vec<&NodeStatus> = r.nodes.iter().filter(|n| n.alive).collect();
+    let dead: Vec<&NodeStatus> = r.nodes.iter().filter(|n| !n.alive).collect();
+    for n in &alive {
+        out.push_str(&format!(
+            " 1 node_{}{}\n",
+            n.node_id,
+            if n.is_head { " (head)" } else { "" }
+        ));
+    }
+    out.push_str("Dead:\n");
+    if dead.is_empty() {
+        out.push_str(" (no dead nodes)\n");
+    }
+    for n in &dead {
+        out.push_str(&format!(" 1 node_{}\n", n.node_id));
+    }
+    out.push_str(&format!("\nResources\n{rule}\nTotal Usage:\n"));
+    let mut total: HashMap<String, f64> = HashMap::new();
+    let mut used: HashMap<String, f64> = HashMap::new();
+    for n in &alive {
+        for (k, v) in &n.total {
+            *total.entry(k.clone()).or_default() += v;
+            let free = n.available.get(k).copied().unwrap_or(0.0);
+            *used.entry(k.clone()).or_default() += v - free;
+        }
+    }
+    let mut names: Vec<&String> = total
+        .keys()
+        .filter(|k| !k.contains("_group_") && !k.starts_with("node:"))
+        .collect();
+    names.sort();
+    for k in names {
+        let (u, t) = (used.get(k).copied().unwrap_or(0.0), total[k]);
+        if k == "memory" || k == "object_store_memory" {
+            out.push_str(&format!(" {}/{} {k}\n", human_bytes(u), human_bytes(t)));
+        } else {
+            out.push_str(&format!(" {u:.1}/{t:.1} {k}\n"));
+        }
+    }
+    out.push_str("\nPending Demands:\n");
+    if r.pending.is_empty() {
+        out.push_str(" (no resource demands)\n");
+    }
+    for (shape, n) in &r.pending {
+        out.push_str(&format!(" {shape:?}: {n}+ pending tasks/actors\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_head_records_round_trip() {
+        let s = net::new_secret();
+        assert_eq!(parse_secret(&hex(&s)).expect("parse"), s);
+        assert!(parse_secret("nothex").is_err());
+        let h = HeadRecord {
+            address: "127.0.0.1:6379".into(),
+            multiaddr: "/ip4/127.0.0.1/tcp/6379/p2p/12D3Koo".into(),
+            node_id: "abc".into(),
+            pid: 42,
+        };
+        assert_eq!(
+            serde_json_lite::from_str(&serde_json_lite::to_string(&h)).expect("parse"),
+            h
+        );
+    }
+
+    #[test]
+    fn status_is_laid_out_like_ray_status() {
+        let mut total = HashMap::new();
+        total.insert("CPU".to_string(), 2.0);
+        total.insert("memory".to_string(), 2.0 * 1024.0 * 1024.0 * 1024.0);
+        let mut available = total.clone();
+        available.insert("CPU".to_string(), 1.5);
+        let r = StatusReport {
+            nodes: vec![
+                NodeStatus {
+                    node_id: "aa".into(),
+                    is_head: true,
+                    alive: true,
+                    total: total.clone(),
+                    available,
+                },
+                NodeStatus {
+                    node_id: "bb".into(),
+                    is_head: false,
+                    alive: false,
+                    total,
+                    available: HashMap::new(),
+                },
+            ],
+            pending: Vec::new(),
+        };
+        let s = format_status(&r);
+        assert!(s.contains("Active:\n 1 node_aa (head)\n"), "{s}");
+        assert!(s.contains("Dead:\n 1 node_bb\n"), "{s}");
+        assert!(s.contains(" 0.5/2.0 CPU\n"), "{s}");
+        assert!(s.contains(" 0B/2.00GiB memory\n"), "{s}");
+        assert!(s.contains(" (no resource demands)"), "{s}");
+        assert!(utc_now().starts_with("20"));
+    }
+}
