@@ -72,6 +72,10 @@ pub(crate) trait Core: Send + Sync + 'static {
     fn kv_del(&self, ns: &str, key: &str) -> Result<bool>;
 
     fn cluster_resources(&self) -> Result<HashMap<String, f64>>;
+    /// The Unix socket where this node accepts worker processes and drivers, if it does.
+    fn raylet_socket(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Counters of this node's object store.
     fn store_stats(&self) -> Result<crate::store::StoreStats>;
     fn available_resources(&self) -> Result<HashMap<String, f64>>;

@@ -39,6 +39,7 @@ pub(crate) struct NodeClient {
     pub(crate) directory: Arc<ActorDirectory>,
     system: Mutex<Option<(actix::System, std::thread::JoinHandle<()>)>>,
     temp_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
 }
 
 fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
@@ -353,6 +354,10 @@ impl Core for NodeClient {
         Ok(self.resources()?.available.positive_part().to_f64_map())
     }
 
+    fn raylet_socket(&self) -> Option<PathBuf> {
+        self.socket.clone()
+    }
+
     fn store_stats(&self) -> Result<crate::store::StoreStats> {
         Ok(self.table.stats())
     }
@@ -429,6 +434,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
     };
     let rcfg = RayletConfig {
         node_id,
+        job_id,
         worker_mode: config.worker_mode,
         total: default_resources(&config),
         prestart_workers: config
@@ -476,7 +482,10 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         gcs: gcs.clone(),
         directory,
         system: Mutex::new(Some((system, thread))),
-        temp_dir: owned.then_some(temp_dir),
+        socket: command
+            .as_ref()
+            .map(|_| temp_dir.join(format!("raylet-{}.sock", &node_id.hex()[..12]))),
+        temp_dir: owned.then_some(temp_dir.clone()),
     });
     gcs.do_send(gcs::RegisterJob {
         job_id,
@@ -493,7 +502,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         let res = mailbox(futures::executor::block_on(raylet.send(
             raylet::StartPool {
                 client: client.clone(),
-                command,
+                command: Some(command),
                 namespace: config.namespace.clone(),
             },
         )))?;

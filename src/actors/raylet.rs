@@ -68,6 +68,8 @@ pub(crate) enum RayletMsg {
 pub(crate) struct RayletConfig {
     pub node_id: NodeId,
     pub worker_mode: WorkerMode,
+    /// The job of the process the node is embedded in.
+    pub job_id: crate::ids::JobId,
     pub total: ResourceSet,
     pub prestart_workers: usize,
     pub temp_dir: std::path::PathBuf,
@@ -84,6 +86,7 @@ struct WorkerSlot {
     running: Option<TaskId>,
     /// Process still connecting.
     starting: bool,
+    job: crate::ids::JobId,
     actor: Option<ActorId>,
 }
 
@@ -138,7 +141,8 @@ pub(crate) struct Raylet {
     running: HashMap<TaskId, Running>,
     by_return: HashMap<ObjectId, TaskId>,
     workers: HashMap<WorkerId, WorkerSlot>,
-    idle: Vec<WorkerId>,
+    /// Idle task workers, per job (a worker process runs one job's executable).
+    idle: HashMap<crate::ids::JobId, Vec<WorkerId>>,
     starting_procs: usize,
     threads_started: usize,
     waiting_actors: HashMap<ActorId, WaitingActor>,
@@ -215,7 +219,7 @@ impl Raylet {
             running: HashMap::new(),
             by_return: HashMap::new(),
             workers: HashMap::new(),
-            idle: Vec::new(),
+            idle: HashMap::new(),
             starting_procs: 0,
             threads_started: 0,
             waiting_actors: HashMap::new(),
@@ -347,7 +351,7 @@ impl Raylet {
     fn start_task(&mut self, task: QueuedTask, alloc: Allocation) {
         let tid = task.spec.task_id;
         let spec = task.spec.clone();
-        let Some(wid) = self.take_worker() else {
+        let Some(wid) = self.take_worker(spec.job_id) else {
             // No worker could be started: give the resources back and fail the task.
             self.local().release(&alloc);
             self.fail_task(
@@ -407,22 +411,26 @@ impl Raylet {
     }
 
     /// An idle worker, or a new one.
-    fn take_worker(&mut self) -> Option<WorkerId> {
-        while let Some(w) = self.idle.pop() {
+    fn take_worker(&mut self, job: crate::ids::JobId) -> Option<WorkerId> {
+        while let Some(w) = self.idle.get_mut(&job).and_then(|v| v.pop()) {
             if self.workers.contains_key(&w) {
                 return Some(w);
             }
         }
-        self.new_worker(None)
+        self.new_worker(job, None)
     }
 
     fn new_worker(
         &mut self,
+        job: crate::ids::JobId,
         actor: Option<crate::worker::process::ActorLaunch>,
     ) -> Option<WorkerId> {
         let wid = WorkerId::new();
-        let worker = match self.cfg.worker_mode {
-            WorkerMode::Thread => {
+        // Thread workers serve the job of this process; other jobs (drivers connected to a
+        // node daemon) always get processes of their own executable.
+        let threads = self.cfg.worker_mode == WorkerMode::Thread && job == self.cfg.job_id;
+        let worker = match threads {
+            true => {
                 self.threads_started += 1;
                 match ThreadWorker::spawn(
                     wid,
@@ -437,9 +445,9 @@ impl Raylet {
                     }
                 }
             }
-            WorkerMode::Process => {
+            false => {
                 let pool = self.procs.as_ref()?;
-                match pool.spawn(wid, actor) {
+                match pool.spawn(wid, job, actor) {
                     Ok(p) => {
                         self.starting_procs += 1;
                         Worker::Process(p)
@@ -459,6 +467,7 @@ impl Raylet {
                 running: None,
                 starting,
                 actor: None,
+                job,
             },
         );
         Some(wid)
@@ -470,7 +479,7 @@ impl Raylet {
                 slot.running = None;
             }
             if slot.actor.is_none() {
-                self.idle.push(worker);
+                self.idle.entry(slot.job).or_default().push(worker);
             }
         }
         let Some(run) = self.running.remove(&tid) else {
@@ -517,7 +526,9 @@ impl Raylet {
         if slot.starting {
             self.starting_procs = self.starting_procs.saturating_sub(1);
         }
-        self.idle.retain(|w| *w != wid);
+        if let Some(v) = self.idle.get_mut(&slot.job) {
+            v.retain(|w| *w != wid);
+        }
         if let Some(tid) = slot.running
             && let Some(run) = self.running.remove(&tid)
         {
@@ -721,7 +732,8 @@ impl Raylet {
                 ActorHostRef::Thread(h)
             }
             WorkerMode::Process => {
-                let Some(wid) = self.new_worker(Some((spec.clone(), args, route))) else {
+                let Some(wid) = self.new_worker(spec.job_id, Some((spec.clone(), args, route)))
+                else {
                     self.local().release(&alloc);
                     self.report_creation(
                         aid,
@@ -1021,7 +1033,8 @@ impl Handler<ActorDepsReady> for Raylet {
 #[rtype(result = "Result<(), Error>")]
 pub(crate) struct StartPool {
     pub client: Arc<crate::node::NodeClient>,
-    pub command: crate::worker::process::WorkerCommand,
+    /// How to start workers of this process's own job (none: only connected drivers' jobs).
+    pub command: Option<crate::worker::process::WorkerCommand>,
     pub namespace: String,
 }
 
@@ -1029,24 +1042,35 @@ impl Handler<StartPool> for Raylet {
     type Result = Result<(), Error>;
     fn handle(&mut self, msg: StartPool, ctx: &mut Self::Context) -> Self::Result {
         use crate::core::Core;
+        let jobs: crate::worker::process::Jobs = Arc::default();
+        if let Some(command) = msg.command {
+            jobs.lock().insert(
+                msg.client.job_id(),
+                crate::worker::process::JobLaunch {
+                    command,
+                    namespace: msg.namespace,
+                },
+            );
+        }
+        let socket = self
+            .cfg
+            .temp_dir
+            .join(format!("raylet-{}.sock", &self.cfg.node_id.hex()[..12]));
         let pctx = crate::worker::process::PoolCtx {
+            jobs,
+            socket,
+            node_id: self.cfg.node_id,
             raylet_tx: self.tx.clone(),
             table: self.table.clone(),
             raylet: ctx.address(),
             client: msg.client.clone(),
         };
-        let pool = ProcessPool::new(
-            &self.cfg.temp_dir,
-            msg.command,
-            (msg.client.job_id(), self.cfg.node_id, msg.namespace),
-            pctx,
-            self.cfg.worker_start_timeout,
-        )
-        .map_err(|e| Error::runtime(format!("cannot start the worker process pool: {e}")))?;
+        let pool = ProcessPool::new(pctx, self.cfg.worker_start_timeout)
+            .map_err(|e| Error::runtime(format!("cannot start the worker process pool: {e}")))?;
         self.procs = Some(pool);
         for _ in 0..self.cfg.prestart_workers {
-            if let Some(w) = self.new_worker(None) {
-                self.idle.push(w);
+            if let Some(w) = self.new_worker(self.cfg.job_id, None) {
+                self.idle.entry(self.cfg.job_id).or_default().push(w);
             }
         }
         Ok(())

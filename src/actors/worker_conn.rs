@@ -50,7 +50,8 @@ struct Hosted {
 pub(crate) struct WorkerConn {
     wid: WorkerId,
     pid: u32,
-    shared: Arc<ProcShared>,
+    /// `None` for a driver connection.
+    shared: Option<Arc<ProcShared>>,
     ctx: PoolCtx,
     out: flume::Sender<Bytes>,
     held: HashMap<ObjectId, u32>,
@@ -77,7 +78,7 @@ impl WorkerConn {
         ctx: PoolCtx,
     ) {
         actix_rt::spawn(async move {
-            let (r, mut w) = stream.into_split();
+            let (r, w) = stream.into_split();
             let mut frames = FramedRead::new(r, protocol::codec());
             let first = match tokio::time::timeout(Duration::from_secs(30), frames.next()).await {
                 Ok(Some(Ok(b))) => b,
@@ -88,6 +89,29 @@ impl WorkerConn {
             };
             let (worker_id, pid) = match protocol::decode_body::<FromWorker>(&first) {
                 Ok(FromWorker::Hello { worker_id, pid }) => (worker_id, pid),
+                Ok(FromWorker::DriverHello {
+                    job_id,
+                    exe,
+                    args,
+                    namespace,
+                    quiet,
+                    pid,
+                }) => {
+                    ctx.jobs.lock().insert(
+                        job_id,
+                        crate::worker::process::JobLaunch {
+                            command: crate::worker::process::WorkerCommand {
+                                exe,
+                                args: args.into_iter().map(Into::into).collect(),
+                                quiet,
+                            },
+                            namespace,
+                        },
+                    );
+                    tracing::info!(job = %job_id, pid, "driver connected");
+                    Self::serve(frames, w, WorkerId::nil(), pid, None, None, ctx);
+                    return;
+                }
                 Ok(_) => {
                     tracing::warn!("worker connection did not start with a hello; dropped");
                     return;
@@ -97,20 +121,47 @@ impl WorkerConn {
                     return;
                 }
             };
-            let (out_tx, out_rx) = flume::bounded::<Bytes>(4096);
-            let Some(shared) = attach(&procs, worker_id, out_tx.clone()) else {
+            let Some(shared) = procs.lock().get(&worker_id).cloned() else {
                 tracing::warn!(worker = %worker_id, "connection from a worker this raylet did not start; dropped");
                 return;
             };
-            actix_rt::spawn(async move {
-                while let Ok(b) = out_rx.recv_async().await {
-                    if let Err(e) = w.write_all(&b).await {
-                        tracing::debug!(error = %e, "worker socket write failed");
-                        break;
-                    }
-                }
-            });
+            if shared.pid() != pid {
+                // Another process that inherited the worker's environment (a subprocess of
+                // user code, say) is not the worker.
+                tracing::warn!(worker = %worker_id, pid, expected = shared.pid(), "hello from a process that is not the worker; dropped");
+                return;
+            }
             let actor = shared.take_actor();
+            Self::serve(frames, w, worker_id, pid, Some(shared), actor, ctx);
+        });
+    }
+
+    /// Starts the connection actor on an identified connection.
+    fn serve(
+        frames: FramedRead<
+            tokio::net::unix::OwnedReadHalf,
+            tokio_util::codec::LengthDelimitedCodec,
+        >,
+        mut w: tokio::net::unix::OwnedWriteHalf,
+        worker_id: WorkerId,
+        pid: u32,
+        shared: Option<Arc<ProcShared>>,
+        actor: Option<crate::worker::process::ActorLaunch>,
+        ctx: PoolCtx,
+    ) {
+        let (out_tx, out_rx) = flume::bounded::<Bytes>(4096);
+        if let Some(s) = &shared {
+            attach(s, out_tx.clone());
+        }
+        actix_rt::spawn(async move {
+            while let Ok(b) = out_rx.recv_async().await {
+                if let Err(e) = w.write_all(&b).await {
+                    tracing::debug!(error = %e, "worker socket write failed");
+                    break;
+                }
+            }
+        });
+        {
             WorkerConn::create(move |c| {
                 c.add_stream(frames);
                 let (hosted, args) = match actor {
@@ -136,7 +187,7 @@ impl WorkerConn {
                     inflight: Rc::default(),
                 }
             });
-        });
+        }
     }
 
     fn client(&self) -> Arc<NodeClient> {
@@ -144,7 +195,10 @@ impl WorkerConn {
     }
 
     fn kill_process(&self) {
-        let pid = self.shared.pid();
+        let Some(shared) = &self.shared else {
+            return; // a driver: dropping its connection is enough
+        };
+        let pid = shared.pid();
         if pid > 0 {
             // SAFETY: kill(2) on the worker process this raylet started.
             unsafe {
@@ -247,7 +301,7 @@ impl WorkerConn {
     fn on_frame(&mut self, msg: FromWorker, ctx: &mut Context<Self>) {
         let table = self.ctx.table.clone();
         match msg {
-            FromWorker::Hello { .. } => {
+            FromWorker::Hello { .. } | FromWorker::DriverHello { .. } => {
                 tracing::warn!(worker = %self.wid, "second hello from a worker; dropping it");
                 self.kill_process();
                 ctx.stop();
@@ -487,11 +541,24 @@ impl Actor for WorkerConn {
         {
             tracing::error!(worker = %self.wid, "cannot send the actor to its worker");
         }
+        if self.shared.is_none() {
+            if let Some(f) = frame(&ToWorker::Welcome {
+                node_id: self.ctx.node_id,
+            }) && self.out.try_send(f).is_err()
+            {
+                tracing::error!("cannot greet a driver");
+            }
+            return;
+        }
         let _ = self.ctx.raylet_tx.send(RayletMsg::WorkerReady(self.wid));
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.shared.detach();
+        if let Some(s) = &self.shared {
+            s.detach();
+        } else {
+            tracing::info!(pid = self.pid, "driver disconnected");
+        }
         for (id, n) in self.held.drain() {
             for _ in 0..n {
                 self.ctx.table.decref(id);

@@ -35,6 +35,11 @@ pub struct Config {
     pub worker_start_timeout: Duration,
     /// Directory for sockets and logs (default: a fresh one under the system temp dir).
     pub temp_dir: Option<std::path::PathBuf>,
+    /// A running cluster to connect to (`HOST:PORT` of its head) instead of starting an
+    /// embedded one; this machine must run a node of it (`mobula start`).
+    pub address: Option<String>,
+    /// Where `mobula start` keeps its cluster directories (`--temp-dir`).
+    pub cluster_root: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -50,6 +55,8 @@ impl Default for Config {
             prestart_workers: None,
             worker_start_timeout: Duration::from_secs(30),
             temp_dir: None,
+            address: None,
+            cluster_root: std::path::PathBuf::from("/tmp/mobula"),
         }
     }
 }
@@ -59,7 +66,9 @@ fn env_f64(name: &str) -> Option<f64> {
 }
 
 impl Config {
-    /// Defaults overridden by `MOBULA_NUM_CPUS`, `MOBULA_NUM_GPUS`, `MOBULA_MEMORY`,
+    /// Defaults overridden by `MOBULA_ADDRESS` (`HOST:PORT`, or `auto` for the cluster that
+    /// `mobula start --head` last started on this machine; with no `MOBULA_ADDRESS` that
+    /// cluster is used when it is running, as Ray does), `MOBULA_TEMP_DIR`, `MOBULA_NUM_CPUS`, `MOBULA_NUM_GPUS`, `MOBULA_MEMORY`,
     /// `MOBULA_OBJECT_STORE_MEMORY`, `MOBULA_WORKER_MODE` (`thread` | `process`) and
     /// `MOBULA_NAMESPACE`.
     pub fn from_env() -> Self {
@@ -78,7 +87,29 @@ impl Config {
         if let Ok(ns) = std::env::var("MOBULA_NAMESPACE") {
             c.namespace = ns;
         }
+        if let Ok(root) = std::env::var("MOBULA_TEMP_DIR") {
+            c.cluster_root = root.into();
+        }
+        c.address = match std::env::var("MOBULA_ADDRESS") {
+            Ok(a) if a == "auto" || a.is_empty() => {
+                crate::cluster::current_cluster(&c.cluster_root)
+            }
+            Ok(a) => Some(a),
+            Err(_) => crate::cluster::current_cluster(&c.cluster_root)
+                .filter(|a| crate::cluster::has_local_node(&c.cluster_root, a)),
+        };
         c
+    }
+
+    /// Connects to a running cluster (`HOST:PORT` of its head).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+    /// Where `mobula start` keeps its cluster directories.
+    pub fn cluster_root(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.cluster_root = dir.into();
+        self
     }
 
     /// Sets the CPU count.

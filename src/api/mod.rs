@@ -72,7 +72,14 @@ pub fn init_with(config: Config) -> Result<Runtime> {
         return Err(Error::AlreadyInitialized);
     }
     let namespace: Arc<str> = config.namespace.clone().into();
-    let core = crate::node::start_embedded(config)?;
+    let core = match &config.address {
+        Some(address) => {
+            let socket = crate::cluster::driver_socket(&config.cluster_root, address)
+                .map_err(|e| Error::runtime(e.to_string()))?;
+            crate::worker::process::connect_driver(&socket, &config.namespace)?
+        }
+        None => crate::node::start_embedded(config)?,
+    };
     let rt = Runtime { core, namespace };
     *g = Some(rt.clone());
     Ok(rt)
@@ -268,6 +275,11 @@ impl Runtime {
     /// Total resources of the cluster.
     pub fn cluster_resources(&self) -> Result<HashMap<String, f64>> {
         self.core.cluster_resources()
+    }
+
+    /// The Unix socket where this process's node accepts workers and drivers (process mode).
+    pub fn raylet_socket(&self) -> Option<std::path::PathBuf> {
+        self.core.raylet_socket()
     }
 
     /// Counters of this node's object store (objects, bytes used, the limit).

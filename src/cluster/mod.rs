@@ -73,6 +73,9 @@ impl ClusterDir {
     fn pid_file(&self, node: &str) -> PathBuf {
         self.dir.join("nodes").join(format!("{node}.pid"))
     }
+    fn socket_file(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(format!("{node}.socket"))
+    }
     /// Log file of a node daemon.
     pub fn log(&self, node: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{node}.log"))
@@ -326,6 +329,10 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         memory: opts.memory,
         resources: opts.resources.clone(),
         namespace: "_mobula_node".to_string(),
+        // Drivers connect over the node's socket and get worker processes of their own
+        // executable; the daemon itself runs no user code.
+        worker_mode: crate::WorkerMode::Process,
+        prestart_workers: Some(0),
         ..Default::default()
     };
     let rt = crate::init_with(config)?;
@@ -364,6 +371,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         }
     };
     let pid_file = dir.pid_file(&node_id);
+    let socket_file = dir.socket_file(&node_id);
+    if let Some(sock) = rt.raylet_socket() {
+        std::fs::write(&socket_file, sock.to_string_lossy().as_bytes())
+            .map_err(file_err(&socket_file))?;
+    }
     std::fs::write(&pid_file, std::process::id().to_string()).map_err(file_err(&pid_file))?;
     if opts.head {
         let host = if opts.bind == "0.0.0.0" {
@@ -382,6 +394,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         };
         let path = dir.head();
         std::fs::write(&path, serde_json_lite::to_string(&rec)).map_err(file_err(&path))?;
+        let current = opts.temp_dir.join(CURRENT);
+        std::fs::write(&current, &rec.address).map_err(file_err(&current))?;
     }
     tracing::info!(node = %node_id, head = opts.head, "node daemon up");
 
@@ -468,8 +482,10 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     runtime.block_on(net.shutdown());
     crate::shutdown();
     let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(&socket_file);
     if opts.head {
         let _ = std::fs::remove_file(dir.head());
+        forget_current(&opts.temp_dir, port);
     }
     tracing::info!(node = %node_id, "node daemon stopped");
     result
@@ -610,12 +626,69 @@ fn pid_files(dir: &ClusterDir) -> Vec<(PathBuf, u32)> {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
         .filter_map(|e| {
             let p = e.path();
             let pid = std::fs::read_to_string(&p).ok()?.trim().parse().ok()?;
             Some((p, pid))
         })
         .collect()
+}
+
+/// The file naming the cluster `mobula start --head` last started under a root.
+const CURRENT: &str = "mobula_current_cluster";
+
+fn forget_current(root: &Path, port: u16) {
+    let path = root.join(CURRENT);
+    if current_cluster(root).and_then(|a| port_of(&a).ok()) == Some(port) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The address of the cluster last started under `root`, if its file is there.
+pub fn current_cluster(root: &Path) -> Option<String> {
+    std::fs::read_to_string(root.join(CURRENT))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The sockets of this machine's live nodes of the cluster at `address`, head first.
+fn local_sockets(root: &Path, address: &str) -> Vec<PathBuf> {
+    let Ok(port) = port_of(address) else {
+        return Vec::new();
+    };
+    let dir = ClusterDir::new(root, port);
+    let head = dir.read_head().ok().map(|h| h.node_id);
+    let mut found: Vec<(bool, PathBuf)> = pid_files(&dir)
+        .into_iter()
+        .filter(|(_, pid)| alive(*pid))
+        .filter_map(|(p, _)| {
+            let node = p.file_stem()?.to_string_lossy().to_string();
+            let sock = std::fs::read_to_string(dir.socket_file(&node)).ok()?;
+            Some((
+                head.as_deref() != Some(node.as_str()),
+                PathBuf::from(sock.trim()),
+            ))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, s)| s).collect()
+}
+
+/// True when a node of the cluster at `address` runs on this machine.
+pub fn has_local_node(root: &Path, address: &str) -> bool {
+    !local_sockets(root, address).is_empty()
+}
+
+/// The socket a driver on this machine connects to for the cluster at `address`.
+pub fn driver_socket(root: &Path, address: &str) -> Res<PathBuf> {
+    local_sockets(root, address).into_iter().next().ok_or_else(|| {
+        ClusterError::Usage(format!(
+            "no node of the cluster at {address} runs on this machine (under {}): start one with `mobula start --address {address}`",
+            root.display()
+        ))
+    })
 }
 
 /// The cluster directories under `temp_dir`.
@@ -684,8 +757,17 @@ pub fn stop(dir: &ClusterDir, grace: Duration) -> usize {
             }
         }
         let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(path.with_extension("socket"));
     }
     let _ = std::fs::remove_file(dir.head());
+    if let (Some(root), Some(port)) = (
+        dir.dir.parent(),
+        dir.dir
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_prefix("cluster-")?.parse().ok()),
+    ) {
+        forget_current(root, port);
+    }
     n
 }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::BufWriter;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -154,9 +154,22 @@ impl ProcessWorker {
     }
 }
 
+/// How to start the workers of one job, and its namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct JobLaunch {
+    pub command: WorkerCommand,
+    pub namespace: String,
+}
+
+/// The jobs a pool can start workers for.
+pub(crate) type Jobs = Arc<Mutex<HashMap<JobId, JobLaunch>>>;
+
 /// Context a pool needs to wire up connections.
 #[derive(Clone)]
 pub(crate) struct PoolCtx {
+    pub jobs: Jobs,
+    pub socket: PathBuf,
+    pub node_id: NodeId,
     pub raylet_tx: flume::Sender<RayletMsg>,
     pub table: Arc<ObjectTable>,
     pub raylet: Addr<Raylet>,
@@ -166,7 +179,7 @@ pub(crate) struct PoolCtx {
 /// The raylet's worker processes.
 pub(crate) struct ProcessPool {
     socket: PathBuf,
-    command: WorkerCommand,
+    jobs: Jobs,
     env: Vec<(&'static str, String)>,
     procs: Arc<Mutex<HashMap<WorkerId, Arc<ProcShared>>>>,
     raylet_tx: flume::Sender<RayletMsg>,
@@ -176,16 +189,14 @@ pub(crate) struct ProcessPool {
 
 impl ProcessPool {
     /// Binds the socket in `dir` and starts accepting workers (on the current arbiter).
-    pub fn new(
-        dir: &Path,
-        command: WorkerCommand,
-        ids: (JobId, NodeId, String),
-        ctx: PoolCtx,
-        start_timeout: Duration,
-    ) -> std::io::Result<Self> {
+    pub fn new(ctx: PoolCtx, start_timeout: Duration) -> std::io::Result<Self> {
         let raylet_tx = ctx.raylet_tx.clone();
-        std::fs::create_dir_all(dir)?;
-        let socket = dir.join(format!("raylet-{}.sock", &ids.1.hex()[..12]));
+        let socket = ctx.socket.clone();
+        let jobs = ctx.jobs.clone();
+        let node_id = ctx.node_id;
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let _ = std::fs::remove_file(&socket);
         let std_listener = std::os::unix::net::UnixListener::bind(&socket)?;
         std_listener.set_nonblocking(true)?;
@@ -214,13 +225,11 @@ impl ProcessPool {
         });
         let env = vec![
             (ENV_SOCKET, socket.to_string_lossy().to_string()),
-            (ENV_JOB_ID, ids.0.hex()),
-            (ENV_NODE_ID, ids.1.hex()),
-            (ENV_NAMESPACE, ids.2),
+            (ENV_NODE_ID, node_id.hex()),
         ];
         Ok(Self {
             socket,
-            command,
+            jobs,
             env,
             procs,
             raylet_tx,
@@ -233,13 +242,22 @@ impl ProcessPool {
     pub fn spawn(
         &self,
         wid: WorkerId,
+        job: JobId,
         actor: Option<ActorLaunch>,
     ) -> std::io::Result<ProcessWorker> {
-        let mut cmd = std::process::Command::new(&self.command.exe);
-        cmd.args(&self.command.args)
+        let Some(launch) = self.jobs.lock().get(&job).cloned() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("job {job} has registered no executable with this node"),
+            ));
+        };
+        let mut cmd = std::process::Command::new(&launch.command.exe);
+        cmd.args(&launch.command.args)
             .env(ENV_WORKER_ID, wid.hex())
+            .env(ENV_JOB_ID, job.hex())
+            .env(ENV_NAMESPACE, &launch.namespace)
             .stdin(std::process::Stdio::null());
-        if self.command.quiet {
+        if launch.command.quiet {
             cmd.stdout(std::process::Stdio::null());
         }
         for (k, v) in &self.env {
@@ -299,14 +317,8 @@ impl Drop for ProcessPool {
 }
 
 /// Attaches a connection to the worker it belongs to.
-pub(crate) fn attach(
-    procs: &Mutex<HashMap<WorkerId, Arc<ProcShared>>>,
-    wid: WorkerId,
-    out: flume::Sender<Bytes>,
-) -> Option<Arc<ProcShared>> {
-    let shared = procs.lock().get(&wid).cloned()?;
+pub(crate) fn attach(shared: &ProcShared, out: flume::Sender<Bytes>) {
     *shared.conn.lock() = Some(out);
-    Some(shared)
 }
 
 fn describe_exit(st: std::process::ExitStatus) -> String {
@@ -349,13 +361,27 @@ fn worker_env() -> Option<WorkerEnv> {
             .ok()
             .and_then(|v| uuid::Uuid::parse_str(&v).ok())
     };
-    Some(WorkerEnv {
+    let env = WorkerEnv {
         socket: PathBuf::from(socket),
         worker_id: WorkerId(id(ENV_WORKER_ID)?),
         job_id: JobId(id(ENV_JOB_ID)?),
         node_id: NodeId(id(ENV_NODE_ID)?),
         namespace: std::env::var(ENV_NAMESPACE).unwrap_or_else(|_| "default".to_string()),
-    })
+    };
+    // Subprocesses that user code starts must not see these and try to be this worker.
+    for k in [
+        ENV_SOCKET,
+        ENV_WORKER_ID,
+        ENV_JOB_ID,
+        ENV_NODE_ID,
+        ENV_NAMESPACE,
+    ] {
+        // SAFETY: this runs as the worker process enters worker mode, before the worker
+        // starts any thread of its own; no other code of this process reads the environment
+        // concurrently (a test harness's main thread only waits for its test thread).
+        unsafe { std::env::remove_var(k) };
+    }
+    Some(env)
 }
 
 type ReplySink = Box<dyn FnOnce(Reply) + Send>;
@@ -367,6 +393,8 @@ pub(crate) struct WorkerCore {
     pending: Mutex<HashMap<u64, ReplySink>>,
     next: AtomicU64,
     refs: Mutex<HashMap<ObjectId, u32>>,
+    /// Set by `shutdown`: the connection closing is expected.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl WorkerCore {
@@ -677,7 +705,15 @@ impl Core for WorkerCore {
         ))
     }
 
-    fn shutdown(&self) {}
+    fn shutdown(&self) {
+        // A driver leaves: closing the socket tells the node to release what it held for us.
+        self.closing.store(true, Ordering::Release);
+        let _ = self
+            .writer
+            .lock()
+            .get_ref()
+            .shutdown(std::net::Shutdown::Both);
+    }
 }
 
 enum Work {
@@ -686,28 +722,15 @@ enum Work {
     Call(ActorCall, Vec<Bytes>),
 }
 
-fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
-    let stream = StdUnixStream::connect(&env.socket)?;
-    let mut reader = std::io::BufReader::new(stream.try_clone()?);
-    let core = Arc::new(WorkerCore {
-        env: env.clone(),
-        writer: Mutex::new(BufWriter::new(stream)),
-        pending: Mutex::new(HashMap::new()),
-        next: AtomicU64::new(1),
-        refs: Mutex::new(HashMap::new()),
-    });
-    core.send(&FromWorker::Hello {
-        worker_id: env.worker_id,
-        pid: std::process::id(),
-    })
-    .map_err(|e| protocol::ProtoError::Encode(e.to_string()))?;
-    let core_dyn: Arc<dyn Core> = core.clone();
-    crate::api::install(core_dyn, &env.namespace);
-
-    let (work_tx, work_rx) = flume::unbounded::<Work>();
-    let reader_core = core.clone();
+/// Reads the raylet's frames: replies go to their requests, work to `work` (a worker). When
+/// the connection ends a worker exits; a driver's pending requests fail.
+fn spawn_reader(
+    core: Arc<WorkerCore>,
+    mut reader: std::io::BufReader<StdUnixStream>,
+    work: Option<flume::Sender<Work>>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
-        .name("mobula-worker-reader".to_string())
+        .name("mobula-raylet-reader".to_string())
         .spawn(move || {
             loop {
                 let body = match read_frame(&mut reader) {
@@ -725,27 +748,115 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
                         break;
                     }
                 };
-                match msg {
-                    ToWorker::Reply { req, body } => reader_core.dispatch_reply(req, body),
+                let item = match msg {
+                    ToWorker::Reply { req, body } => {
+                        core.dispatch_reply(req, body);
+                        continue;
+                    }
+                    ToWorker::Welcome { .. } => continue,
                     ToWorker::Execute {
                         spec,
                         args,
                         gpu_ids,
-                    } => {
-                        let _ = work_tx.send(Work::Execute(spec, args, gpu_ids));
+                    } => Work::Execute(spec, args, gpu_ids),
+                    ToWorker::CreateActor { spec, args } => Work::CreateActor(spec, args),
+                    ToWorker::Call { call, args } => Work::Call(call, args),
+                };
+                match &work {
+                    Some(tx) => {
+                        let _ = tx.send(item);
                     }
-                    ToWorker::CreateActor { spec, args } => {
-                        let _ = work_tx.send(Work::CreateActor(spec, args));
-                    }
-                    ToWorker::Call { call, args } => {
-                        let _ = work_tx.send(Work::Call(call, args));
-                    }
+                    None => tracing::warn!("the raylet sent work to a driver; ignored"),
                 }
             }
-            // The raylet is gone: nothing here can finish.
-            reader_core.fail_all();
-            std::process::exit(0);
+            core.fail_all();
+            if work.is_some() {
+                // A worker without its raylet can finish nothing.
+                std::process::exit(0);
+            }
+            if !core.closing.load(Ordering::Acquire) {
+                tracing::error!("the connection to the node daemon closed");
+            }
         })?;
+    Ok(())
+}
+
+/// Connects this process, as a driver, to the node daemon listening on `socket`.
+pub(crate) fn connect_driver(socket: &std::path::Path, namespace: &str) -> Result<Arc<dyn Core>> {
+    let fail = |e: &dyn std::fmt::Display| {
+        Error::runtime(format!(
+            "cannot connect to the node at {}: {e}",
+            socket.display()
+        ))
+    };
+    let stream = StdUnixStream::connect(socket).map_err(|e| fail(&e))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| fail(&e))?);
+    let command = WorkerCommand::current().map_err(|e| fail(&e))?;
+    let job_id = JobId::new();
+    let mut writer = BufWriter::new(stream);
+    write_frame(
+        &mut writer,
+        &FromWorker::DriverHello {
+            job_id,
+            exe: command.exe.clone(),
+            args: command
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().to_string())
+                .collect(),
+            namespace: namespace.to_string(),
+            quiet: command.quiet,
+            pid: std::process::id(),
+        },
+    )
+    .map_err(|e| fail(&e))?;
+    let node_id = match read_frame(&mut reader).map_err(|e| fail(&e))? {
+        Some(body) => match protocol::decode_body::<ToWorker>(&body).map_err(|e| fail(&e))? {
+            ToWorker::Welcome { node_id } => node_id,
+            other => return Err(fail(&format!("unexpected first frame {other:?}"))),
+        },
+        None => return Err(fail(&"the node closed the connection")),
+    };
+    let core = Arc::new(WorkerCore {
+        env: WorkerEnv {
+            socket: socket.to_path_buf(),
+            worker_id: WorkerId::nil(),
+            job_id,
+            node_id,
+            namespace: namespace.to_string(),
+        },
+        writer: Mutex::new(writer),
+        pending: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(1),
+        refs: Mutex::new(HashMap::new()),
+        closing: std::sync::atomic::AtomicBool::new(false),
+    });
+    spawn_reader(core.clone(), reader, None).map_err(|e| fail(&e))?;
+    tracing::info!(node = %node_id, job = %job_id, "connected to the node daemon");
+    Ok(core)
+}
+
+fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
+    let stream = StdUnixStream::connect(&env.socket)?;
+    let reader = std::io::BufReader::new(stream.try_clone()?);
+    let core = Arc::new(WorkerCore {
+        env: env.clone(),
+        writer: Mutex::new(BufWriter::new(stream)),
+        pending: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(1),
+        refs: Mutex::new(HashMap::new()),
+        closing: std::sync::atomic::AtomicBool::new(false),
+    });
+    core.send(&FromWorker::Hello {
+        worker_id: env.worker_id,
+        pid: std::process::id(),
+    })
+    .map_err(|e| protocol::ProtoError::Encode(e.to_string()))?;
+    let core_dyn: Arc<dyn Core> = core.clone();
+    crate::api::install(core_dyn, &env.namespace);
+
+    let (work_tx, work_rx) = flume::unbounded::<Work>();
+    spawn_reader(core.clone(), reader, Some(work_tx))?;
 
     let mut actor: Option<Box<dyn ActorInstance>> = None;
     while let Ok(work) = work_rx.recv() {

@@ -72,6 +72,11 @@ pub enum ToWorker {
         /// Its argument values.
         args: Vec<Bytes>,
     },
+    /// First frame to a driver: the node it is connected to.
+    Welcome {
+        /// The node.
+        node_id: NodeId,
+    },
     /// The answer to a request.
     Reply {
         /// The request's number.
@@ -89,6 +94,22 @@ pub enum FromWorker {
         /// The id the raylet gave this worker.
         worker_id: WorkerId,
         /// The process id.
+        pid: u32,
+    },
+    /// First frame of a driver (a program using a node daemon): who it is and how to start
+    /// its worker processes.
+    DriverHello {
+        /// The driver's job.
+        job_id: JobId,
+        /// Its executable.
+        exe: std::path::PathBuf,
+        /// The arguments that bring a copy of it to `init()`.
+        args: Vec<String>,
+        /// Its namespace.
+        namespace: String,
+        /// Discard its workers' stdout.
+        quiet: bool,
+        /// Its process id.
         pid: u32,
     },
     /// A task ended.
