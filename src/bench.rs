@@ -194,9 +194,11 @@ pub fn run(cfg: &BenchConfig, out: &mut dyn FnMut(BenchResult)) -> Result<()> {
             WorkerMode::Thread => "",
             WorkerMode::Process => " [process workers]",
         };
-        let config = Config::from_env()
+        let mut config = Config::from_env()
             .worker_mode(*mode)
             .resource("custom", 100.0);
+        // The benchmark measures an embedded node, never a cluster that happens to run here.
+        config.address = None;
         let rt = crate::init_with(config)?;
         let mut t = Timer { cfg, suffix, out };
         let res = run_mode(&rt, &mut t);
