@@ -76,6 +76,10 @@ pub(crate) trait Core: Send + Sync + 'static {
     fn raylet_socket(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// The raylet of the node embedded in this process, if there is one.
+    fn raylet(&self) -> Option<actix::Addr<crate::actors::raylet::Raylet>> {
+        None
+    }
     /// Counters of this node's object store.
     fn store_stats(&self) -> Result<crate::store::StoreStats>;
     fn available_resources(&self) -> Result<HashMap<String, f64>>;

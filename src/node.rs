@@ -56,10 +56,6 @@ impl NodeClient {
         mailbox(futures::executor::block_on(addr.send(msg)))
     }
 
-    fn resources(&self) -> Result<crate::sched::NodeResources> {
-        self.ask(&self.raylet, raylet::GetResources)
-    }
-
     /// Stores an object under a given id (one reference, held by the caller).
     pub(crate) fn put_with_id(&self, id: ObjectId, value: Encoded, is_error: bool) -> Result<()> {
         self.table
@@ -347,11 +343,17 @@ impl Core for NodeClient {
     }
 
     fn cluster_resources(&self) -> Result<HashMap<String, f64>> {
-        Ok(self.resources()?.total.positive_part().to_f64_map())
+        let (total, _) = self.ask(&self.raylet, raylet::GetClusterResources)?;
+        Ok(total.positive_part().to_f64_map())
     }
 
     fn available_resources(&self) -> Result<HashMap<String, f64>> {
-        Ok(self.resources()?.available.positive_part().to_f64_map())
+        let (_, available) = self.ask(&self.raylet, raylet::GetClusterResources)?;
+        Ok(available.positive_part().to_f64_map())
+    }
+
+    fn raylet(&self) -> Option<Addr<Raylet>> {
+        Some(self.raylet.clone())
     }
 
     fn raylet_socket(&self) -> Option<PathBuf> {

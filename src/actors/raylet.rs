@@ -151,6 +151,19 @@ pub(crate) struct Raylet {
     procs: Option<ProcessPool>,
     /// The arbiter of the thread-mode actor hosts (their instances have threads of their own).
     hosts: Arbiter,
+    /// Where tasks for other nodes go (set on a cluster node).
+    spill_tx: Option<flume::Sender<SpillRequest>>,
+    /// Tasks running on other nodes.
+    spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
+}
+
+/// A task to run on another node, with its arguments resolved and how to start its job's
+/// workers there.
+#[derive(Debug)]
+pub(crate) struct SpillRequest {
+    pub node: NodeId,
+    pub spec: TaskSpec,
+    pub launch: crate::worker::process::JobLaunch,
 }
 
 fn class_key(spec: &TaskSpec) -> String {
@@ -227,6 +240,8 @@ impl Raylet {
             actor_queue: VecDeque::new(),
             procs: None,
             hosts: Arbiter::new(),
+            spill_tx: None,
+            spilled: HashMap::new(),
         }
     }
 
@@ -336,7 +351,16 @@ impl Raylet {
                         };
                         self.start_task(task, alloc);
                     }
-                    Decision::Node(_) | Decision::Wait => break,
+                    Decision::Node(n) => {
+                        let Some(task) = q.pop_front() else { break };
+                        if let Err(task) = self.spill(task, n, &req) {
+                            if let Some(q) = self.queues.get_mut(&key) {
+                                q.push_front(*task);
+                            }
+                            break;
+                        }
+                    }
+                    Decision::Wait => break,
                     Decision::Infeasible(e) => {
                         let Some(task) = q.pop_front() else { break };
                         let err = infeasible_error(&task.spec.name, &req, self.local_ref(), &e);
@@ -346,6 +370,110 @@ impl Raylet {
             }
         }
         self.dispatch_actors();
+    }
+
+    /// Sends a task to another node (spillback). Gives it back when that is not possible now.
+    fn spill(
+        &mut self,
+        task: QueuedTask,
+        node: NodeId,
+        req: &ResourceSet,
+    ) -> Result<(), Box<QueuedTask>> {
+        let launch = self
+            .procs
+            .as_ref()
+            .and_then(|p| p.launch_of(task.spec.job_id));
+        let (Some(tx), Some(launch)) = (self.spill_tx.clone(), launch) else {
+            return Err(Box::new(task));
+        };
+        let mut spec = (*task.spec).clone();
+        match crate::worker::thread::resolve_args(&self.table, &spec.args) {
+            Ok(values) => {
+                spec.args = values
+                    .into_iter()
+                    .map(crate::spec::TaskArg::Value)
+                    .collect();
+            }
+            Err(e) => {
+                self.fail_task(task, &e);
+                return Ok(());
+            }
+        }
+        // Count the request against the node until its next heartbeat says otherwise.
+        if let Some(nv) = self.view.nodes.get_mut(&node) {
+            nv.resources.force_acquire(req);
+        }
+        let tid = spec.task_id;
+        if tx.try_send(SpillRequest { node, spec, launch }).is_err() {
+            return Err(Box::new(task));
+        }
+        tracing::debug!(task = %task.spec.name, node = %node, "spilled a task to another node");
+        self.spilled.insert(tid, (task, node));
+        Ok(())
+    }
+
+    fn remote_done(
+        &mut self,
+        tid: TaskId,
+        result: Result<crate::worker::protocol::WireValue, Error>,
+    ) {
+        let Some((task, _)) = self.spilled.remove(&tid) else {
+            return;
+        };
+        match result {
+            Ok(v) => {
+                self.by_return.remove(&task.spec.return_id);
+                self.table
+                    .seal(task.spec.return_id, v.data, v.nested, false);
+            }
+            Err(e) => self.fail_task(task, &e),
+        }
+    }
+
+    /// A node of the cluster changed (heartbeat) or died.
+    fn remote_node(&mut self, node: NodeId, resources: Option<(ResourceSet, ResourceSet)>) {
+        if node == self.cfg.node_id {
+            return;
+        }
+        match resources {
+            Some((total, available)) => {
+                let nv = self.view.nodes.entry(node).or_insert_with(|| NodeView {
+                    resources: NodeResources::new(total.clone()),
+                    alive: true,
+                    draining: false,
+                });
+                if nv.resources.total != total {
+                    nv.resources = NodeResources::new(total);
+                }
+                nv.resources.available = available;
+                nv.alive = true;
+            }
+            None => {
+                if let Some(nv) = self.view.nodes.get_mut(&node) {
+                    nv.alive = false;
+                }
+                let lost: Vec<TaskId> = self
+                    .spilled
+                    .iter()
+                    .filter(|(_, (_, n))| *n == node)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for tid in lost {
+                    if let Some((task, _)) = self.spilled.remove(&tid) {
+                        if task.spec.can_retry() {
+                            tracing::warn!(task = %task.spec.name, node = %node, "node died; retrying its task");
+                            self.retry(task);
+                        } else {
+                            let err = Error::WorkerCrashed {
+                                task: task.spec.name.clone(),
+                                detail: format!("node {node} died"),
+                            };
+                            self.fail_task(task, &err);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn start_task(&mut self, task: QueuedTask, alloc: Allocation) {
@@ -1077,6 +1205,67 @@ impl Handler<StartPool> for Raylet {
     }
 }
 
+/// Makes this raylet part of a cluster: tasks for other nodes go to `0`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetSpill(pub flume::Sender<SpillRequest>);
+
+impl Handler<SetSpill> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: SetSpill, _ctx: &mut Self::Context) {
+        self.spill_tx = Some(msg.0);
+    }
+}
+
+/// Another node's resources (`None`: it died).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RemoteNode {
+    pub node_id: NodeId,
+    pub resources: Option<(ResourceSet, ResourceSet)>,
+}
+
+impl Handler<RemoteNode> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteNode, _ctx: &mut Self::Context) {
+        self.remote_node(msg.node_id, msg.resources);
+        self.dispatch();
+    }
+}
+
+/// A spilled task finished on its node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RemoteDone {
+    pub task_id: TaskId,
+    pub result: Result<crate::worker::protocol::WireValue, Error>,
+}
+
+impl Handler<RemoteDone> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteDone, _ctx: &mut Self::Context) {
+        self.remote_done(msg.task_id, msg.result);
+        self.dispatch();
+    }
+}
+
+/// Registers how to start a job's workers (a task of it arrived from another node).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RegisterJob {
+    pub job_id: crate::ids::JobId,
+    pub launch: crate::worker::process::JobLaunch,
+}
+
+impl Handler<RegisterJob> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: RegisterJob, _ctx: &mut Self::Context) {
+        if let Some(p) = &self.procs {
+            p.register(msg.job_id, msg.launch);
+        }
+    }
+}
+
 /// Tells the raylet which GCS to report to.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -1192,6 +1381,18 @@ impl Handler<ReturnBundles> for Raylet {
             }
         }
         self.dispatch();
+    }
+}
+
+/// The resources of every alive node this raylet knows (itself included): (total, available).
+#[derive(Message)]
+#[rtype(result = "(ResourceSet, ResourceSet)")]
+pub(crate) struct GetClusterResources;
+
+impl Handler<GetClusterResources> for Raylet {
+    type Result = MessageResult<GetClusterResources>;
+    fn handle(&mut self, _msg: GetClusterResources, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult((self.view.total(), self.view.available()))
     }
 }
 

@@ -277,6 +277,29 @@ impl Runtime {
         self.core.cluster_resources()
     }
 
+    /// This node's own (total, available) resources.
+    pub(crate) fn node_resources(&self) -> Result<(HashMap<String, f64>, HashMap<String, f64>)> {
+        let r = self
+            .core
+            .raylet()
+            .ok_or_else(|| Error::runtime("no node in this process"))?;
+        let n = mailbox_result(futures::executor::block_on(
+            r.send(crate::actors::raylet::GetResources),
+        ))?;
+        Ok((
+            n.total.positive_part().to_f64_map(),
+            n.available.positive_part().to_f64_map(),
+        ))
+    }
+
+    pub(crate) fn core(&self) -> &CoreRef {
+        &self.core
+    }
+
+    pub(crate) fn raylet(&self) -> Option<actix::Addr<crate::actors::raylet::Raylet>> {
+        self.core.raylet()
+    }
+
     /// The Unix socket where this process's node accepts workers and drivers (process mode).
     pub fn raylet_socket(&self) -> Option<std::path::PathBuf> {
         self.core.raylet_socket()
@@ -313,6 +336,10 @@ impl Runtime {
     pub fn kv_del(&self, namespace: &str, key: &str) -> Result<bool> {
         self.core.kv_del(namespace, key)
     }
+}
+
+fn mailbox_result<T>(r: std::result::Result<T, actix::MailboxError>) -> Result<T> {
+    r.map_err(|e| Error::runtime(format!("system actor unreachable: {e}")))
 }
 
 /// Gets a value with the process's runtime (`ray.get`).

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::actors::raylet::{RegisterJob, RemoteDone, RemoteNode, SetSpill, SpillRequest};
 use crate::net::{self, NetConfig, NetEvent};
 
 /// Errors of the cluster commands.
@@ -194,7 +195,7 @@ mod serde_json_lite {
 
 /// Messages between nodes and the head.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ClusterMsg {
+pub(crate) enum ClusterMsg {
     /// A node joins (request; answered with `Welcome`).
     Register {
         /// Its node id.
@@ -211,6 +212,8 @@ pub enum ClusterMsg {
     Heartbeat {
         /// Its node id.
         node_id: String,
+        /// Where it listens (libp2p address with peer id).
+        addr: String,
         /// Its resources.
         total: HashMap<String, f64>,
         /// What is free.
@@ -218,6 +221,16 @@ pub enum ClusterMsg {
     },
     /// Asks the head for the cluster's status (request).
     Status,
+    /// Runs a task here for another node (request; answered with `TaskResult`). Arguments are
+    /// inline values.
+    ExecuteRemote {
+        /// The task.
+        spec: Box<crate::spec::TaskSpec>,
+        /// How to start the task's job's workers.
+        launch: crate::worker::process::JobLaunch,
+    },
+    /// The value of a remotely run task, or its error.
+    TaskResult(Result<crate::worker::protocol::WireValue, crate::Error>),
     /// The answer to `Status`.
     StatusReport(StatusReport),
 }
@@ -384,6 +397,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             opts.bind.clone()
         };
         let multiaddr = bound
+            .as_ref()
             .map(|a| format!("{a}/p2p/{}", net.peer_id()))
             .unwrap_or_default();
         let rec = HeadRecord {
@@ -403,8 +417,18 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         .enable_all()
         .build()
         .map_err(|e| ClusterError::Usage(format!("cannot start the daemon's event loop: {e}")))?;
+    let my_addr = bound
+        .as_ref()
+        .map(|a| format!("{a}/p2p/{}", net.peer_id()))
+        .unwrap_or_default();
+    let raylet = rt.raylet();
+    let (spill_tx, spill_rx) = flume::bounded::<SpillRequest>(65_536);
+    if let Some(r) = &raylet {
+        r.do_send(SetSpill(spill_tx));
+    }
     let result = runtime.block_on(async {
         let mut members: HashMap<String, Member> = HashMap::new();
+        let mut peers: HashMap<String, libp2p::PeerId> = HashMap::new();
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| ClusterError::Usage(format!("cannot watch signals: {e}")))?;
@@ -415,15 +439,49 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {
-                    if !opts.head {
-                        let hb = ClusterMsg::Heartbeat {
-                            node_id: node_id.clone(),
-                            total: rt.cluster_resources().unwrap_or_default(),
-                            available: rt.available_resources().unwrap_or_default(),
-                        };
-                        // Fails until the head's subscription is known; the next tick retries.
-                        let _ = net.publish(encode(&hb)).await;
+                    let (total, available) = own_resources(&raylet).await;
+                    let hb = ClusterMsg::Heartbeat {
+                        node_id: node_id.clone(),
+                        addr: my_addr.clone(),
+                        total,
+                        available,
+                    };
+                    // Fails until some peer's subscription is known; the next tick retries.
+                    let _ = net.publish(encode(&hb)).await;
+                    for m in members.values_mut() {
+                        let alive = m.last_seen.elapsed() < opts.death_timeout;
+                        if m.status.alive && !alive {
+                            tracing::warn!(node = %m.status.node_id, "node stopped heartbeating: declared dead");
+                            if let (Some(r), Some(id)) = (&raylet, crate::NodeId::parse(&m.status.node_id)) {
+                                r.do_send(RemoteNode { node_id: id, resources: None });
+                            }
+                        }
+                        m.status.alive = alive;
                     }
+                }
+                req = spill_rx.recv_async() => {
+                    let Ok(req) = req else { break };
+                    let peer = peers.get(&req.node.hex()).copied();
+                    let net = net.clone();
+                    let raylet = raylet.clone();
+                    tokio::spawn(async move {
+                        let tid = req.spec.task_id;
+                        let result = match peer {
+                            None => Err(crate::Error::runtime(format!("node {} is not reachable", req.node))),
+                            Some(peer) => {
+                                let msg = ClusterMsg::ExecuteRemote { spec: Box::new(req.spec), launch: req.launch };
+                                match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
+                                    Ok(Ok(ClusterMsg::TaskResult(r))) => r,
+                                    Ok(Ok(other)) => Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
+                                    Ok(Err(e)) => Err(crate::Error::runtime(e)),
+                                    Err(e) => Err(crate::Error::runtime(e)),
+                                }
+                            }
+                        };
+                        if let Some(r) = raylet {
+                            r.do_send(RemoteDone { task_id: tid, result });
+                        }
+                    });
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
@@ -432,7 +490,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             head_peer = Some(peer);
                             let reg = ClusterMsg::Register {
                                 node_id: node_id.clone(),
-                                total: rt.cluster_resources().unwrap_or_default(),
+                                total: own_resources(&raylet).await.0,
                             };
                             match net.request(peer, encode(&reg)).await.map(|b| decode(&b)) {
                                 Ok(Ok(ClusterMsg::Welcome { head })) => {
@@ -441,33 +499,58 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 other => tracing::error!(reply = ?other, "the head did not accept this node"),
                             }
                         }
-                        NetEvent::Request { from, data, reply } if opts.head => {
-                            match decode(&data) {
-                                Ok(ClusterMsg::Register { node_id: n, total }) => {
-                                    tracing::info!(node = %n, peer = %from, "node registered");
-                                    members.insert(n.clone(), Member {
-                                        status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total },
-                                        last_seen: Instant::now(),
-                                    });
-                                    let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
-                                }
-                                Ok(ClusterMsg::Status) => {
-                                    let report = status_report(&rt, &node_id, &members, opts.death_timeout);
-                                    let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
-                                }
-                                Ok(other) => tracing::warn!(peer = %from, msg = ?other, "unexpected request"),
-                                Err(e) => tracing::warn!(peer = %from, error = %e, "malformed request dropped"),
-                            }
-                        }
-                        NetEvent::Gossip { from, data } if opts.head => match decode(&data) {
-                            Ok(ClusterMsg::Heartbeat { node_id: n, total, available }) => {
-                                let e = members.entry(n.clone()).or_insert_with(|| Member {
-                                    status: NodeStatus { node_id: n, is_head: false, alive: true, total: total.clone(), available: available.clone() },
+                        NetEvent::Request { from, data, reply } => match decode(&data) {
+                            Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
+                                tracing::info!(node = %n, peer = %from, "node registered");
+                                members.insert(n.clone(), Member {
+                                    status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total },
                                     last_seen: Instant::now(),
                                 });
-                                e.status.total = total;
-                                e.status.available = available;
+                                let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
+                            }
+                            Ok(ClusterMsg::Status) if opts.head => {
+                                let report = status_report(&rt, &node_id, &members, opts.death_timeout);
+                                let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
+                            }
+                            Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
+                                let rt = rt.clone();
+                                let raylet = raylet.clone();
+                                tokio::spawn(async move {
+                                    let r = execute_here(&rt, raylet, *spec, launch).await;
+                                    let _ = reply.send(encode(&ClusterMsg::TaskResult(r)));
+                                });
+                            }
+                            Ok(other) => tracing::warn!(peer = %from, msg = ?other, "unexpected request"),
+                            Err(e) => tracing::warn!(peer = %from, error = %e, "malformed request dropped"),
+                        },
+                        NetEvent::Gossip { from, data } => match decode(&data) {
+                            Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available }) => {
+                                if n == node_id {
+                                    continue;
+                                }
+                                if !peers.contains_key(&n) {
+                                    if let Ok(a) = addr.parse::<libp2p::Multiaddr>() {
+                                        let _ = net.add_address(from, a).await;
+                                    }
+                                    peers.insert(n.clone(), from);
+                                }
+                                let e = members.entry(n.clone()).or_insert_with(|| Member {
+                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, total: total.clone(), available: available.clone() },
+                                    last_seen: Instant::now(),
+                                });
+                                e.status.total = total.clone();
+                                e.status.available = available.clone();
+                                e.status.alive = true;
                                 e.last_seen = Instant::now();
+                                if let (Some(r), Some(id)) = (&raylet, crate::NodeId::parse(&n)) {
+                                    r.do_send(RemoteNode {
+                                        node_id: id,
+                                        resources: Some((
+                                            crate::ResourceSet::from_map(&total),
+                                            crate::ResourceSet::from_map(&available),
+                                        )),
+                                    });
+                                }
                             }
                             Ok(_) => {}
                             Err(e) => tracing::warn!(peer = %from, error = %e, "malformed gossip dropped"),
@@ -491,18 +574,78 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     result
 }
 
+/// This node's own resources (total, available), as heartbeats report them.
+async fn own_resources(
+    raylet: &Option<actix::Addr<crate::actors::raylet::Raylet>>,
+) -> (HashMap<String, f64>, HashMap<String, f64>) {
+    let Some(r) = raylet else {
+        return Default::default();
+    };
+    match r.send(crate::actors::raylet::GetResources).await {
+        Ok(n) => (
+            n.total.positive_part().to_f64_map(),
+            n.available.positive_part().to_f64_map(),
+        ),
+        Err(_) => Default::default(),
+    }
+}
+
+/// Runs a task that another node sent, on this node, and waits for its value.
+async fn execute_here(
+    rt: &crate::Runtime,
+    raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
+    mut spec: crate::spec::TaskSpec,
+    launch: crate::worker::process::JobLaunch,
+) -> Result<crate::worker::protocol::WireValue, crate::Error> {
+    let raylet = raylet.ok_or_else(|| crate::Error::runtime("this node has no raylet"))?;
+    raylet
+        .send(RegisterJob {
+            job_id: spec.job_id,
+            launch,
+        })
+        .await
+        .map_err(crate::Error::runtime)?;
+    // It was placed here: run it here (no second spill), unless it belongs in a bundle.
+    if !matches!(
+        spec.strategy,
+        crate::SchedulingStrategy::PlacementGroup { .. }
+    ) {
+        spec.strategy = crate::SchedulingStrategy::NodeAffinity {
+            node: rt.node_id(),
+            soft: false,
+        };
+    }
+    let id = spec.return_id;
+    let core = rt.core().clone();
+    core.submit_task(spec)?;
+    let obj = core.get_object_async(id).await;
+    let out = obj.and_then(|o| {
+        if o.is_error {
+            Err(crate::codec::decode::<crate::Error>(&o.data)?)
+        } else {
+            Ok(crate::worker::protocol::WireValue {
+                data: o.data,
+                nested: Vec::new(),
+            })
+        }
+    });
+    core.decref(id);
+    out
+}
+
 fn status_report(
     rt: &crate::Runtime,
     head_id: &str,
     members: &HashMap<String, Member>,
     death_timeout: Duration,
 ) -> StatusReport {
+    let own = rt.node_resources().ok();
     let mut nodes = vec![NodeStatus {
         node_id: head_id.to_string(),
         is_head: true,
         alive: true,
-        total: rt.cluster_resources().unwrap_or_default(),
-        available: rt.available_resources().unwrap_or_default(),
+        total: own.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+        available: own.map(|n| n.1).unwrap_or_default(),
     }];
     for m in members.values() {
         let mut s = m.status.clone();

@@ -115,6 +115,7 @@ enum Cmd {
         done: oneshot::Sender<Result<(), NetError>>,
     },
     Dial(Multiaddr),
+    AddAddress(PeerId, Multiaddr),
     Shutdown,
 }
 
@@ -155,6 +156,14 @@ impl NetHandle {
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.cmd
             .send(Cmd::Dial(addr))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Tells the swarm where a peer listens (requests to it dial there when needed).
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
+        self.cmd
+            .send(Cmd::AddAddress(peer, addr))
             .await
             .map_err(|_| NetError::Stopped)
     }
@@ -430,6 +439,9 @@ async fn run(
                         .map(|_| ())
                         .map_err(|e| NetError::Publish(e.to_string()));
                     let _ = done.send(r);
+                }
+                Some(Cmd::AddAddress(peer, addr)) => {
+                    swarm.add_peer_address(peer, addr);
                 }
                 Some(Cmd::Dial(addr)) => {
                     if let Err(e) = swarm.dial(addr.clone()) {

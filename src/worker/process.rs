@@ -52,7 +52,7 @@ const ENV_NAMESPACE: &str = "MOBULA_WORKER_NAMESPACE";
 // ---- raylet side ------------------------------------------------------------------------------
 
 /// How to start a worker process: the executable and its arguments.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct WorkerCommand {
     pub exe: PathBuf,
     pub args: Vec<OsString>,
@@ -155,7 +155,7 @@ impl ProcessWorker {
 }
 
 /// How to start the workers of one job, and its namespace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct JobLaunch {
     pub command: WorkerCommand,
     pub namespace: String,
@@ -236,6 +236,16 @@ impl ProcessPool {
             start_timeout,
             arbiter: arb,
         })
+    }
+
+    /// How workers of `job` start, if this pool knows.
+    pub fn launch_of(&self, job: JobId) -> Option<JobLaunch> {
+        self.jobs.lock().get(&job).cloned()
+    }
+
+    /// Learns how workers of `job` start.
+    pub fn register(&self, job: JobId, launch: JobLaunch) {
+        self.jobs.lock().entry(job).or_insert(launch);
     }
 
     /// Starts a worker process; with `actor`, the process becomes that actor's host.

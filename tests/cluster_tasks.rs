@@ -1,0 +1,143 @@
+//! Work spreads over the nodes of a real cluster (a head and a worker node, two daemons on
+//! 127.0.0.1): each task returns the id of the node it ran on, as Ray's tutorials check the
+//! set of IP addresses; a node that is killed stops receiving work and its tasks finish
+//! elsewhere.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mobula::{Config, SchedulingStrategy, TaskOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mobula");
+
+#[mobula::remote]
+fn where_am_i() -> mobula::Result<String> {
+    Ok(mobula::runtime()?.node_id().hex())
+}
+
+#[mobula::remote]
+fn slow_where(ms: u64) -> mobula::Result<String> {
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(mobula::runtime()?.node_id().hex())
+}
+
+#[mobula::remote]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+struct Cluster {
+    temp: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args([
+                "stop",
+                "--temp-dir",
+                self.temp.path().to_str().unwrap_or("."),
+                "--port",
+                &self.port.to_string(),
+                "--grace-period",
+                "5",
+            ])
+            .output();
+    }
+}
+
+fn run(args: &[&str]) {
+    let o = Command::new(BIN).args(args).output().expect("mobula");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn cluster() -> Cluster {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let c = Cluster { temp, port };
+    let dir = c.temp.path().to_str().expect("path").to_string();
+    let p = port.to_string();
+    run(&[
+        "start",
+        "--head",
+        "--port",
+        &p,
+        "--num-cpus",
+        "2",
+        "--bind",
+        "127.0.0.1",
+        "--temp-dir",
+        &dir,
+    ]);
+    run(&[
+        "start",
+        "--address",
+        &format!("127.0.0.1:{port}"),
+        "--num-cpus",
+        "2",
+        "--bind",
+        "127.0.0.1",
+        "--temp-dir",
+        &dir,
+    ]);
+    c
+}
+
+fn connect(c: &Cluster) -> mobula::Runtime {
+    let rt = mobula::init_with(
+        Config::default()
+            .address(format!("127.0.0.1:{}", c.port))
+            .cluster_root(c.temp.path()),
+    )
+    .expect("connect");
+    // The head learns of the second node from its heartbeats.
+    let deadline = Instant::now() + common::HANG;
+    while rt.cluster_resources().expect("resources").get("CPU") != Some(&4.0) {
+        assert!(Instant::now() < deadline, "the second node never showed up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt
+}
+
+#[test]
+fn tasks_land_on_every_node() {
+    mobula::worker_entry();
+    let c = cluster();
+    let _turn = common::exclusive();
+    let rt = connect(&c);
+    let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let refs: Vec<_> = (0..20)
+        .map(|_| where_am_i::options(spread.clone()).remote(&rt))
+        .collect();
+    let nodes: std::collections::BTreeSet<String> =
+        rt.get_all(&refs).expect("tasks").into_iter().collect();
+    assert_eq!(nodes.len(), 2, "SPREAD uses both nodes: {nodes:?}");
+
+    // DEFAULT spills once the driver's node is busy.
+    let busy: Vec<_> = (0..8).map(|_| slow_where::remote(&rt, 300)).collect();
+    let nodes: std::collections::BTreeSet<String> =
+        rt.get_all(&busy).expect("tasks").into_iter().collect();
+    assert_eq!(nodes.len(), 2, "four CPUs over two nodes: {nodes:?}");
+
+    // Arguments travel: a chain crossing nodes.
+    let mut acc = add::options(spread.clone()).remote(&rt, 0, 1);
+    for i in 2..=20 {
+        acc = add::options(spread.clone()).remote(&rt, &acc, i);
+    }
+    assert_eq!(
+        rt.get_timeout(&acc, Some(common::HANG)).expect("chain"),
+        210
+    );
+    mobula::shutdown();
+}
