@@ -93,13 +93,11 @@ fn a_driver_runs_tasks_and_actors_on_the_cluster() {
     // A worker process of this test enters worker mode here, before starting anything.
     mobula::worker_entry();
     let h = head();
-    let _turn = common::exclusive();
-    let rt = mobula::init_with(
+    let rt = common::start(
         Config::default()
             .address(format!("127.0.0.1:{}", h.port))
             .cluster_root(h.temp.path()),
-    )
-    .expect("connect to the cluster");
+    );
     let total = rt.cluster_resources().expect("resources");
     assert_eq!(
         total.get("CPU"),
@@ -120,7 +118,6 @@ fn a_driver_runs_tasks_and_actors_on_the_cluster() {
     assert_eq!(rt.get_all(&refs).expect("calls").last(), Some(&55));
     let stored = rt.put(&vec![1u32, 2, 3]).expect("put");
     assert_eq!(rt.get(&stored).expect("get"), vec![1, 2, 3]);
-    mobula::shutdown();
 }
 
 #[test]

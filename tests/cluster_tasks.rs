@@ -94,13 +94,12 @@ fn cluster() -> Cluster {
     c
 }
 
-fn connect(c: &Cluster) -> mobula::Runtime {
-    let rt = mobula::init_with(
+fn connect(c: &Cluster) -> common::Rt {
+    let rt = common::start(
         Config::default()
             .address(format!("127.0.0.1:{}", c.port))
             .cluster_root(c.temp.path()),
-    )
-    .expect("connect");
+    );
     // The head learns of the second node from its heartbeats.
     let deadline = Instant::now() + common::HANG;
     while rt.cluster_resources().expect("resources").get("CPU") != Some(&4.0) {
@@ -114,7 +113,6 @@ fn connect(c: &Cluster) -> mobula::Runtime {
 fn tasks_land_on_every_node() {
     mobula::worker_entry();
     let c = cluster();
-    let _turn = common::exclusive();
     let rt = connect(&c);
     let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
     let refs: Vec<_> = (0..20)
@@ -139,5 +137,48 @@ fn tasks_land_on_every_node() {
         rt.get_timeout(&acc, Some(common::HANG)).expect("chain"),
         210
     );
-    mobula::shutdown();
+}
+
+fn worker_daemon_pid(c: &Cluster) -> u32 {
+    let dir = c.temp.path().join(format!("cluster-{}", c.port));
+    let head = std::fs::read_to_string(dir.join("head.json")).expect("head record");
+    let head_pid: u32 = head
+        .split("\"pid\":")
+        .nth(1)
+        .and_then(|p| p.trim_end_matches(['}', '\n']).parse().ok())
+        .expect("head pid");
+    std::fs::read_dir(dir.join("nodes"))
+        .expect("nodes")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+        .find(|p| *p != head_pid)
+        .expect("the worker node's pid")
+}
+
+#[test]
+fn a_killed_nodes_tasks_finish_elsewhere() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let head_node = rt.node_id().hex();
+    let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let refs: Vec<_> = (0..4)
+        .map(|_| slow_where::options(spread.clone()).remote(&rt, 1500))
+        .collect();
+    // Kill the worker node while its share of the tasks runs.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = worker_daemon_pid(&c);
+    // SAFETY: kill(2) on the node daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    let nodes = rt.get_all(&refs).expect("every task finishes");
+    assert!(
+        nodes.iter().all(|n| *n == head_node),
+        "retried on the head: {nodes:?}"
+    );
+    assert_eq!(
+        rt.cluster_resources().expect("resources").get("CPU"),
+        Some(&2.0),
+        "the dead node left the view"
+    );
 }

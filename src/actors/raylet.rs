@@ -416,10 +416,28 @@ impl Raylet {
         &mut self,
         tid: TaskId,
         result: Result<crate::worker::protocol::WireValue, Error>,
+        node_lost: bool,
     ) {
-        let Some((task, _)) = self.spilled.remove(&tid) else {
+        let Some((task, node)) = self.spilled.remove(&tid) else {
             return;
         };
+        if node_lost {
+            // Until it heartbeats again, the node gets no more work.
+            if let Some(nv) = self.view.nodes.get_mut(&node) {
+                nv.alive = false;
+            }
+            if task.spec.can_retry() {
+                tracing::warn!(task = %task.spec.name, node = %node, "lost the node running a task; retrying it");
+                self.retry(task);
+            } else {
+                let err = Error::WorkerCrashed {
+                    task: task.spec.name.clone(),
+                    detail: format!("node {node} was lost"),
+                };
+                self.fail_task(task, &err);
+            }
+            return;
+        }
         match result {
             Ok(v) => {
                 self.by_return.remove(&task.spec.return_id);
@@ -1239,12 +1257,14 @@ impl Handler<RemoteNode> for Raylet {
 pub(crate) struct RemoteDone {
     pub task_id: TaskId,
     pub result: Result<crate::worker::protocol::WireValue, Error>,
+    /// The node could not be reached or dropped the connection: a system failure.
+    pub node_lost: bool,
 }
 
 impl Handler<RemoteDone> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: RemoteDone, _ctx: &mut Self::Context) {
-        self.remote_done(msg.task_id, msg.result);
+        self.remote_done(msg.task_id, msg.result, msg.node_lost);
         self.dispatch();
     }
 }

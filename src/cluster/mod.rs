@@ -466,20 +466,20 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     let raylet = raylet.clone();
                     tokio::spawn(async move {
                         let tid = req.spec.task_id;
-                        let result = match peer {
-                            None => Err(crate::Error::runtime(format!("node {} is not reachable", req.node))),
+                        let (result, node_lost) = match peer {
+                            None => (Err(crate::Error::runtime(format!("node {} is not reachable", req.node))), true),
                             Some(peer) => {
                                 let msg = ClusterMsg::ExecuteRemote { spec: Box::new(req.spec), launch: req.launch };
                                 match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
-                                    Ok(Ok(ClusterMsg::TaskResult(r))) => r,
-                                    Ok(Ok(other)) => Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
-                                    Ok(Err(e)) => Err(crate::Error::runtime(e)),
-                                    Err(e) => Err(crate::Error::runtime(e)),
+                                    Ok(Ok(ClusterMsg::TaskResult(r))) => (r, false),
+                                    Ok(Ok(other)) => (Err(crate::Error::runtime(format!("unexpected reply {other:?}"))), false),
+                                    Ok(Err(e)) => (Err(crate::Error::runtime(e)), false),
+                                    Err(e) => (Err(crate::Error::runtime(e)), true),
                                 }
                             }
                         };
                         if let Some(r) = raylet {
-                            r.do_send(RemoteDone { task_id: tid, result });
+                            r.do_send(RemoteDone { task_id: tid, result, node_lost });
                         }
                     });
                 }
