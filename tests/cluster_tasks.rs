@@ -182,3 +182,55 @@ fn a_killed_nodes_tasks_finish_elsewhere() {
         "the dead node left the view"
     );
 }
+
+#[mobula::remote]
+fn spin(ms: u64) -> u64 {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_millis(ms) {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+    }
+    x
+}
+
+#[test]
+fn a_saturated_node_is_not_declared_dead() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    // Both nodes busy well past the 3 s death timeout.
+    let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let refs: Vec<_> = (0..8)
+        .map(|_| spin::options(spread.clone()).remote(&rt, 4000))
+        .collect();
+    rt.get_all(&refs).expect("spins");
+    assert_eq!(
+        rt.cluster_resources().expect("resources").get("CPU"),
+        Some(&4.0),
+        "no node was declared dead while its CPUs were saturated"
+    );
+    let o = Command::new(BIN)
+        .args([
+            "status",
+            "--temp-dir",
+            c.temp.path().to_str().expect("path"),
+            "--port",
+            &c.port.to_string(),
+        ])
+        .output()
+        .expect("status");
+    let s = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(s.contains("Dead:\n (no dead nodes)"), "{s}");
+    let log = std::fs::read_to_string(
+        c.temp
+            .path()
+            .join(format!("cluster-{}", c.port))
+            .join("logs")
+            .join("head.log"),
+    )
+    .expect("head log");
+    assert!(
+        !log.contains("declared dead"),
+        "not even for a moment: {log}"
+    );
+}
