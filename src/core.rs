@@ -76,6 +76,10 @@ pub(crate) trait Core: Send + Sync + 'static {
     fn raylet_socket(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// The object table of the node embedded in this process, if there is one.
+    fn object_table(&self) -> Option<Arc<crate::store::ObjectTable>> {
+        None
+    }
     /// The raylet of the node embedded in this process, if there is one.
     fn raylet(&self) -> Option<actix::Addr<crate::actors::raylet::Raylet>> {
         None

@@ -352,6 +352,10 @@ impl Core for NodeClient {
         Ok(available.positive_part().to_f64_map())
     }
 
+    fn object_table(&self) -> Option<Arc<ObjectTable>> {
+        Some(self.table.clone())
+    }
+
     fn raylet(&self) -> Option<Addr<Raylet>> {
         Some(self.raylet.clone())
     }

@@ -234,3 +234,92 @@ fn a_saturated_node_is_not_declared_dead() {
         "not even for a moment: {log}"
     );
 }
+
+/// A cheap fingerprint of a large buffer (sum of a sample of its bytes and its length).
+fn fingerprint(b: &[u8]) -> (usize, u64) {
+    (b.len(), b.iter().step_by(4093).map(|x| *x as u64).sum())
+}
+
+#[mobula::remote]
+fn where_and_fingerprint(data: serde_bytes::ByteBuf) -> mobula::Result<(String, usize, u64)> {
+    let (n, f) = fingerprint(&data);
+    Ok((mobula::runtime()?.node_id().hex(), n, f))
+}
+
+#[mobula::remote]
+fn make_big(mb: usize, seed: u8) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(
+        (0..mb << 20)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+#[test]
+fn a_256_mib_object_crosses_nodes_intact() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let here = rt.node_id();
+    let there = rt
+        .cluster_resources()
+        .map(|_| ())
+        .and_then(|()| {
+            // The other node's id: a SPREAD task that reports where it ran, until it is not here.
+            let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+            loop {
+                let n = rt.get(&where_am_i::options(spread.clone()).remote(&rt))?;
+                if n != here.hex() {
+                    return Ok(n);
+                }
+            }
+        })
+        .expect("the other node");
+    let other = mobula::NodeId::parse(&there).expect("node id");
+    let pin = TaskOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: other,
+        soft: false,
+    });
+
+    // Driver -> other node: a 256 MiB argument.
+    let data: Vec<u8> = (0..256usize << 20).map(|i| (i % 251) as u8).collect();
+    let expect = fingerprint(&data);
+    let big = rt.put(&serde_bytes::ByteBuf::from(data)).expect("put");
+    let r = rt.get_timeout(
+        &where_and_fingerprint::options(pin.clone()).remote(&rt, &big),
+        Some(common::HANG),
+    );
+    if r.is_err() {
+        let d = c
+            .temp
+            .path()
+            .join(format!("cluster-{}", c.port))
+            .join("logs");
+        for f in ["head.log", "node.log"] {
+            let t = std::fs::read_to_string(d.join(f)).unwrap_or_default();
+            eprintln!(
+                "==== {f}\n{}",
+                t.lines()
+                    .filter(|l| !l.contains("DEBUG"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    let (node, n, f) = r.expect("remote read");
+    assert_eq!(node, there);
+    assert_eq!((n, f), expect, "the argument arrived intact");
+
+    // Other node -> driver: a 256 MiB result.
+    let made = make_big::options(pin).remote(&rt, 256, 7);
+    let back: serde_bytes::ByteBuf = rt
+        .get_timeout(&made, Some(common::HANG))
+        .expect("remote result");
+    let want: Vec<u8> = (0..256usize << 20)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+        .collect();
+    assert!(
+        back.as_slice() == want.as_slice(),
+        "the result arrived intact"
+    );
+}

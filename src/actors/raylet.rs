@@ -157,6 +157,9 @@ pub(crate) struct Raylet {
     spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
 }
 
+/// Arguments up to this size travel inside a spilled task's request; larger ones are pulled.
+pub(crate) const INLINE_ARG: usize = 1 << 20;
+
 /// A task to run on another node, with its arguments resolved and how to start its job's
 /// workers there.
 #[derive(Debug)]
@@ -387,18 +390,35 @@ impl Raylet {
             return Err(Box::new(task));
         };
         let mut spec = (*task.spec).clone();
-        match crate::worker::thread::resolve_args(&self.table, &spec.args) {
-            Ok(values) => {
-                spec.args = values
-                    .into_iter()
-                    .map(crate::spec::TaskArg::Value)
-                    .collect();
-            }
-            Err(e) => {
-                self.fail_task(task, &e);
-                return Ok(());
+        // Small arguments travel inside the request; large ones stay references that the
+        // other node pulls in chunks (the task's pins keep them alive meanwhile).
+        let mut args = Vec::with_capacity(spec.args.len());
+        for a in &spec.args {
+            let crate::spec::TaskArg::Ref(id) = a else {
+                args.push(a.clone());
+                continue;
+            };
+            match self.table.lookup(id) {
+                crate::store::Lookup::Ready(o) if o.is_error => {
+                    let e = crate::codec::decode::<Error>(&o.data).unwrap_or_else(|e| e);
+                    self.fail_task(task, &e);
+                    return Ok(());
+                }
+                crate::store::Lookup::Ready(o) if o.data.len() <= INLINE_ARG => {
+                    args.push(crate::spec::TaskArg::Value(o.data));
+                }
+                crate::store::Lookup::Ready(_) => args.push(a.clone()),
+                _ => {
+                    let e = Error::ObjectLost {
+                        id: id.hex(),
+                        reason: "argument not available when the task was spilled".to_string(),
+                    };
+                    self.fail_task(task, &e);
+                    return Ok(());
+                }
             }
         }
+        spec.args = args;
         // Count the request against the node until its next heartbeat says otherwise.
         if let Some(nv) = self.view.nodes.get_mut(&node) {
             nv.resources.force_acquire(req);

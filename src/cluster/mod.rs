@@ -229,8 +229,39 @@ pub(crate) enum ClusterMsg {
         /// How to start the task's job's workers.
         launch: crate::worker::process::JobLaunch,
     },
+    /// A node took a task (`ExecuteRemote`); its value follows in `TaskFinished`.
+    Accepted,
+    /// A task run here for another node ended (request to that node; answered `Released`).
+    TaskFinished {
+        /// The task.
+        task_id: crate::TaskId,
+        /// Its return object.
+        return_id: crate::ObjectId,
+        /// `TaskResult` or `TaskResultAt`.
+        answer: Box<ClusterMsg>,
+    },
     /// The value of a remotely run task, or its error.
     TaskResult(Result<crate::worker::protocol::WireValue, crate::Error>),
+    /// The value of a remotely run task is large: pull it (`FetchChunk`), then `Release` it.
+    TaskResultAt {
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// Asks for part of an object this node holds (request; answered with `Chunk`).
+    FetchChunk {
+        /// The object.
+        id: crate::ObjectId,
+        /// Where the part starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Part of an object (or `None`: not here).
+    Chunk(Option<(u64, serde_bytes::ByteBuf)>),
+    /// The asker has pulled an object it was told to pull; this node may free it.
+    Release(crate::ObjectId),
+    /// Acknowledges a `Release`.
+    Released,
     /// The answer to `Status`.
     StatusReport(StatusReport),
 }
@@ -426,6 +457,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     if let Some(r) = &raylet {
         r.do_send(SetSpill(spill_tx));
     }
+    // Large results of tasks run here for other nodes, until they pull them.
+    let held: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>> =
+        Default::default();
     let result = runtime.block_on(async {
         let mut members: HashMap<String, Member> = HashMap::new();
         let mut peers: HashMap<String, libp2p::PeerId> = HashMap::new();
@@ -466,20 +500,22 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     let raylet = raylet.clone();
                     tokio::spawn(async move {
                         let tid = req.spec.task_id;
-                        let (result, node_lost) = match peer {
-                            None => (Err(crate::Error::runtime(format!("node {} is not reachable", req.node))), true),
+                        // The node answers at once; the value comes later (`TaskFinished`).
+                        let failed = match peer {
+                            None => Some((crate::Error::runtime(format!("node {} is not reachable", req.node)), true)),
                             Some(peer) => {
                                 let msg = ClusterMsg::ExecuteRemote { spec: Box::new(req.spec), launch: req.launch };
                                 match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
-                                    Ok(Ok(ClusterMsg::TaskResult(r))) => (r, false),
-                                    Ok(Ok(other)) => (Err(crate::Error::runtime(format!("unexpected reply {other:?}"))), false),
-                                    Ok(Err(e)) => (Err(crate::Error::runtime(e)), false),
-                                    Err(e) => (Err(crate::Error::runtime(e)), true),
+                                    Ok(Ok(ClusterMsg::Accepted)) => None,
+                                    Ok(Ok(ClusterMsg::TaskResult(Err(e)))) => Some((e, false)),
+                                    Ok(Ok(other)) => Some((crate::Error::runtime(format!("unexpected reply {other:?}")), false)),
+                                    Ok(Err(e)) => Some((crate::Error::runtime(e), false)),
+                                    Err(e) => Some((crate::Error::runtime(e), true)),
                                 }
                             }
                         };
-                        if let Some(r) = raylet {
-                            r.do_send(RemoteDone { task_id: tid, result, node_lost });
+                        if let (Some((e, node_lost)), Some(r)) = (failed, raylet) {
+                            r.do_send(RemoteDone { task_id: tid, result: Err(e), node_lost });
                         }
                     });
                 }
@@ -513,12 +549,63 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
                             }
                             Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
+                                let _ = reply.send(encode(&ClusterMsg::Accepted));
                                 let rt = rt.clone();
                                 let raylet = raylet.clone();
+                                let net = net.clone();
+                                let held = held.clone();
                                 tokio::spawn(async move {
-                                    let r = execute_here(&rt, raylet, *spec, launch).await;
-                                    let _ = reply.send(encode(&ClusterMsg::TaskResult(r)));
+                                    let task_id = spec.task_id;
+                                    let return_id = spec.return_id;
+                                    let answer = execute_here(&rt, raylet, &net, from, *spec, launch, &held).await;
+                                    let done = ClusterMsg::TaskFinished { task_id, return_id, answer: Box::new(answer) };
+                                    if let Err(e) = net.request(from, encode(&done)).await {
+                                        tracing::warn!(task = %task_id, error = %e, "could not report a finished task to its node");
+                                        if held.lock().remove(&return_id)
+                                            && let Some(t) = rt.core().object_table()
+                                        {
+                                            t.decref(return_id);
+                                        }
+                                    }
                                 });
+                            }
+                            Ok(ClusterMsg::TaskFinished { task_id, return_id, answer }) => {
+                                let _ = reply.send(encode(&ClusterMsg::Released));
+                                let net = net.clone();
+                                let raylet = raylet.clone();
+                                tokio::spawn(async move {
+                                    let (result, node_lost) = match *answer {
+                                        ClusterMsg::TaskResult(r) => (r, false),
+                                        ClusterMsg::TaskResultAt { size } => {
+                                            let pulled = pull(&net, from, return_id, size).await;
+                                            let _ = net.request(from, encode(&ClusterMsg::Release(return_id))).await;
+                                            match pulled {
+                                                Ok(data) => (Ok(crate::worker::protocol::WireValue { data, nested: Vec::new() }), false),
+                                                Err(e) => (Err(e), true),
+                                            }
+                                        }
+                                        other => (Err(crate::Error::runtime(format!("unexpected answer {other:?}"))), false),
+                                    };
+                                    if let Some(r) = raylet {
+                                        r.do_send(RemoteDone { task_id, result, node_lost });
+                                    }
+                                });
+                            }
+                            Ok(ClusterMsg::FetchChunk { id, offset, len }) => {
+                                let chunk = rt.core().object_table().and_then(|t| t.get(&id)).map(|o| {
+                                    let start = (offset as usize).min(o.data.len());
+                                    let end = (start + len as usize).min(o.data.len());
+                                    (o.data.len() as u64, serde_bytes::ByteBuf::from(o.data[start..end].to_vec()))
+                                });
+                                let _ = reply.send(encode(&ClusterMsg::Chunk(chunk)));
+                            }
+                            Ok(ClusterMsg::Release(id)) => {
+                                if held.lock().remove(&id)
+                                    && let Some(t) = rt.core().object_table()
+                                {
+                                    t.decref(id);
+                                }
+                                let _ = reply.send(encode(&ClusterMsg::Released));
                             }
                             Ok(other) => tracing::warn!(peer = %from, msg = ?other, "unexpected request"),
                             Err(e) => tracing::warn!(peer = %from, error = %e, "malformed request dropped"),
@@ -590,13 +677,150 @@ async fn own_resources(
     }
 }
 
-/// Runs a task that another node sent, on this node, and waits for its value.
+/// Size of the parts in which objects cross nodes.
+const CHUNK: u64 = 8 << 20;
+
+/// Pulls object `id` of `size` bytes from `peer`, part by part (never one message).
+async fn pull(
+    net: &net::NetHandle,
+    peer: libp2p::PeerId,
+    id: crate::ObjectId,
+    size: u64,
+) -> Result<bytes::Bytes, crate::Error> {
+    let mut out = Vec::with_capacity(size as usize);
+    while (out.len() as u64) < size {
+        let ask = ClusterMsg::FetchChunk {
+            id,
+            offset: out.len() as u64,
+            len: CHUNK,
+        };
+        let reply = net
+            .request(peer, encode(&ask))
+            .await
+            .map_err(crate::Error::runtime)?;
+        match decode(&reply).map_err(crate::Error::runtime)? {
+            ClusterMsg::Chunk(Some((total, data))) if total == size && !data.is_empty() => {
+                out.extend_from_slice(&data);
+            }
+            ClusterMsg::Chunk(_) => {
+                return Err(crate::Error::ObjectLost {
+                    id: id.hex(),
+                    reason: format!("node {peer} no longer has it"),
+                });
+            }
+            other => return Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
+        }
+    }
+    Ok(bytes::Bytes::from(out))
+}
+
+/// Runs a task that another node sent, on this node, and answers with its value (inline, or
+/// kept here to be pulled when large).
 async fn execute_here(
+    rt: &crate::Runtime,
+    raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
+    net: &net::NetHandle,
+    origin: libp2p::PeerId,
+    spec: crate::spec::TaskSpec,
+    launch: crate::worker::process::JobLaunch,
+    held: &parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
+) -> ClusterMsg {
+    let Some(table) = rt.core().object_table() else {
+        return ClusterMsg::TaskResult(Err(crate::Error::runtime("this node has no object store")));
+    };
+    // Large arguments are pulled from the node that sent the task.
+    let mut local = Vec::new();
+    for a in &spec.args {
+        let crate::spec::TaskArg::Ref(id) = a else {
+            continue;
+        };
+        if table.is_ready(id) {
+            table.incref(*id);
+        } else {
+            let size = match net
+                .request(
+                    origin,
+                    encode(&ClusterMsg::FetchChunk {
+                        id: *id,
+                        offset: 0,
+                        len: 0,
+                    }),
+                )
+                .await
+                .map(|b| decode(&b))
+            {
+                Ok(Ok(ClusterMsg::Chunk(Some((total, _))))) => total,
+                _ => {
+                    release_all(&table, &local);
+                    return ClusterMsg::TaskResult(Err(crate::Error::ObjectLost {
+                        id: id.hex(),
+                        reason: "the submitting node no longer has it".to_string(),
+                    }));
+                }
+            };
+            match pull(net, origin, *id, size).await {
+                Ok(data) => {
+                    if let Err(e) = table.put(*id, data, Vec::new(), false) {
+                        release_all(&table, &local);
+                        return ClusterMsg::TaskResult(Err(e.into()));
+                    }
+                }
+                Err(e) => {
+                    release_all(&table, &local);
+                    return ClusterMsg::TaskResult(Err(e));
+                }
+            }
+        }
+        local.push(*id);
+    }
+    let out = run_here(rt, raylet, spec, launch, &table, held).await;
+    release_all(&table, &local);
+    out
+}
+
+fn release_all(table: &crate::store::ObjectTable, ids: &[crate::ObjectId]) {
+    for id in ids {
+        table.decref(*id);
+    }
+}
+
+async fn run_here(
     rt: &crate::Runtime,
     raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
     mut spec: crate::spec::TaskSpec,
     launch: crate::worker::process::JobLaunch,
-) -> Result<crate::worker::protocol::WireValue, crate::Error> {
+    table: &crate::store::ObjectTable,
+    held: &parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
+) -> ClusterMsg {
+    match run_here_inner(rt, raylet, &mut spec, launch).await {
+        Err(e) => ClusterMsg::TaskResult(Err(e)),
+        Ok(o) if o.is_error => {
+            table.decref(spec.return_id);
+            ClusterMsg::TaskResult(crate::codec::decode::<crate::Error>(&o.data).and_then(Err))
+        }
+        Ok(o) if o.data.len() as u64 > CHUNK => {
+            // Keep it (the submission's count) until the asker pulled it and says so.
+            held.lock().insert(spec.return_id);
+            ClusterMsg::TaskResultAt {
+                size: o.data.len() as u64,
+            }
+        }
+        Ok(o) => {
+            table.decref(spec.return_id);
+            ClusterMsg::TaskResult(Ok(crate::worker::protocol::WireValue {
+                data: o.data,
+                nested: Vec::new(),
+            }))
+        }
+    }
+}
+
+async fn run_here_inner(
+    rt: &crate::Runtime,
+    raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
+    spec: &mut crate::spec::TaskSpec,
+    launch: crate::worker::process::JobLaunch,
+) -> Result<crate::store::Object, crate::Error> {
     let raylet = raylet.ok_or_else(|| crate::Error::runtime("this node has no raylet"))?;
     raylet
         .send(RegisterJob {
@@ -617,20 +841,12 @@ async fn execute_here(
     }
     let id = spec.return_id;
     let core = rt.core().clone();
-    core.submit_task(spec)?;
+    core.submit_task(spec.clone())?;
     let obj = core.get_object_async(id).await;
-    let out = obj.and_then(|o| {
-        if o.is_error {
-            Err(crate::codec::decode::<crate::Error>(&o.data)?)
-        } else {
-            Ok(crate::worker::protocol::WireValue {
-                data: o.data,
-                nested: Vec::new(),
-            })
-        }
-    });
-    core.decref(id);
-    out
+    if obj.is_err() {
+        core.decref(id);
+    }
+    obj
 }
 
 fn status_report(
