@@ -680,36 +680,53 @@ async fn own_resources(
 /// Size of the parts in which objects cross nodes.
 const CHUNK: u64 = 8 << 20;
 
-/// Pulls object `id` of `size` bytes from `peer`, part by part (never one message).
+/// Parts of one object in flight at once while pulling it.
+const PARTS_IN_FLIGHT: usize = 8;
+
+/// Pulls object `id` of `size` bytes from `peer`, part by part (never one message), with a
+/// few parts in flight at once.
 async fn pull(
     net: &net::NetHandle,
     peer: libp2p::PeerId,
     id: crate::ObjectId,
     size: u64,
 ) -> Result<bytes::Bytes, crate::Error> {
-    let mut out = Vec::with_capacity(size as usize);
-    while (out.len() as u64) < size {
-        let ask = ClusterMsg::FetchChunk {
-            id,
-            offset: out.len() as u64,
-            len: CHUNK,
-        };
-        let reply = net
-            .request(peer, encode(&ask))
-            .await
-            .map_err(crate::Error::runtime)?;
-        match decode(&reply).map_err(crate::Error::runtime)? {
-            ClusterMsg::Chunk(Some((total, data))) if total == size && !data.is_empty() => {
-                out.extend_from_slice(&data);
-            }
-            ClusterMsg::Chunk(_) => {
-                return Err(crate::Error::ObjectLost {
+    use futures::StreamExt;
+    let offsets: Vec<u64> = (0..size.div_ceil(CHUNK)).map(|i| i * CHUNK).collect();
+    let mut parts = futures::stream::iter(offsets.into_iter().map(|offset| {
+        let net = net.clone();
+        async move {
+            let ask = ClusterMsg::FetchChunk {
+                id,
+                offset,
+                len: CHUNK,
+            };
+            let reply = net
+                .request(peer, encode(&ask))
+                .await
+                .map_err(crate::Error::runtime)?;
+            match decode(&reply).map_err(crate::Error::runtime)? {
+                ClusterMsg::Chunk(Some((total, data))) if total == size && !data.is_empty() => {
+                    Ok(data.into_vec())
+                }
+                ClusterMsg::Chunk(_) => Err(crate::Error::ObjectLost {
                     id: id.hex(),
                     reason: format!("node {peer} no longer has it"),
-                });
+                }),
+                other => Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
             }
-            other => return Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
         }
+    }))
+    .buffered(PARTS_IN_FLIGHT);
+    let mut out = Vec::with_capacity(size as usize);
+    while let Some(part) = parts.next().await {
+        out.extend_from_slice(&part?);
+    }
+    if out.len() as u64 != size {
+        return Err(crate::Error::ObjectLost {
+            id: id.hex(),
+            reason: format!("got {} of {size} bytes", out.len()),
+        });
     }
     Ok(bytes::Bytes::from(out))
 }
