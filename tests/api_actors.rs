@@ -313,3 +313,17 @@ fn actors_hold_their_resources_while_alive() {
         (0..20).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn killing_an_async_actor_fails_its_running_calls() {
+    let rt = start(threads(2.0));
+    let gate = Gate::remote(&rt).expect("gate");
+    let s = Sleeper::remote(&rt).expect("create");
+    let waiting = s.wait_for(gate.clone());
+    assert_eq!(rt.get_timeout(&s.quick(), Some(HANG)).expect("up"), 2);
+    rt.kill(&s).expect("kill");
+    assert!(matches!(
+        rt.get_timeout(&waiting, Some(HANG)),
+        Err(Error::ActorDied { .. })
+    ));
+}

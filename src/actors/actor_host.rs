@@ -187,7 +187,13 @@ impl Instance {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             self.spec.max_concurrency.max(1),
         ));
-        local.block_on(&rt, async move {
+        // Calls started and not finished: when the actor stops, they fail instead of being
+        // dropped with the event loop.
+        let running: Rc<
+            RefCell<std::collections::HashMap<crate::ids::TaskId, (crate::ids::ObjectId, String)>>,
+        > = Rc::default();
+        let running2 = running.clone();
+        let rest = local.block_on(&rt, async move {
             let mut queue = pending.into_iter();
             loop {
                 let next = match queue.as_slice().is_empty() {
@@ -216,16 +222,33 @@ impl Instance {
                 };
                 let started = start_call(&mut **inst.borrow_mut(), &q.call.method, args);
                 let table = self.table.clone();
+                running2
+                    .borrow_mut()
+                    .insert(q.call.task_id, (q.call.return_id, q.call.name.clone()));
+                let running3 = running2.clone();
                 tokio::task::spawn_local(async move {
                     let r = match started {
                         CallStart::Done(r) => r,
                         CallStart::Running(f) => f.await,
                     };
                     seal_result(&table, &q, r);
+                    running3.borrow_mut().remove(&q.call.task_id);
                     drop(permit);
                 });
             }
-        })
+        });
+        drop(local);
+        for (_, (return_id, name)) in running.borrow_mut().drain() {
+            seal_error(
+                &self.table,
+                return_id,
+                &Error::ActorDied {
+                    actor: self.spec.display(),
+                    reason: format!("it stopped while {name} was running"),
+                },
+            );
+        }
+        rest
     }
 }
 
