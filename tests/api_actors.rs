@@ -327,3 +327,19 @@ fn killing_an_async_actor_fails_its_running_calls() {
         Err(Error::ActorDied { .. })
     ));
 }
+
+#[test]
+fn killing_an_actor_that_has_not_started_ends_it() {
+    let rt = start(threads(2.0));
+    let gate = Gate::remote(&rt).expect("gate");
+    // The constructor's argument comes from a task held back by the gate.
+    let start_value = common::gated::remote(&rt, gate.clone(), 5);
+    let c = Counter::remote(&rt, start_value).expect("create is async");
+    let call = c.get();
+    rt.kill_restartable(&c).expect("kill");
+    assert!(matches!(
+        rt.get_timeout(&call, Some(HANG)),
+        Err(Error::ActorDied { .. })
+    ));
+    rt.get(&gate.open()).expect("open");
+}

@@ -54,10 +54,10 @@ fn unreachable_objects_are_freed() {
     drop(inner);
     assert!(rt.object_store_stats().expect("stats").objects >= base.objects + 6);
     drop(outer);
-    assert_eq!(
-        rt.object_store_stats().expect("stats").objects,
-        base.objects
-    );
+    // The worker that made them lets go of its own handles just after sealing the result.
+    common::eventually("every object freed", || {
+        rt.object_store_stats().expect("stats").objects == base.objects
+    });
 }
 
 #[test]

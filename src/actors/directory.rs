@@ -108,6 +108,26 @@ impl ActorRoute {
         }
     }
 
+    /// Puts calls back at the front of a pending route's queue (in their order); on a live or
+    /// dead route they are submitted as usual.
+    pub fn requeue_front(&self, calls: Vec<QueuedCall>) {
+        let leftover = {
+            let mut st = self.state.lock();
+            match &mut *st {
+                RouteState::Pending(queue) => {
+                    let later = std::mem::take(queue);
+                    queue.extend(calls);
+                    queue.extend(later);
+                    Vec::new()
+                }
+                _ => calls,
+            }
+        };
+        for q in leftover {
+            self.submit(q);
+        }
+    }
+
     /// The actor is restarting: calls queue until it is up again.
     pub fn restarting(&self) {
         let mut st = self.state.lock();

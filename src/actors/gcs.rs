@@ -231,14 +231,17 @@ impl Gcs {
                 actor: spec.display(),
                 reason: reason.clone(),
             };
+            let mut again = Vec::new();
             for mut q in unfinished {
                 if retries < 0 || (q.call.attempt as i64) < retries as i64 {
                     q.call.attempt += 1;
-                    route.submit(q);
+                    again.push(q);
                 } else {
                     fail_call(&table, q, &err);
                 }
             }
+            // Interrupted calls go ahead of any call made during the restart.
+            route.requeue_front(again);
             match self.pick_raylet() {
                 Some(raylet) => raylet.do_send(raylet::CreateActor(spec)),
                 None => {
@@ -480,6 +483,9 @@ impl Handler<RegisterActor> for Gcs {
     fn handle(&mut self, msg: RegisterActor, _ctx: &mut Self::Context) -> Self::Result {
         let spec = msg.0;
         let id = spec.actor_id;
+        let Some(raylet) = self.pick_raylet() else {
+            return Err(Error::runtime("no node is registered with the gcs"));
+        };
         if let Some(name) = &spec.name {
             let key = (spec.namespace.clone(), name.clone());
             if self.named.contains_key(&key) {
@@ -490,9 +496,6 @@ impl Handler<RegisterActor> for Gcs {
             }
             self.named.insert(key, id);
         }
-        let Some(raylet) = self.pick_raylet() else {
-            return Err(Error::runtime("no node is registered with the gcs"));
-        };
         self.directory.register(id, spec.display());
         self.actors.insert(
             id,

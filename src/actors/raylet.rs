@@ -640,10 +640,11 @@ impl Raylet {
     }
 
     fn task_done(&mut self, worker: WorkerId, tid: TaskId, outcome: TaskOutcome) {
-        if let Some(slot) = self.workers.get_mut(&worker) {
-            if slot.running == Some(tid) {
-                slot.running = None;
-            }
+        if let Some(slot) = self.workers.get_mut(&worker)
+            && slot.running == Some(tid)
+        {
+            // Only the worker's current task frees it (a stale report must not).
+            slot.running = None;
             if slot.actor.is_none() {
                 self.idle.entry(slot.job).or_default().push(worker);
             }
@@ -657,7 +658,10 @@ impl Raylet {
                 self.by_return.remove(&run.task.spec.return_id);
             }
             TaskOutcome::Failed { error, user } => {
-                if user && run.task.spec.retry_exceptions && run.task.spec.can_retry() {
+                // A cancelled task has its object sealed already: never retried.
+                let cancelled = self.table.is_ready(&run.task.spec.return_id);
+                if user && !cancelled && run.task.spec.retry_exceptions && run.task.spec.can_retry()
+                {
                     tracing::info!(task = %run.task.spec.name, attempt = run.task.spec.attempt, error = %error, "retrying task after a user error");
                     self.retry(run.task);
                 } else {
@@ -966,19 +970,26 @@ impl Raylet {
     }
 
     fn stop_actor(&mut self, aid: ActorId) {
-        if let Some(w) = self.waiting_actors.remove(&aid) {
-            drop(w);
+        let not_started = self.waiting_actors.remove(&aid).is_some()
+            || matches!(self.actors.get(&aid), Some(ActorPlace::Queued(..)));
+        if not_started {
+            // It never ran: tell the GCS, which restarts it or records its death.
+            self.actors.remove(&aid);
+            self.actor_queue.retain(|a| *a != aid);
+            if let Some(g) = &self.gcs {
+                g.do_send(gcs::ActorDied {
+                    actor_id: aid,
+                    reason: "it was killed before it started".to_string(),
+                    unfinished: Vec::new(),
+                });
+            }
             return;
         }
-        match self.actors.get(&aid) {
-            Some(ActorPlace::Queued(..)) => {
-                self.actors.remove(&aid);
-            }
-            Some(ActorPlace::Starting { host, .. }) | Some(ActorPlace::Alive { host, .. }) => {
-                let host = host.clone();
-                self.stop_host(&host);
-            }
-            None => {}
+        if let Some(ActorPlace::Starting { host, .. } | ActorPlace::Alive { host, .. }) =
+            self.actors.get(&aid)
+        {
+            let host = host.clone();
+            self.stop_host(&host);
         }
     }
 

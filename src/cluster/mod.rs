@@ -535,7 +535,15 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 other => tracing::error!(reply = ?other, "the head did not accept this node"),
                             }
                         }
-                        NetEvent::Request { from, data, reply } => match decode(&data) {
+                        NetEvent::Request { from, data, reply } => {
+                            // Any message proves its sender alive, even when its heartbeats
+                            // queue behind bulk transfers.
+                            if let Some((n, _)) = peers.iter().find(|(_, p)| **p == from)
+                                && let Some(m) = members.get_mut(n)
+                            {
+                                m.last_seen = Instant::now();
+                            }
+                            match decode(&data) {
                             Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
                                 tracing::info!(node = %n, peer = %from, "node registered");
                                 members.insert(n.clone(), Member {
@@ -609,7 +617,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             }
                             Ok(other) => tracing::warn!(peer = %from, msg = ?other, "unexpected request"),
                             Err(e) => tracing::warn!(peer = %from, error = %e, "malformed request dropped"),
-                        },
+                        }
+                        }
                         NetEvent::Gossip { from, data } => match decode(&data) {
                             Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available }) => {
                                 if n == node_id {
@@ -681,7 +690,7 @@ async fn own_resources(
 const CHUNK: u64 = 8 << 20;
 
 /// Parts of one object in flight at once while pulling it.
-const PARTS_IN_FLIGHT: usize = 8;
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// Pulls object `id` of `size` bytes from `peer`, part by part (never one message), with a
 /// few parts in flight at once.

@@ -168,7 +168,16 @@ impl ObjectTable {
         is_error: bool,
     ) -> Result<(), StoreError> {
         let size = data.len() as u64;
-        self.reserve(size)?;
+        if self.is_ready(&id) {
+            // Already stored (the same put delivered twice): the first value stays.
+            return Ok(());
+        }
+        if is_error {
+            // Errors are tiny and must reach their reader even when the store is full.
+            self.used.fetch_add(size, Ordering::AcqRel);
+        } else {
+            self.reserve(size)?;
+        }
         for n in &nested {
             self.incref(*n);
         }
@@ -225,7 +234,14 @@ impl ObjectTable {
     /// A value over the memory limit is replaced by a store-full error.
     pub fn seal(&self, id: ObjectId, data: Bytes, nested: Vec<ObjectId>, is_error: bool) -> bool {
         let size = data.len() as u64;
-        let (data, nested, is_error, size) = match self.reserve(size) {
+        let reserved = if is_error {
+            // Errors are tiny and must reach their reader even when the store is full.
+            self.used.fetch_add(size, Ordering::AcqRel);
+            Ok(())
+        } else {
+            self.reserve(size)
+        };
+        let (data, nested, is_error, size) = match reserved {
             Ok(()) => (data, nested, is_error, size),
             Err(e) => {
                 let err: crate::Error = e.into();

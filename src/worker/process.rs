@@ -95,14 +95,22 @@ pub(crate) type ActorLaunch = (ActorSpec, Vec<Bytes>, Arc<ActorRoute>);
 #[derive(Default)]
 pub(crate) struct ProcShared {
     pid: AtomicU32,
+    /// The process has exited (its pid may belong to someone else now).
+    exited: std::sync::atomic::AtomicBool,
+    /// The process connected at least once.
+    connected: std::sync::atomic::AtomicBool,
     conn: Mutex<Option<flume::Sender<Bytes>>>,
     actor: Mutex<Option<ActorLaunch>>,
 }
 
 impl ProcShared {
-    /// The process id.
+    /// The process id, while the process runs (0 once it exited).
     pub fn pid(&self) -> u32 {
-        self.pid.load(Ordering::Acquire)
+        if self.exited.load(Ordering::Acquire) {
+            0
+        } else {
+            self.pid.load(Ordering::Acquire)
+        }
     }
 
     /// The connection closed.
@@ -137,14 +145,15 @@ impl ProcessWorker {
         .map_err(|e| tracing::error!(worker = %self.id, error = %e, "cannot encode a task"))?;
         let conn = self.shared.conn.lock().clone();
         match conn {
-            Some(tx) => tx.send(Bytes::from(frame)).map_err(|_| ()),
+            // Never block the raylet: a worker 4096 frames behind is treated as gone.
+            Some(tx) => tx.try_send(Bytes::from(frame)).map_err(|_| ()),
             None => Err(()),
         }
     }
 
     /// Kills the process (SIGKILL).
     pub fn kill(&self) {
-        let pid = self.shared.pid.load(Ordering::Acquire);
+        let pid = self.shared.pid();
         if pid > 0 {
             // SAFETY: kill(2) with a pid we started; no memory is touched.
             unsafe {
@@ -287,6 +296,7 @@ impl ProcessPool {
         shared.pid.store(child.id(), Ordering::Release);
         let tx = self.raylet_tx.clone();
         let procs = self.procs.clone();
+        let shared_r = shared.clone();
         std::thread::Builder::new()
             .name("mobula-reaper".to_string())
             .spawn(move || {
@@ -294,6 +304,7 @@ impl ProcessPool {
                     Ok(st) => describe_exit(st),
                     Err(e) => format!("wait failed: {e}"),
                 };
+                shared_r.exited.store(true, Ordering::Release);
                 procs.lock().remove(&wid);
                 tracing::debug!(worker = %wid, detail = %detail, "worker process exited");
                 let _ = tx.send(RayletMsg::WorkerExited {
@@ -306,9 +317,9 @@ impl ProcessPool {
         let timeout = self.start_timeout;
         self.arbiter.spawn(async move {
             tokio::time::sleep(timeout).await;
-            if s2.conn.lock().is_none() {
+            if s2.conn.lock().is_none() && s2.pid() > 0 && !s2.connected.load(Ordering::Acquire) {
                 tracing::error!(worker = %wid, "worker process did not connect in time");
-                let pid = s2.pid.load(Ordering::Acquire);
+                let pid = s2.pid();
                 // SAFETY: kill(2) on our own child.
                 unsafe {
                     libc::kill(pid as libc::pid_t, libc::SIGKILL);
@@ -328,6 +339,7 @@ impl Drop for ProcessPool {
 
 /// Attaches a connection to the worker it belongs to.
 pub(crate) fn attach(shared: &ProcShared, out: flume::Sender<Bytes>) {
+    shared.connected.store(true, Ordering::Release);
     *shared.conn.lock() = Some(out);
 }
 

@@ -75,6 +75,15 @@ pub fn wait_for_file(path: &Path) -> String {
     }
 }
 
+/// Waits until `cond` holds (polling; a long deadline guards against hangs).
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Sends SIGKILL to a process.
 pub fn sigkill(pid: u32) {
     // SAFETY: kill(2) on a pid the test read from its own worker.
