@@ -60,6 +60,10 @@ enum Command {
         /// Seconds without heartbeats before a node is declared dead.
         #[arg(long, default_value_t = 3.0)]
         death_timeout: f64,
+        /// Always fetch jobs' executables from the submitting node, even when the same path
+        /// exists here (for nodes whose file systems differ).
+        #[arg(long)]
+        fetch_executables: bool,
         /// Run in the foreground.
         #[arg(long)]
         block: bool,
@@ -159,6 +163,7 @@ fn main() -> ExitCode {
             temp_dir,
             secret,
             death_timeout,
+            fetch_executables,
             block,
         } => {
             let resources = match resources.as_deref().map(parse_resources).transpose() {
@@ -177,6 +182,7 @@ fn main() -> ExitCode {
                 temp_dir,
                 secret,
                 death_timeout: Duration::from_secs_f64(death_timeout),
+                fetch_executables,
             };
             if block {
                 init_logs();

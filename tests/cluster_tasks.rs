@@ -60,6 +60,11 @@ fn run(args: &[&str]) {
 }
 
 fn cluster() -> Cluster {
+    cluster_with(&[])
+}
+
+/// A head and a worker node started with `worker_flags`.
+fn cluster_with(worker_flags: &[&str]) -> Cluster {
     let temp = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -80,17 +85,20 @@ fn cluster() -> Cluster {
         "--temp-dir",
         &dir,
     ]);
-    run(&[
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec![
         "start",
         "--address",
-        &format!("127.0.0.1:{port}"),
+        &addr,
         "--num-cpus",
         "2",
         "--bind",
         "127.0.0.1",
         "--temp-dir",
         &dir,
-    ]);
+    ];
+    args.extend_from_slice(worker_flags);
+    run(&args);
     c
 }
 
@@ -322,4 +330,33 @@ fn a_256_mib_object_crosses_nodes_intact() {
         back.as_slice() == want.as_slice(),
         "the result arrived intact"
     );
+}
+
+#[test]
+fn a_node_without_the_binary_fetches_it_by_content_hash() {
+    mobula::worker_entry();
+    // The worker node never runs a job's executable from its path: it must fetch a copy.
+    let c = cluster_with(&["--fetch-executables"]);
+    let rt = connect(&c);
+    let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let refs: Vec<_> = (0..10)
+        .map(|_| where_am_i::options(spread.clone()).remote(&rt))
+        .collect();
+    let nodes: std::collections::BTreeSet<String> =
+        rt.get_all(&refs).expect("tasks").into_iter().collect();
+    assert_eq!(nodes.len(), 2, "both nodes ran tasks: {nodes:?}");
+    let cache = c
+        .temp
+        .path()
+        .join(format!("cluster-{}", c.port))
+        .join("exe");
+    let copies: Vec<_> = std::fs::read_dir(&cache)
+        .expect("exe cache")
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(copies.len(), 1, "one fetched copy of this test binary");
+    let me = std::fs::metadata(std::env::current_exe().expect("exe"))
+        .expect("meta")
+        .len();
+    assert_eq!(copies[0].metadata().expect("meta").len(), me);
 }

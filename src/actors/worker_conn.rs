@@ -95,6 +95,7 @@ impl WorkerConn {
                     args,
                     namespace,
                     quiet,
+                    exe_hash,
                     pid,
                 }) => {
                     ctx.jobs.lock().insert(
@@ -104,6 +105,7 @@ impl WorkerConn {
                                 exe,
                                 args: args.into_iter().map(Into::into).collect(),
                                 quiet,
+                                hash: exe_hash,
                             },
                             namespace,
                         },

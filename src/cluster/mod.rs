@@ -256,6 +256,15 @@ pub(crate) enum ClusterMsg {
         /// Its length.
         len: u64,
     },
+    /// Asks for part of a job's executable, by content hash (answered with `Chunk`).
+    FetchExe {
+        /// Its xxh3-64 hash (hex).
+        hash: String,
+        /// Where the part starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
     /// Part of an object (or `None`: not here).
     Chunk(Option<(u64, serde_bytes::ByteBuf)>),
     /// The asker has pulled an object it was told to pull; this node may free it.
@@ -323,6 +332,9 @@ pub struct StartOptions {
     pub secret: Option<String>,
     /// A node that stops heartbeating for this long is dead.
     pub death_timeout: Duration,
+    /// Always fetch a job's executable from the node that sent the task, even when the same
+    /// path exists here (nodes whose file systems differ).
+    pub fetch_executables: bool,
 }
 
 fn now_ms() -> u64 {
@@ -457,6 +469,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     if let Some(r) = &raylet {
         r.do_send(SetSpill(spill_tx));
     }
+    // Executables of jobs whose tasks this node sent elsewhere, by hash (served to others).
+    let exes: std::sync::Arc<parking_lot::Mutex<HashMap<String, PathBuf>>> = Default::default();
+    let shipping = std::sync::Arc::new(Shipping {
+        cache: dir.dir.join("exe"),
+        fetch_always: opts.fetch_executables,
+        locks: Default::default(),
+    });
     // Large results of tasks run here for other nodes, until they pull them.
     let held: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>> =
         Default::default();
@@ -495,6 +514,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                 }
                 req = spill_rx.recv_async() => {
                     let Ok(req) = req else { break };
+                    if let Some((hash, _)) = &req.launch.command.hash {
+                        exes.lock().insert(hash.clone(), req.launch.command.exe.clone());
+                    }
                     let peer = peers.get(&req.node.hex()).copied();
                     let net = net.clone();
                     let raylet = raylet.clone();
@@ -562,10 +584,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let raylet = raylet.clone();
                                 let net = net.clone();
                                 let held = held.clone();
+                                let shipping = shipping.clone();
                                 tokio::spawn(async move {
                                     let task_id = spec.task_id;
                                     let return_id = spec.return_id;
-                                    let answer = execute_here(&rt, raylet, &net, from, *spec, launch, &held).await;
+                                    let answer = match shipping.resolve(&net, from, launch).await {
+                                        Ok(launch) => execute_here(&rt, raylet, &net, from, *spec, launch, &held).await,
+                                        Err(e) => ClusterMsg::TaskResult(Err(e)),
+                                    };
                                     let done = ClusterMsg::TaskFinished { task_id, return_id, answer: Box::new(answer) };
                                     if let Err(e) = net.request(from, encode(&done)).await {
                                         tracing::warn!(task = %task_id, error = %e, "could not report a finished task to its node");
@@ -606,6 +632,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     (o.data.len() as u64, serde_bytes::ByteBuf::from(o.data[start..end].to_vec()))
                                 });
                                 let _ = reply.send(encode(&ClusterMsg::Chunk(chunk)));
+                            }
+                            Ok(ClusterMsg::FetchExe { hash, offset, len }) => {
+                                let path = exes.lock().get(&hash).cloned();
+                                tokio::task::spawn_blocking(move || {
+                                    let part = path.and_then(|p| read_part(&p, offset, len).ok());
+                                    let _ = reply.send(encode(&ClusterMsg::Chunk(part)));
+                                });
                             }
                             Ok(ClusterMsg::Release(id)) => {
                                 if held.lock().remove(&id)
@@ -683,6 +716,116 @@ async fn own_resources(
             n.available.positive_part().to_f64_map(),
         ),
         Err(_) => Default::default(),
+    }
+}
+
+fn read_part(path: &Path, offset: u64, len: u64) -> std::io::Result<(u64, serde_bytes::ByteBuf)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let total = f.metadata()?.len();
+    f.seek(SeekFrom::Start(offset.min(total)))?;
+    let mut buf = vec![0u8; len.min(total.saturating_sub(offset)) as usize];
+    f.read_exact(&mut buf)?;
+    Ok((total, serde_bytes::ByteBuf::from(buf)))
+}
+
+/// Gets jobs' executables onto this node: the path the job gave when it exists here with the
+/// same content, else a copy fetched by content hash from the node that sent the task, kept in
+/// `<cluster dir>/exe/<hash>`.
+struct Shipping {
+    cache: PathBuf,
+    fetch_always: bool,
+    locks: parking_lot::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Shipping {
+    async fn resolve(
+        &self,
+        net: &net::NetHandle,
+        origin: libp2p::PeerId,
+        mut launch: crate::worker::process::JobLaunch,
+    ) -> Result<crate::worker::process::JobLaunch, crate::Error> {
+        let Some((hash, size)) = launch.command.hash.clone() else {
+            return Ok(launch); // not shippable: the path must exist here
+        };
+        if !self.fetch_always && same_file(&launch.command.exe, &hash) {
+            return Ok(launch);
+        }
+        let target = self.cache.join(&hash);
+        let lock = self.locks.lock().entry(hash.clone()).or_default().clone();
+        let _one_fetch = lock.lock().await;
+        if std::fs::metadata(&target).is_ok_and(|m| m.len() == size) {
+            launch.command.exe = target;
+            return Ok(launch);
+        }
+        std::fs::create_dir_all(&self.cache).map_err(crate::Error::runtime)?;
+        let part_path = self.cache.join(format!("{hash}.part"));
+        let mut file = std::fs::File::create(&part_path).map_err(crate::Error::runtime)?;
+        let mut offset = 0u64;
+        while offset < size {
+            let ask = ClusterMsg::FetchExe {
+                hash: hash.clone(),
+                offset,
+                len: CHUNK,
+            };
+            let reply = net
+                .request(origin, encode(&ask))
+                .await
+                .map_err(crate::Error::runtime)?;
+            match decode(&reply).map_err(crate::Error::runtime)? {
+                ClusterMsg::Chunk(Some((total, data))) if total == size && !data.is_empty() => {
+                    use std::io::Write;
+                    file.write_all(&data).map_err(crate::Error::runtime)?;
+                    offset += data.len() as u64;
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&part_path);
+                    return Err(crate::Error::runtime(format!(
+                        "the submitting node cannot ship executable {hash}"
+                    )));
+                }
+            }
+        }
+        drop(file);
+        let (got, _) =
+            crate::worker::process::file_hash(&part_path).map_err(crate::Error::runtime)?;
+        if got != hash {
+            let _ = std::fs::remove_file(&part_path);
+            return Err(crate::Error::runtime(format!(
+                "executable {hash} arrived corrupted (hash {got})"
+            )));
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&part_path, std::fs::Permissions::from_mode(0o755))
+                .map_err(crate::Error::runtime)?;
+        }
+        std::fs::rename(&part_path, &target).map_err(crate::Error::runtime)?;
+        tracing::info!(hash = %hash, bytes = size, "fetched a job's executable");
+        launch.command.exe = target;
+        Ok(launch)
+    }
+}
+
+/// True when `path` exists here with content hash `hash` (hashes are cached by path, size and
+/// modification time).
+fn same_file(path: &Path, hash: &str) -> bool {
+    type Key = (PathBuf, u64, Option<SystemTime>);
+    static SEEN: parking_lot::Mutex<Option<HashMap<Key, String>>> = parking_lot::Mutex::new(None);
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Some(h) = SEEN.lock().get_or_insert_with(HashMap::new).get(&key) {
+        return h == hash;
+    }
+    match crate::worker::process::file_hash(path) {
+        Ok((h, _)) => {
+            let same = h == hash;
+            SEEN.lock().get_or_insert_with(HashMap::new).insert(key, h);
+            same
+        }
+        Err(_) => false,
     }
 }
 

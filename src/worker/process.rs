@@ -58,6 +58,27 @@ pub(crate) struct WorkerCommand {
     pub args: Vec<OsString>,
     /// Discard the worker's stdout (a re-executed test harness prints its own headers there).
     pub quiet: bool,
+    /// Content hash of the executable (xxh3-64, hex) and its size, when it may have to be
+    /// shipped to other machines.
+    pub hash: Option<(String, u64)>,
+}
+
+/// The content hash (xxh3-64, hex) and size of a file.
+pub(crate) fn file_hash(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((format!("{:016x}", h.digest()), size))
 }
 
 impl WorkerCommand {
@@ -83,7 +104,12 @@ impl WorkerCommand {
             ],
             _ => std::env::args_os().skip(1).collect(),
         };
-        Ok(Self { exe, args, quiet })
+        Ok(Self {
+            exe,
+            args,
+            quiet,
+            hash: None,
+        })
     }
 }
 
@@ -813,7 +839,9 @@ pub(crate) fn connect_driver(socket: &std::path::Path, namespace: &str) -> Resul
     };
     let stream = StdUnixStream::connect(socket).map_err(|e| fail(&e))?;
     let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| fail(&e))?);
-    let command = WorkerCommand::current().map_err(|e| fail(&e))?;
+    let mut command = WorkerCommand::current().map_err(|e| fail(&e))?;
+    // Nodes on other machines fetch the executable by this hash.
+    command.hash = Some(file_hash(&command.exe).map_err(|e| fail(&e))?);
     let job_id = JobId::new();
     let mut writer = BufWriter::new(stream);
     write_frame(
@@ -828,6 +856,7 @@ pub(crate) fn connect_driver(socket: &std::path::Path, namespace: &str) -> Resul
                 .collect(),
             namespace: namespace.to_string(),
             quiet: command.quiet,
+            exe_hash: command.hash.clone(),
             pid: std::process::id(),
         },
     )

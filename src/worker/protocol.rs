@@ -109,6 +109,8 @@ pub enum FromWorker {
         namespace: String,
         /// Discard its workers' stdout.
         quiet: bool,
+        /// Content hash and size of the executable.
+        exe_hash: Option<(String, u64)>,
         /// Its process id.
         pid: u32,
     },
