@@ -59,6 +59,22 @@ fn run(args: &[&str]) {
     );
 }
 
+impl Cluster {
+    /// Prints the daemons' logs (without debug lines) to help diagnose a failure.
+    fn dump_logs(&self) {
+        let dir = self
+            .temp
+            .path()
+            .join(format!("cluster-{}", self.port))
+            .join("logs");
+        for f in ["head.log", "node.log"] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let kept: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
+            eprintln!("==== {f}\n{}", kept.join("\n"));
+        }
+    }
+}
+
 fn cluster() -> Cluster {
     cluster_with(&[])
 }
@@ -243,6 +259,9 @@ fn a_saturated_node_is_not_declared_dead() {
     );
 }
 
+/// A hang guard for moving 256 MiB through a debug build on a loaded machine.
+const BIG_HANG: Duration = Duration::from_secs(900);
+
 /// A cheap fingerprint of a large buffer (sum of a sample of its bytes and its length).
 fn fingerprint(b: &[u8]) -> (usize, u64) {
     (b.len(), b.iter().step_by(4093).map(|x| *x as u64).sum())
@@ -254,13 +273,22 @@ fn where_and_fingerprint(data: serde_bytes::ByteBuf) -> mobula::Result<(String, 
     Ok((mobula::runtime()?.node_id().hex(), n, f))
 }
 
+/// `len` bytes of a repeating, non-trivial pattern (built by block copies: fast in debug too).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let block: Vec<u8> = (0..251u32)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        let n = block.len().min(len - v.len());
+        v.extend_from_slice(&block[..n]);
+    }
+    v
+}
+
 #[mobula::remote]
 fn make_big(mb: usize, seed: u8) -> serde_bytes::ByteBuf {
-    serde_bytes::ByteBuf::from(
-        (0..mb << 20)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect::<Vec<u8>>(),
-    )
+    serde_bytes::ByteBuf::from(pattern(mb << 20, seed))
 }
 
 #[test]
@@ -290,29 +318,15 @@ fn a_256_mib_object_crosses_nodes_intact() {
     });
 
     // Driver -> other node: a 256 MiB argument.
-    let data: Vec<u8> = (0..256usize << 20).map(|i| (i % 251) as u8).collect();
+    let data = pattern(256 << 20, 3);
     let expect = fingerprint(&data);
     let big = rt.put(&serde_bytes::ByteBuf::from(data)).expect("put");
     let r = rt.get_timeout(
         &where_and_fingerprint::options(pin.clone()).remote(&rt, &big),
-        Some(common::HANG),
+        Some(BIG_HANG),
     );
     if r.is_err() {
-        let d = c
-            .temp
-            .path()
-            .join(format!("cluster-{}", c.port))
-            .join("logs");
-        for f in ["head.log", "node.log"] {
-            let t = std::fs::read_to_string(d.join(f)).unwrap_or_default();
-            eprintln!(
-                "==== {f}\n{}",
-                t.lines()
-                    .filter(|l| !l.contains("DEBUG"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
+        c.dump_logs();
     }
     let (node, n, f) = r.expect("remote read");
     assert_eq!(node, there);
@@ -320,12 +334,12 @@ fn a_256_mib_object_crosses_nodes_intact() {
 
     // Other node -> driver: a 256 MiB result.
     let made = make_big::options(pin).remote(&rt, 256, 7);
-    let back: serde_bytes::ByteBuf = rt
-        .get_timeout(&made, Some(common::HANG))
-        .expect("remote result");
-    let want: Vec<u8> = (0..256usize << 20)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
-        .collect();
+    let back = rt.get_timeout(&made, Some(BIG_HANG));
+    if back.is_err() {
+        c.dump_logs();
+    }
+    let back: serde_bytes::ByteBuf = back.expect("remote result");
+    let want = pattern(256 << 20, 7);
     assert!(
         back.as_slice() == want.as_slice(),
         "the result arrived intact"

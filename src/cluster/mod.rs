@@ -346,7 +346,13 @@ fn now_ms() -> u64 {
 struct Member {
     status: NodeStatus,
     last_seen: Instant,
+    /// Heartbeat periods this daemon itself lived through since the node was last heard:
+    /// a daemon that was starved of CPU does not blame others for its own silence.
+    ticks_unheard: u32,
 }
+
+/// How often heartbeats go out.
+const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// Runs a node daemon in the foreground until SIGTERM or SIGINT.
 pub fn run_node(opts: StartOptions) -> Res<()> {
@@ -485,7 +491,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| ClusterError::Usage(format!("cannot watch signals: {e}")))?;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticks_needed = (opts.death_timeout.as_millis() / HEARTBEAT.as_millis()).max(1) as u32;
         let mut head_peer = None;
         loop {
             tokio::select! {
@@ -502,9 +510,17 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     // Fails until some peer's subscription is known; the next tick retries.
                     let _ = net.publish(encode(&hb)).await;
                     for m in members.values_mut() {
-                        let alive = m.last_seen.elapsed() < opts.death_timeout;
+                        m.ticks_unheard = m.ticks_unheard.saturating_add(1);
+                        // Anything from the node counts (its gossip may queue behind bulk data).
+                        if let Some(t) = peers.get(&m.status.node_id).and_then(|p| net.last_heard(p))
+                            && t > m.last_seen
+                        {
+                            m.last_seen = t;
+                            m.ticks_unheard = 0;
+                        }
+                        let alive = m.last_seen.elapsed() < opts.death_timeout || m.ticks_unheard < ticks_needed;
                         if m.status.alive && !alive {
-                            tracing::warn!(node = %m.status.node_id, "node stopped heartbeating: declared dead");
+                            tracing::warn!(node = %m.status.node_id, silent_ms = m.last_seen.elapsed().as_millis() as u64, ticks = m.ticks_unheard, "node stopped heartbeating: declared dead");
                             if let (Some(r), Some(id)) = (&raylet, crate::NodeId::parse(&m.status.node_id)) {
                                 r.do_send(RemoteNode { node_id: id, resources: None });
                             }
@@ -564,6 +580,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 && let Some(m) = members.get_mut(n)
                             {
                                 m.last_seen = Instant::now();
+                                m.ticks_unheard = 0;
                             }
                             match decode(&data) {
                             Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
@@ -571,11 +588,12 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 members.insert(n.clone(), Member {
                                     status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total },
                                     last_seen: Instant::now(),
+                                    ticks_unheard: 0,
                                 });
                                 let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
                             }
                             Ok(ClusterMsg::Status) if opts.head => {
-                                let report = status_report(&rt, &node_id, &members, opts.death_timeout);
+                                let report = status_report(&rt, &node_id, &members);
                                 let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
                             }
                             Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
@@ -666,11 +684,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let e = members.entry(n.clone()).or_insert_with(|| Member {
                                     status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, total: total.clone(), available: available.clone() },
                                     last_seen: Instant::now(),
+                                    ticks_unheard: 0,
                                 });
                                 e.status.total = total.clone();
                                 e.status.available = available.clone();
                                 e.status.alive = true;
                                 e.last_seen = Instant::now();
+                                e.ticks_unheard = 0;
                                 if let (Some(r), Some(id)) = (&raylet, crate::NodeId::parse(&n)) {
                                     r.do_send(RemoteNode {
                                         node_id: id,
@@ -830,10 +850,10 @@ fn same_file(path: &Path, hash: &str) -> bool {
 }
 
 /// Size of the parts in which objects cross nodes.
-const CHUNK: u64 = 8 << 20;
+const CHUNK: u64 = 2 << 20;
 
 /// Parts of one object in flight at once while pulling it.
-const PARTS_IN_FLIGHT: usize = 4;
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// Pulls object `id` of `size` bytes from `peer`, part by part (never one message), with a
 /// few parts in flight at once.
@@ -1022,7 +1042,6 @@ fn status_report(
     rt: &crate::Runtime,
     head_id: &str,
     members: &HashMap<String, Member>,
-    death_timeout: Duration,
 ) -> StatusReport {
     let own = rt.node_resources().ok();
     let mut nodes = vec![NodeStatus {
@@ -1032,11 +1051,8 @@ fn status_report(
         total: own.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         available: own.map(|n| n.1).unwrap_or_default(),
     }];
-    for m in members.values() {
-        let mut s = m.status.clone();
-        s.alive = m.last_seen.elapsed() < death_timeout;
-        nodes.push(s);
-    }
+    // Liveness is decided by the heartbeat ticks (`status.alive`).
+    nodes.extend(members.values().map(|m| m.status.clone()));
     StatusReport {
         nodes,
         pending: Vec::new(),

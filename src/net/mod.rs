@@ -124,12 +124,21 @@ enum Cmd {
 pub struct NetHandle {
     peer_id: PeerId,
     cmd: mpsc::Sender<Cmd>,
+    heard: Heard,
 }
+
+/// When each peer was last heard from (any message: gossip, request or response).
+type Heard = std::sync::Arc<parking_lot::Mutex<HashMap<PeerId, std::time::Instant>>>;
 
 impl NetHandle {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// When `peer` last sent anything (a broadcast, a request or a response).
+    pub fn last_heard(&self, peer: &PeerId) -> Option<std::time::Instant> {
+        self.heard.lock().get(peer).copied()
     }
 
     /// Sends a request and waits for the response.
@@ -314,6 +323,8 @@ pub fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(4096);
     let (ev_tx, ev_rx) = mpsc::channel::<NetEvent>(4096);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let heard: Heard = Default::default();
+    let heard2 = heard.clone();
     std::thread::Builder::new()
         .name("mobula-net".to_string())
         .spawn(move || {
@@ -381,7 +392,7 @@ pub fn start(
                     }
                 }
                 let _ = ready_tx.send(Ok((*swarm.local_peer_id(), listening)));
-                run(swarm, topic, cmd_rx, ev_tx).await;
+                run(swarm, topic, cmd_rx, ev_tx, heard2).await;
             });
         })
         .map_err(|e| NetError::Setup(e.to_string()))?;
@@ -390,6 +401,7 @@ pub fn start(
         NetHandle {
             peer_id,
             cmd: cmd_tx,
+            heard,
         },
         ev_rx,
         addr,
@@ -405,7 +417,11 @@ async fn run(
     topic: IdentTopic,
     mut cmds: mpsc::Receiver<Cmd>,
     events: mpsc::Sender<NetEvent>,
+    heard: Heard,
 ) {
+    let hear = |p: PeerId| {
+        heard.lock().insert(p, std::time::Instant::now());
+    };
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>> =
         HashMap::new();
     let mut replies: FuturesUnordered<Replying> = FuturesUnordered::new();
@@ -476,8 +492,10 @@ async fn run(
                     tracing::info!(peer = ?peer_id, error = %error, "outgoing connection failed");
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(g)) => match g {
-                    gossipsub::Event::Message { message, .. } => {
+                    gossipsub::Event::Message { propagation_source, message, .. } => {
+                        hear(propagation_source);
                         if let Some(from) = message.source {
+                            hear(from);
                             emit(NetEvent::Gossip { from, data: message.data }, &mut dropped);
                         }
                     }
@@ -485,7 +503,9 @@ async fn run(
                     _ => {}
                 },
                 SwarmEvent::Behaviour(BehaviourEvent::Rpc(r)) => match r {
-                    request_response::Event::Message { peer, message, .. } => match message {
+                    request_response::Event::Message { peer, message, .. } => {
+                        hear(peer);
+                        match message {
                         request_response::Message::Request { request, channel, .. } => {
                             let (tx, rx) = oneshot::channel();
                             emit(NetEvent::Request { from: peer, data: request, reply: tx }, &mut dropped);
@@ -496,7 +516,8 @@ async fn run(
                                 let _ = done.send(Ok(response));
                             }
                         }
-                    },
+                        }
+                    }
                     request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                         if let Some(done) = pending.remove(&request_id) {
                             let _ = done.send(Err(NetError::Request { peer, reason: error.to_string() }));
