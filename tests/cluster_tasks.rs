@@ -8,9 +8,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mobula::{Config, SchedulingStrategy, TaskOptions};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mobula");
+use common::cluster::{BIN, cluster, cluster_with, connect};
+use mobula::{SchedulingStrategy, TaskOptions};
 
 #[mobula::remote]
 fn where_am_i() -> mobula::Result<String> {
@@ -26,111 +25,6 @@ fn slow_where(ms: u64) -> mobula::Result<String> {
 #[mobula::remote]
 fn add(a: u64, b: u64) -> u64 {
     a + b
-}
-
-struct Cluster {
-    temp: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN)
-            .args([
-                "stop",
-                "--temp-dir",
-                self.temp.path().to_str().unwrap_or("."),
-                "--port",
-                &self.port.to_string(),
-                "--grace-period",
-                "5",
-            ])
-            .output();
-    }
-}
-
-fn run(args: &[&str]) {
-    let o = Command::new(BIN).args(args).output().expect("mobula");
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-impl Cluster {
-    /// Prints the daemons' logs (without debug lines) to help diagnose a failure.
-    fn dump_logs(&self) {
-        let dir = self
-            .temp
-            .path()
-            .join(format!("cluster-{}", self.port))
-            .join("logs");
-        for f in ["head.log", "node.log"] {
-            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-            let kept: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
-            eprintln!("==== {f}\n{}", kept.join("\n"));
-        }
-    }
-}
-
-fn cluster() -> Cluster {
-    cluster_with(&[])
-}
-
-/// A head and a worker node started with `worker_flags`.
-fn cluster_with(worker_flags: &[&str]) -> Cluster {
-    let temp = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let c = Cluster { temp, port };
-    let dir = c.temp.path().to_str().expect("path").to_string();
-    let p = port.to_string();
-    run(&[
-        "start",
-        "--head",
-        "--port",
-        &p,
-        "--num-cpus",
-        "2",
-        "--bind",
-        "127.0.0.1",
-        "--temp-dir",
-        &dir,
-    ]);
-    let addr = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "start",
-        "--address",
-        &addr,
-        "--num-cpus",
-        "2",
-        "--bind",
-        "127.0.0.1",
-        "--temp-dir",
-        &dir,
-    ];
-    args.extend_from_slice(worker_flags);
-    run(&args);
-    c
-}
-
-fn connect(c: &Cluster) -> common::Rt {
-    let rt = common::start(
-        Config::default()
-            .address(format!("127.0.0.1:{}", c.port))
-            .cluster_root(c.temp.path()),
-    );
-    // The head learns of the second node from its heartbeats.
-    let deadline = Instant::now() + common::HANG;
-    while rt.cluster_resources().expect("resources").get("CPU") != Some(&4.0) {
-        assert!(Instant::now() < deadline, "the second node never showed up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    rt
 }
 
 #[test]
@@ -163,23 +57,6 @@ fn tasks_land_on_every_node() {
     );
 }
 
-fn worker_daemon_pid(c: &Cluster) -> u32 {
-    let dir = c.temp.path().join(format!("cluster-{}", c.port));
-    let head = std::fs::read_to_string(dir.join("head.json")).expect("head record");
-    let head_pid: u32 = head
-        .split("\"pid\":")
-        .nth(1)
-        .and_then(|p| p.trim_end_matches(['}', '\n']).parse().ok())
-        .expect("head pid");
-    std::fs::read_dir(dir.join("nodes"))
-        .expect("nodes")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
-        .find(|p| *p != head_pid)
-        .expect("the worker node's pid")
-}
-
 #[test]
 fn a_killed_nodes_tasks_finish_elsewhere() {
     mobula::worker_entry();
@@ -192,7 +69,7 @@ fn a_killed_nodes_tasks_finish_elsewhere() {
         .collect();
     // Kill the worker node while its share of the tasks runs.
     std::thread::sleep(Duration::from_millis(300));
-    let pid = worker_daemon_pid(&c);
+    let pid = c.worker_daemon_pid();
     // SAFETY: kill(2) on the node daemon this test started.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
     let nodes = rt.get_all(&refs).expect("every task finishes");

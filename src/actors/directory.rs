@@ -36,6 +36,20 @@ pub(crate) enum HostMsg {
 pub(crate) enum Endpoint {
     /// The host's call channel: a thread host, or the connection to a worker process.
     Channel(flume::Sender<HostMsg>),
+    /// The actor lives on another node: calls go to this node's daemon, which forwards them
+    /// (in order) to `node`.
+    Forward {
+        node: crate::ids::NodeId,
+        tx: flume::Sender<ForwardedCall>,
+    },
+}
+
+/// A call on its way to an actor on another node.
+#[derive(Debug)]
+pub(crate) struct ForwardedCall {
+    /// The node that hosts the actor (or knows where it is).
+    pub node: crate::ids::NodeId,
+    pub call: QueuedCall,
 }
 
 impl Endpoint {
@@ -49,6 +63,13 @@ impl Endpoint {
                     HostMsg::Wake => None,
                 },
             },
+            Endpoint::Forward { node, tx } => tx
+                .send(ForwardedCall {
+                    node: *node,
+                    call: q,
+                })
+                .err()
+                .map(|e| e.0.call),
         }
     }
 }
@@ -105,6 +126,34 @@ impl ActorRoute {
                 *st = RouteState::Dead(e);
                 Vec::new()
             }
+        }
+    }
+
+    /// The actor is up on another node: queued calls are forwarded first, under the route's
+    /// lock, so that no later call overtakes them.
+    pub fn activate_forward(&self, ep: Endpoint) {
+        let mut st = self.state.lock();
+        let queued = match std::mem::replace(&mut *st, RouteState::Alive(ep.clone())) {
+            RouteState::Pending(q) => q,
+            RouteState::Alive(_) => Vec::new(),
+            RouteState::Dead(e) => {
+                *st = RouteState::Dead(e);
+                return;
+            }
+        };
+        let mut lost = Vec::new();
+        for q in queued {
+            if let Some(q) = ep.send(q) {
+                lost.push(q);
+            }
+        }
+        drop(st);
+        let e = Error::ActorDied {
+            actor: self.display.clone(),
+            reason: "this node's daemon is gone".to_string(),
+        };
+        for q in lost {
+            fail_call(&self.table, q, &e);
         }
     }
 

@@ -589,7 +589,10 @@ impl Handler<KillActor> for Gcs {
             route.restarting();
         }
         for raylet in self.raylets.values() {
-            raylet.do_send(raylet::StopActor(id));
+            raylet.do_send(raylet::StopActor {
+                actor_id: id,
+                no_restart: msg.no_restart,
+            });
         }
         Ok(())
     }

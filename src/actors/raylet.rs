@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::actor_host::{self, HostControl};
-use crate::actors::directory::{ActorDirectory, QueuedCall, seal_error};
+use crate::actors::directory::{ActorDirectory, Endpoint, ForwardedCall, QueuedCall, seal_error};
 use crate::actors::gcs::{self, Gcs};
 use crate::api::WorkerMode;
 use crate::error::Error;
@@ -116,6 +116,9 @@ enum ActorPlace {
         alloc: Option<Allocation>,
         host: ActorHostRef,
     },
+    /// Placed on another node, which hosts (and restarts) it; this node owns its record and
+    /// forwards its calls. The pins hold large constructor arguments until it is placed.
+    Remote { node: NodeId, pins: Option<Pins> },
 }
 
 #[derive(Clone)]
@@ -151,8 +154,10 @@ pub(crate) struct Raylet {
     procs: Option<ProcessPool>,
     /// The arbiter of the thread-mode actor hosts (their instances have threads of their own).
     hosts: Arbiter,
-    /// Where tasks for other nodes go (set on a cluster node).
-    spill_tx: Option<flume::Sender<SpillRequest>>,
+    /// Where work for other nodes goes (set on a cluster node).
+    spill_tx: Option<flume::Sender<Outbound>>,
+    /// Where calls to actors on other nodes go (set on a cluster node).
+    forward_tx: Option<flume::Sender<ForwardedCall>>,
     /// Tasks running on other nodes.
     spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
 }
@@ -167,6 +172,25 @@ pub(crate) struct SpillRequest {
     pub node: NodeId,
     pub spec: TaskSpec,
     pub launch: crate::worker::process::JobLaunch,
+}
+
+/// Work this raylet hands to its node's daemon for another node.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Run a task there.
+    Task(SpillRequest),
+    /// Create an actor there (arguments resolved as for tasks).
+    Actor {
+        node: NodeId,
+        spec: ActorSpec,
+        launch: crate::worker::process::JobLaunch,
+    },
+    /// Kill an actor placed there.
+    KillActor {
+        node: NodeId,
+        actor_id: ActorId,
+        no_restart: bool,
+    },
 }
 
 fn class_key(spec: &TaskSpec) -> String {
@@ -244,6 +268,7 @@ impl Raylet {
             procs: None,
             hosts: Arbiter::new(),
             spill_tx: None,
+            forward_tx: None,
             spilled: HashMap::new(),
         }
     }
@@ -390,41 +415,22 @@ impl Raylet {
             return Err(Box::new(task));
         };
         let mut spec = (*task.spec).clone();
-        // Small arguments travel inside the request; large ones stay references that the
-        // other node pulls in chunks (the task's pins keep them alive meanwhile).
-        let mut args = Vec::with_capacity(spec.args.len());
-        for a in &spec.args {
-            let crate::spec::TaskArg::Ref(id) = a else {
-                args.push(a.clone());
-                continue;
-            };
-            match self.table.lookup(id) {
-                crate::store::Lookup::Ready(o) if o.is_error => {
-                    let e = crate::codec::decode::<Error>(&o.data).unwrap_or_else(|e| e);
-                    self.fail_task(task, &e);
-                    return Ok(());
-                }
-                crate::store::Lookup::Ready(o) if o.data.len() <= INLINE_ARG => {
-                    args.push(crate::spec::TaskArg::Value(o.data));
-                }
-                crate::store::Lookup::Ready(_) => args.push(a.clone()),
-                _ => {
-                    let e = Error::ObjectLost {
-                        id: id.hex(),
-                        reason: "argument not available when the task was spilled".to_string(),
-                    };
-                    self.fail_task(task, &e);
-                    return Ok(());
-                }
+        match inline_args(&self.table, &spec.args) {
+            Ok(args) => spec.args = args,
+            Err(e) => {
+                self.fail_task(task, &e);
+                return Ok(());
             }
         }
-        spec.args = args;
         // Count the request against the node until its next heartbeat says otherwise.
         if let Some(nv) = self.view.nodes.get_mut(&node) {
             nv.resources.force_acquire(req);
         }
         let tid = spec.task_id;
-        if tx.try_send(SpillRequest { node, spec, launch }).is_err() {
+        if tx
+            .try_send(Outbound::Task(SpillRequest { node, spec, launch }))
+            .is_err()
+        {
             return Err(Box::new(task));
         }
         tracing::debug!(task = %task.spec.name, node = %node, "spilled a task to another node");
@@ -489,6 +495,23 @@ impl Raylet {
             None => {
                 if let Some(nv) = self.view.nodes.get_mut(&node) {
                     nv.alive = false;
+                }
+                let gone: Vec<ActorId> = self
+                    .actors
+                    .iter()
+                    .filter(|(_, p)| matches!(p, ActorPlace::Remote { node: n, .. } if *n == node))
+                    .map(|(a, _)| *a)
+                    .collect();
+                for aid in gone {
+                    self.actors.remove(&aid);
+                    tracing::warn!(actor = %aid, node = %node, "the node hosting an actor died");
+                    if let Some(g) = &self.gcs {
+                        g.do_send(gcs::ActorDied {
+                            actor_id: aid,
+                            reason: format!("its node {node} died"),
+                            unfinished: Vec::new(),
+                        });
+                    }
                 }
                 let lost: Vec<TaskId> = self
                     .spilled
@@ -862,14 +885,93 @@ impl Raylet {
                         self.start_actor(spec, pins, alloc);
                     }
                 }
+                Decision::Node(n) if self.spill_tx.is_some() => {
+                    self.actor_queue.remove(i);
+                    if let Some(ActorPlace::Queued(spec, pins)) = self.actors.remove(&aid)
+                        && let Err((spec, pins)) = self.spill_actor(spec, pins, n, &req)
+                    {
+                        self.actors.insert(aid, ActorPlace::Queued(spec, pins));
+                        self.actor_queue.insert(i, aid);
+                        i += 1;
+                    }
+                }
                 Decision::Node(_) | Decision::Wait => i += 1,
                 Decision::Infeasible(e) => {
                     self.actor_queue.remove(i);
                     if let Some(ActorPlace::Queued(spec, _)) = self.actors.remove(&aid) {
                         let err = infeasible_error(&spec.display(), &req, self.local_ref(), &e);
-                        self.report_creation(aid, Err(err));
+                        self.report_creation(aid, self.cfg.node_id, Err(err));
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands an actor's creation to another node. Gives it back when that is not possible now.
+    #[allow(clippy::result_large_err)]
+    fn spill_actor(
+        &mut self,
+        mut spec: ActorSpec,
+        pins: Pins,
+        node: NodeId,
+        req: &ResourceSet,
+    ) -> Result<(), (ActorSpec, Pins)> {
+        let launch = self.procs.as_ref().and_then(|p| p.launch_of(spec.job_id));
+        let (Some(tx), Some(launch)) = (self.spill_tx.clone(), launch) else {
+            return Err((spec, pins));
+        };
+        let aid = spec.actor_id;
+        match inline_args(&self.table, &spec.args) {
+            Ok(args) => spec.args = args,
+            Err(e) => {
+                self.report_creation(aid, self.cfg.node_id, Err(e));
+                return Ok(());
+            }
+        }
+        if let Some(nv) = self.view.nodes.get_mut(&node) {
+            nv.resources.force_acquire(req);
+        }
+        if let Err(e) = tx.try_send(Outbound::Actor {
+            node,
+            spec: spec.clone(),
+            launch,
+        }) {
+            if let Outbound::Actor { spec, .. } = e.into_inner() {
+                return Err((spec, pins));
+            }
+            return Ok(());
+        }
+        tracing::debug!(actor = %spec.display(), node = %node, "placed an actor on another node");
+        self.actors.insert(
+            aid,
+            ActorPlace::Remote {
+                node,
+                pins: Some(pins),
+            },
+        );
+        Ok(())
+    }
+
+    /// The node an actor was handed to created it (or could not).
+    fn remote_actor_placed(&mut self, aid: ActorId, node: NodeId, result: Result<(), Error>) {
+        let Some(ActorPlace::Remote { node: n, pins }) = self.actors.get_mut(&aid) else {
+            return;
+        };
+        if *n != node {
+            return;
+        }
+        pins.take();
+        match result {
+            Ok(()) => {
+                if let (Some(tx), Some(route)) = (self.forward_tx.clone(), self.directory.get(&aid))
+                {
+                    route.activate_forward(Endpoint::Forward { node, tx });
+                }
+                self.report_creation(aid, node, Ok(0));
+            }
+            Err(e) => {
+                self.actors.remove(&aid);
+                self.report_creation(aid, node, Err(e));
             }
         }
     }
@@ -880,7 +982,7 @@ impl Raylet {
             Ok(a) => a,
             Err(e) => {
                 self.local().release(&alloc);
-                self.report_creation(aid, Err(e));
+                self.report_creation(aid, self.cfg.node_id, Err(e));
                 return;
             }
         };
@@ -907,6 +1009,7 @@ impl Raylet {
                     self.local().release(&alloc);
                     self.report_creation(
                         aid,
+                        self.cfg.node_id,
                         Err(Error::runtime("no worker process could be started")),
                     );
                     return;
@@ -921,11 +1024,11 @@ impl Raylet {
             .insert(aid, ActorPlace::Starting { alloc, host, spec });
     }
 
-    fn report_creation(&mut self, aid: ActorId, result: Result<u32, Error>) {
+    fn report_creation(&mut self, aid: ActorId, node: NodeId, result: Result<u32, Error>) {
         if let Some(g) = &self.gcs {
             g.do_send(gcs::ActorCreated {
                 actor_id: aid,
-                node_id: self.cfg.node_id,
+                node_id: node,
                 result,
             });
         }
@@ -951,7 +1054,7 @@ impl Raylet {
                 self.stop_host(&host);
             }
         }
-        self.report_creation(aid, result);
+        self.report_creation(aid, self.cfg.node_id, result);
     }
 
     fn stop_host(&mut self, host: &ActorHostRef) {
@@ -969,7 +1072,26 @@ impl Raylet {
         }
     }
 
-    fn stop_actor(&mut self, aid: ActorId) {
+    fn stop_actor(&mut self, aid: ActorId, no_restart: bool) {
+        if let Some(ActorPlace::Remote { node, .. }) = self.actors.get(&aid) {
+            // Its node restarts it if it may; this node keeps forwarding its calls there.
+            let node = *node;
+            if no_restart {
+                self.actors.remove(&aid);
+            } else if let (Some(tx), Some(route)) =
+                (self.forward_tx.clone(), self.directory.get(&aid))
+            {
+                route.activate_forward(Endpoint::Forward { node, tx });
+            }
+            if let Some(tx) = &self.spill_tx {
+                let _ = tx.try_send(Outbound::KillActor {
+                    node,
+                    actor_id: aid,
+                    no_restart,
+                });
+            }
+            return;
+        }
         let not_started = self.waiting_actors.remove(&aid).is_some()
             || matches!(self.actors.get(&aid), Some(ActorPlace::Queued(..)));
         if not_started {
@@ -1058,7 +1180,7 @@ impl Raylet {
                 ActorPlace::Starting { host, .. } | ActorPlace::Alive { host, .. } => {
                     Some(host.clone())
                 }
-                ActorPlace::Queued(..) => None,
+                ActorPlace::Queued(..) | ActorPlace::Remote { .. } => None,
             })
             .collect();
         for h in hosts {
@@ -1074,6 +1196,37 @@ impl Raylet {
         self.workers.clear();
         self.idle.clear();
     }
+}
+
+/// A spilled task's or actor's arguments: small ready references travel inline; large ones
+/// stay references that the other node pulls in parts (the caller's pins keep them alive).
+pub(crate) fn inline_args(
+    table: &ObjectTable,
+    args: &[crate::spec::TaskArg],
+) -> Result<Vec<crate::spec::TaskArg>, Error> {
+    let mut out = Vec::with_capacity(args.len());
+    for a in args {
+        let crate::spec::TaskArg::Ref(id) = a else {
+            out.push(a.clone());
+            continue;
+        };
+        match table.lookup(id) {
+            crate::store::Lookup::Ready(o) if o.is_error => {
+                return Err(crate::codec::decode::<Error>(&o.data).unwrap_or_else(|e| e));
+            }
+            crate::store::Lookup::Ready(o) if o.data.len() <= INLINE_ARG => {
+                out.push(crate::spec::TaskArg::Value(o.data));
+            }
+            crate::store::Lookup::Ready(_) => out.push(a.clone()),
+            _ => {
+                return Err(Error::ObjectLost {
+                    id: id.hex(),
+                    reason: "argument not available when it was sent to another node".to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn infeasible_error(
@@ -1254,15 +1407,37 @@ impl Handler<StartPool> for Raylet {
     }
 }
 
-/// Makes this raylet part of a cluster: tasks for other nodes go to `0`.
+/// Makes this raylet part of a cluster: work for other nodes goes to `work`, calls to actors
+/// on other nodes to `calls`.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct SetSpill(pub flume::Sender<SpillRequest>);
+pub(crate) struct SetSpill {
+    pub work: flume::Sender<Outbound>,
+    pub calls: flume::Sender<ForwardedCall>,
+}
 
 impl Handler<SetSpill> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: SetSpill, _ctx: &mut Self::Context) {
-        self.spill_tx = Some(msg.0);
+        self.spill_tx = Some(msg.work);
+        self.forward_tx = Some(msg.calls);
+    }
+}
+
+/// An actor handed to another node was created there (or could not be).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RemoteActorPlaced {
+    pub actor_id: ActorId,
+    pub node: NodeId,
+    pub result: Result<(), Error>,
+}
+
+impl Handler<RemoteActorPlaced> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteActorPlaced, _ctx: &mut Self::Context) {
+        self.remote_actor_placed(msg.actor_id, msg.node, msg.result);
+        self.dispatch();
     }
 }
 
@@ -1345,12 +1520,16 @@ impl Handler<CreateActor> for Raylet {
 /// Stop an actor's host (kill).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct StopActor(pub ActorId);
+pub(crate) struct StopActor {
+    pub actor_id: ActorId,
+    /// Dead for good (else its restart policy applies).
+    pub no_restart: bool,
+}
 
 impl Handler<StopActor> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: StopActor, _ctx: &mut Self::Context) {
-        self.stop_actor(msg.0);
+        self.stop_actor(msg.actor_id, msg.no_restart);
         self.dispatch();
     }
 }

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::raylet::{RegisterJob, RemoteDone, RemoteNode, SetSpill, SpillRequest};
+use crate::actors::raylet::{Outbound, RegisterJob, RemoteDone, RemoteNode, SetSpill};
 use crate::net::{self, NetConfig, NetEvent};
+
+mod actors;
 
 /// Errors of the cluster commands.
 #[derive(Debug, thiserror::Error)]
@@ -231,15 +233,9 @@ pub(crate) enum ClusterMsg {
     },
     /// A node took a task (`ExecuteRemote`); its value follows in `TaskFinished`.
     Accepted,
-    /// A task run here for another node ended (request to that node; answered `Released`).
-    TaskFinished {
-        /// The task.
-        task_id: crate::TaskId,
-        /// Its return object.
-        return_id: crate::ObjectId,
-        /// `TaskResult` or `TaskResultAt`.
-        answer: Box<ClusterMsg>,
-    },
+    /// Tasks and calls run here for another node ended (request to that node, batched;
+    /// answered `Released`).
+    TaskFinished(Vec<Finished>),
     /// The value of a remotely run task, or its error.
     TaskResult(Result<crate::worker::protocol::WireValue, crate::Error>),
     /// The value of a remotely run task is large: pull it (`FetchChunk`), then `Release` it.
@@ -273,6 +269,136 @@ pub(crate) enum ClusterMsg {
     Released,
     /// The answer to `Status`.
     StatusReport(StatusReport),
+    /// Creates an actor here for another node, which owns it (request; answered `Accepted`,
+    /// then reported with `ActorPlaced`).
+    CreateActor {
+        /// The actor (small constructor arguments inline, large ones pulled).
+        spec: Box<crate::spec::ActorSpec>,
+        /// How to start its job's workers.
+        launch: crate::worker::process::JobLaunch,
+    },
+    /// An actor that a `CreateActor` asked for is registered here (its calls can come), or
+    /// could not be (request to the owner; answered `Released`).
+    ActorPlaced {
+        /// The actor.
+        actor_id: crate::ActorId,
+        /// Whether it was.
+        result: Result<(), crate::Error>,
+    },
+    /// Kills an actor created here for another node (answered `Released`).
+    KillActor {
+        /// The actor.
+        actor_id: crate::ActorId,
+        /// Dead for good (else its restart policy applies).
+        no_restart: bool,
+    },
+    /// Calls to actors hosted here, in submission order (answered `Accepted` once they are
+    /// queued at their actors; each result follows in a `TaskFinished`).
+    ActorCalls {
+        /// The calls (small arguments inline, large ones pulled).
+        calls: Vec<crate::spec::ActorCall>,
+    },
+}
+
+/// A task or call run for another node that ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Finished {
+    /// The task or call.
+    pub task_id: crate::TaskId,
+    /// Its return object.
+    pub return_id: crate::ObjectId,
+    /// `TaskResult` or `TaskResultAt`.
+    pub answer: ClusterMsg,
+}
+
+impl Finished {
+    /// Roughly how many bytes it adds to a message.
+    fn weight(&self) -> usize {
+        match &self.answer {
+            ClusterMsg::TaskResult(Ok(v)) => v.data.len() + 64,
+            _ => 128,
+        }
+    }
+}
+
+/// Reports of finished tasks and calls to the nodes that sent them: batched per node, one
+/// batch in flight per node, retried a few times; a large value whose report cannot be
+/// delivered is released.
+struct Reporter {
+    rt: crate::Runtime,
+    net: net::NetHandle,
+    held: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>>,
+    queues: parking_lot::Mutex<HashMap<libp2p::PeerId, flume::Sender<Finished>>>,
+}
+
+/// Reports in one batch, at most, and their inline bytes, at most.
+const REPORT_BATCH: usize = 512;
+const REPORT_BYTES: usize = 8 << 20;
+
+impl Reporter {
+    fn report(self: &std::sync::Arc<Self>, origin: libp2p::PeerId, done: Finished) {
+        let mut q = self.queues.lock();
+        let tx = match q.get(&origin) {
+            Some(tx) if !tx.is_disconnected() => tx.clone(),
+            _ => {
+                let (tx, rx) = flume::unbounded();
+                q.insert(origin, tx.clone());
+                tokio::spawn(self.clone().send_loop(origin, rx));
+                tx
+            }
+        };
+        let _ = tx.send(done);
+    }
+
+    async fn send_loop(
+        self: std::sync::Arc<Self>,
+        origin: libp2p::PeerId,
+        rx: flume::Receiver<Finished>,
+    ) {
+        let mut next: Option<Finished> = None;
+        loop {
+            let first = match next.take() {
+                Some(f) => f,
+                None => match rx.recv_async().await {
+                    Ok(f) => f,
+                    Err(_) => return,
+                },
+            };
+            let mut bytes = first.weight();
+            let mut batch = vec![first];
+            while batch.len() < REPORT_BATCH
+                && bytes < REPORT_BYTES
+                && let Ok(f) = rx.try_recv()
+            {
+                bytes += f.weight();
+                batch.push(f);
+            }
+            let msg = encode(&ClusterMsg::TaskFinished(batch.clone()));
+            let mut delivered = false;
+            for attempt in 0..3u64 {
+                match self.net.request(origin, msg.clone()).await {
+                    Ok(_) => {
+                        delivered = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %origin, attempt, error = %e, "could not report finished tasks to their node");
+                        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                    }
+                }
+            }
+            if !delivered {
+                for f in batch {
+                    if self.held.lock().remove(&f.return_id)
+                        && let Some(t) = self.rt.core().object_table()
+                    {
+                        t.decref(f.return_id);
+                    }
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+    }
 }
 
 /// One node as the head sees it.
@@ -471,10 +597,15 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         .map(|a| format!("{a}/p2p/{}", net.peer_id()))
         .unwrap_or_default();
     let raylet = rt.raylet();
-    let (spill_tx, spill_rx) = flume::bounded::<SpillRequest>(65_536);
+    let (spill_tx, spill_rx) = flume::bounded::<Outbound>(65_536);
+    let (calls_tx, calls_rx) = flume::bounded::<crate::actors::directory::ForwardedCall>(65_536);
     if let Some(r) = &raylet {
-        r.do_send(SetSpill(spill_tx));
+        r.do_send(SetSpill {
+            work: spill_tx,
+            calls: calls_tx,
+        });
     }
+    let outgoing: std::sync::Arc<actors::Outgoing> = Default::default();
     // Executables of jobs whose tasks this node sent elsewhere, by hash (served to others).
     let exes: std::sync::Arc<parking_lot::Mutex<HashMap<String, PathBuf>>> = Default::default();
     let shipping = std::sync::Arc::new(Shipping {
@@ -485,6 +616,12 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     // Large results of tasks run here for other nodes, until they pull them.
     let held: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>> =
         Default::default();
+    let reporter = std::sync::Arc::new(Reporter {
+        rt: rt.clone(),
+        net: net.clone(),
+        held: held.clone(),
+        queues: Default::default(),
+    });
     let result = runtime.block_on(async {
         let mut members: HashMap<String, Member> = HashMap::new();
         let mut peers: HashMap<String, libp2p::PeerId> = HashMap::new();
@@ -521,15 +658,67 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         let alive = m.last_seen.elapsed() < opts.death_timeout || m.ticks_unheard < ticks_needed;
                         if m.status.alive && !alive {
                             tracing::warn!(node = %m.status.node_id, silent_ms = m.last_seen.elapsed().as_millis() as u64, ticks = m.ticks_unheard, "node stopped heartbeating: declared dead");
-                            if let (Some(r), Some(id)) = (&raylet, crate::NodeId::parse(&m.status.node_id)) {
-                                r.do_send(RemoteNode { node_id: id, resources: None });
+                            if let Some(id) = crate::NodeId::parse(&m.status.node_id) {
+                                if let Some(t) = rt.core().object_table() {
+                                    outgoing.node_died(id, &t);
+                                }
+                                if let Some(r) = &raylet {
+                                    r.do_send(RemoteNode { node_id: id, resources: None });
+                                }
                             }
                         }
                         m.status.alive = alive;
                     }
                 }
-                req = spill_rx.recv_async() => {
-                    let Ok(req) = req else { break };
+                fwd = calls_rx.recv_async() => {
+                    let Ok(fwd) = fwd else { break };
+                    if let Some(t) = rt.core().object_table() {
+                        outgoing.forward(fwd.node, peers.get(&fwd.node.hex()).copied(), fwd.call, &net, &t);
+                    }
+                }
+                work = spill_rx.recv_async() => {
+                    let Ok(work) = work else { break };
+                    let req = match work {
+                        Outbound::Task(req) => req,
+                        Outbound::Actor { node, spec, launch } => {
+                            if let Some((hash, _)) = &launch.command.hash {
+                                exes.lock().insert(hash.clone(), launch.command.exe.clone());
+                            }
+                            let peer = peers.get(&node.hex()).copied();
+                            let (net, raylet) = (net.clone(), raylet.clone());
+                            tokio::spawn(async move {
+                                let actor_id = spec.actor_id;
+                                let failed = match peer {
+                                    None => Some(crate::Error::runtime(format!("node {node} is not reachable"))),
+                                    Some(peer) => {
+                                        let msg = ClusterMsg::CreateActor { spec: Box::new(spec), launch };
+                                        match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
+                                            Ok(Ok(ClusterMsg::Accepted)) => None,
+                                            Ok(Ok(other)) => Some(crate::Error::runtime(format!("unexpected reply {other:?}"))),
+                                            Ok(Err(e)) => Some(crate::Error::runtime(e)),
+                                            Err(e) => Some(crate::Error::runtime(e)),
+                                        }
+                                    }
+                                };
+                                if let (Some(e), Some(r)) = (failed, raylet) {
+                                    r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result: Err(e) });
+                                }
+                            });
+                            continue;
+                        }
+                        Outbound::KillActor { node, actor_id, no_restart } => {
+                            if let Some(peer) = peers.get(&node.hex()).copied() {
+                                let net = net.clone();
+                                tokio::spawn(async move {
+                                    let msg = ClusterMsg::KillActor { actor_id, no_restart };
+                                    if let Err(e) = net.request(peer, encode(&msg)).await {
+                                        tracing::warn!(actor = %actor_id, node = %node, error = %e, "could not kill an actor on its node");
+                                    }
+                                });
+                            }
+                            continue;
+                        }
+                    };
                     if let Some((hash, _)) = &req.launch.command.hash {
                         exes.lock().insert(hash.clone(), req.launch.command.exe.clone());
                     }
@@ -603,6 +792,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let net = net.clone();
                                 let held = held.clone();
                                 let shipping = shipping.clone();
+                                let reporter = reporter.clone();
                                 tokio::spawn(async move {
                                     let task_id = spec.task_id;
                                     let return_id = spec.return_id;
@@ -610,23 +800,83 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                         Ok(launch) => execute_here(&rt, raylet, &net, from, *spec, launch, &held).await,
                                         Err(e) => ClusterMsg::TaskResult(Err(e)),
                                     };
-                                    let done = ClusterMsg::TaskFinished { task_id, return_id, answer: Box::new(answer) };
-                                    if let Err(e) = net.request(from, encode(&done)).await {
-                                        tracing::warn!(task = %task_id, error = %e, "could not report a finished task to its node");
-                                        if held.lock().remove(&return_id)
-                                            && let Some(t) = rt.core().object_table()
-                                        {
-                                            t.decref(return_id);
-                                        }
+                                    reporter.report(from, Finished { task_id, return_id, answer });
+                                });
+                            }
+                            Ok(ClusterMsg::CreateActor { spec, launch }) => {
+                                let _ = reply.send(encode(&ClusterMsg::Accepted));
+                                let (rt, raylet, net, shipping) = (rt.clone(), raylet.clone(), net.clone(), shipping.clone());
+                                tokio::spawn(async move {
+                                    let actor_id = spec.actor_id;
+                                    let result = match shipping.resolve(&net, from, launch).await {
+                                        Ok(launch) => actors::create_here(&rt, raylet, &net, from, *spec, launch).await,
+                                        Err(e) => Err(e),
+                                    };
+                                    if let Err(e) = &result {
+                                        tracing::warn!(actor = %actor_id, error = %e, "could not create an actor for another node");
+                                    }
+                                    let msg = ClusterMsg::ActorPlaced { actor_id, result };
+                                    if let Err(e) = net.request(from, encode(&msg)).await {
+                                        tracing::warn!(actor = %actor_id, error = %e, "could not report a placed actor to its owner");
                                     }
                                 });
                             }
-                            Ok(ClusterMsg::TaskFinished { task_id, return_id, answer }) => {
+                            Ok(ClusterMsg::ActorPlaced { actor_id, result }) => {
                                 let _ = reply.send(encode(&ClusterMsg::Released));
+                                let node = peers.iter().find(|(_, p)| **p == from).and_then(|(n, _)| crate::NodeId::parse(n));
+                                if let (Some(r), Some(node)) = (&raylet, node) {
+                                    r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result });
+                                }
+                            }
+                            Ok(ClusterMsg::KillActor { actor_id, no_restart }) => {
+                                let _ = reply.send(encode(&ClusterMsg::Released));
+                                let core = rt.core().clone();
+                                tokio::task::spawn_blocking(move || {
+                                    if let Err(e) = core.kill_actor(actor_id, no_restart) {
+                                        tracing::warn!(actor = %actor_id, error = %e, "kill from the actor's owner failed");
+                                    }
+                                });
+                            }
+                            Ok(ClusterMsg::ActorCalls { calls }) => {
+                                let Some(table) = rt.core().object_table() else {
+                                    let _ = reply.send(encode(&ClusterMsg::TaskResult(Err(crate::Error::runtime("this node has no object store")))));
+                                    continue;
+                                };
+                                let args = actors::prepare_calls(&calls, &table, &net, from);
+                                let (rt, held, reporter) = (rt.clone(), held.clone(), reporter.clone());
+                                tokio::spawn(async move {
+                                    let ids: Vec<_> = calls.iter().map(|c| (c.task_id, c.return_id)).collect();
+                                    let core = rt.core().clone();
+                                    let submitted = tokio::task::spawn_blocking(move || {
+                                        for c in calls {
+                                            let _ = core.submit_actor_call(c);
+                                        }
+                                    }).await;
+                                    // Answered once queued at the actors: the next batch cannot overtake.
+                                    let _ = reply.send(encode(&match submitted {
+                                        Ok(()) => ClusterMsg::Accepted,
+                                        Err(e) => ClusterMsg::TaskResult(Err(crate::Error::runtime(e))),
+                                    }));
+                                    for ((task_id, return_id), args) in ids.into_iter().zip(args) {
+                                        let (rt, held, table, reporter) = (rt.clone(), held.clone(), table.clone(), reporter.clone());
+                                        tokio::spawn(async move {
+                                            let obj = rt.core().get_object_async(return_id).await;
+                                            let answer = answer_of(&table, return_id, obj, &held);
+                                            release_all(&table, &args);
+                                            reporter.report(from, Finished { task_id, return_id, answer });
+                                        });
+                                    }
+                                });
+                            }
+                            Ok(ClusterMsg::TaskFinished(done)) => {
+                                let _ = reply.send(encode(&ClusterMsg::Released));
+                                for Finished { task_id, return_id, answer } in done {
                                 let net = net.clone();
                                 let raylet = raylet.clone();
+                                let outgoing = outgoing.clone();
+                                let rt = rt.clone();
                                 tokio::spawn(async move {
-                                    let (result, node_lost) = match *answer {
+                                    let (result, node_lost) = match answer {
                                         ClusterMsg::TaskResult(r) => (r, false),
                                         ClusterMsg::TaskResultAt { size } => {
                                             let pulled = pull(&net, from, return_id, size).await;
@@ -638,10 +888,15 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                         }
                                         other => (Err(crate::Error::runtime(format!("unexpected answer {other:?}"))), false),
                                     };
-                                    if let Some(r) = raylet {
+                                    if let Some(q) = outgoing.take(&return_id) {
+                                        if let Some(t) = rt.core().object_table() {
+                                            actors::seal_forwarded(&t, q, result);
+                                        }
+                                    } else if let Some(r) = raylet {
                                         r.do_send(RemoteDone { task_id, result, node_lost });
                                     }
                                 });
+                                }
                             }
                             Ok(ClusterMsg::FetchChunk { id, offset, len }) => {
                                 let chunk = rt.core().object_table().and_then(|t| t.get(&id)).map(|o| {
@@ -918,53 +1173,71 @@ async fn execute_here(
         return ClusterMsg::TaskResult(Err(crate::Error::runtime("this node has no object store")));
     };
     // Large arguments are pulled from the node that sent the task.
-    let mut local = Vec::new();
-    for a in &spec.args {
-        let crate::spec::TaskArg::Ref(id) = a else {
-            continue;
-        };
-        if table.is_ready(id) {
-            table.incref(*id);
-        } else {
-            let size = match net
-                .request(
-                    origin,
-                    encode(&ClusterMsg::FetchChunk {
-                        id: *id,
-                        offset: 0,
-                        len: 0,
-                    }),
-                )
-                .await
-                .map(|b| decode(&b))
-            {
-                Ok(Ok(ClusterMsg::Chunk(Some((total, _))))) => total,
-                _ => {
-                    release_all(&table, &local);
-                    return ClusterMsg::TaskResult(Err(crate::Error::ObjectLost {
-                        id: id.hex(),
-                        reason: "the submitting node no longer has it".to_string(),
-                    }));
-                }
-            };
-            match pull(net, origin, *id, size).await {
-                Ok(data) => {
-                    if let Err(e) = table.put(*id, data, Vec::new(), false) {
-                        release_all(&table, &local);
-                        return ClusterMsg::TaskResult(Err(e.into()));
-                    }
-                }
-                Err(e) => {
-                    release_all(&table, &local);
-                    return ClusterMsg::TaskResult(Err(e));
-                }
-            }
-        }
-        local.push(*id);
-    }
+    let local = match pull_args(net, origin, &table, &spec.args).await {
+        Ok(l) => l,
+        Err(e) => return ClusterMsg::TaskResult(Err(e)),
+    };
     let out = run_here(rt, raylet, spec, launch, &table, held).await;
     release_all(&table, &local);
     out
+}
+
+/// Makes sure every reference among `args` is in this node's store (pulling what is missing
+/// from `origin`), holding one reference to each; returns them for `release_all`.
+async fn pull_args(
+    net: &net::NetHandle,
+    origin: libp2p::PeerId,
+    table: &crate::store::ObjectTable,
+    args: &[crate::spec::TaskArg],
+) -> Result<Vec<crate::ObjectId>, crate::Error> {
+    let mut held = Vec::new();
+    for a in args {
+        let crate::spec::TaskArg::Ref(id) = a else {
+            continue;
+        };
+        let pulled = if table.is_ready(id) {
+            table.incref(*id);
+            Ok(())
+        } else {
+            pull_object(net, origin, table, *id).await
+        };
+        if let Err(e) = pulled {
+            release_all(table, &held);
+            return Err(e);
+        }
+        held.push(*id);
+    }
+    Ok(held)
+}
+
+/// Pulls object `id` from `origin` into this node's store (sealing it when it is pending
+/// here, else storing it with one reference, which the caller releases).
+async fn pull_object(
+    net: &net::NetHandle,
+    origin: libp2p::PeerId,
+    table: &crate::store::ObjectTable,
+    id: crate::ObjectId,
+) -> Result<(), crate::Error> {
+    let ask = ClusterMsg::FetchChunk {
+        id,
+        offset: 0,
+        len: 0,
+    };
+    let size = match net.request(origin, encode(&ask)).await.map(|b| decode(&b)) {
+        Ok(Ok(ClusterMsg::Chunk(Some((total, _))))) => total,
+        _ => {
+            return Err(crate::Error::ObjectLost {
+                id: id.hex(),
+                reason: "the submitting node no longer has it".to_string(),
+            });
+        }
+    };
+    let data = pull(net, origin, id, size).await?;
+    if matches!(table.lookup(&id), crate::store::Lookup::Pending) {
+        table.seal(id, data, Vec::new(), false);
+        return Ok(());
+    }
+    table.put(id, data, Vec::new(), false).map_err(Into::into)
 }
 
 fn release_all(table: &crate::store::ObjectTable, ids: &[crate::ObjectId]) {
@@ -981,21 +1254,33 @@ async fn run_here(
     table: &crate::store::ObjectTable,
     held: &parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
 ) -> ClusterMsg {
-    match run_here_inner(rt, raylet, &mut spec, launch).await {
+    let obj = run_here_inner(rt, raylet, &mut spec, launch).await;
+    answer_of(table, spec.return_id, obj, held)
+}
+
+/// The answer to the node that sent a task or call whose value (`return_id`, holding the
+/// submission's reference) is `obj`.
+fn answer_of(
+    table: &crate::store::ObjectTable,
+    return_id: crate::ObjectId,
+    obj: Result<crate::store::Object, crate::Error>,
+    held: &parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
+) -> ClusterMsg {
+    match obj {
         Err(e) => ClusterMsg::TaskResult(Err(e)),
         Ok(o) if o.is_error => {
-            table.decref(spec.return_id);
+            table.decref(return_id);
             ClusterMsg::TaskResult(crate::codec::decode::<crate::Error>(&o.data).and_then(Err))
         }
         Ok(o) if o.data.len() as u64 > CHUNK => {
             // Keep it (the submission's count) until the asker pulled it and says so.
-            held.lock().insert(spec.return_id);
+            held.lock().insert(return_id);
             ClusterMsg::TaskResultAt {
                 size: o.data.len() as u64,
             }
         }
         Ok(o) => {
-            table.decref(spec.return_id);
+            table.decref(return_id);
             ClusterMsg::TaskResult(Ok(crate::worker::protocol::WireValue {
                 data: o.data,
                 nested: Vec::new(),

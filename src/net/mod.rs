@@ -125,7 +125,15 @@ pub struct NetHandle {
     peer_id: PeerId,
     cmd: mpsc::Sender<Cmd>,
     heard: Heard,
+    limits: Limits,
 }
+
+/// Requests to one peer in flight at once, at most: yamux refuses more outbound streams than
+/// its limit, so a burst waits here instead of failing.
+const REQUESTS_PER_PEER: usize = 64;
+
+type Limits =
+    std::sync::Arc<parking_lot::Mutex<HashMap<PeerId, std::sync::Arc<tokio::sync::Semaphore>>>>;
 
 /// When each peer was last heard from (any message: gossip, request or response).
 type Heard = std::sync::Arc<parking_lot::Mutex<HashMap<PeerId, std::time::Instant>>>;
@@ -143,6 +151,13 @@ impl NetHandle {
 
     /// Sends a request and waits for the response.
     pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let limit = self
+            .limits
+            .lock()
+            .entry(peer)
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(REQUESTS_PER_PEER)))
+            .clone();
+        let _permit = limit.acquire_owned().await.map_err(|_| NetError::Stopped)?;
         let (done, rx) = oneshot::channel();
         self.cmd
             .send(Cmd::Request { peer, data, done })
@@ -402,6 +417,7 @@ pub fn start(
             peer_id,
             cmd: cmd_tx,
             heard,
+            limits: Default::default(),
         },
         ev_rx,
         addr,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use mobula::{Config, Runtime, WorkerMode};
 
+pub mod cluster;
+
 static LOCK: Mutex<()> = Mutex::new(());
 
 /// A running runtime; dropping it shuts the runtime down.

@@ -1,0 +1,134 @@
+//! A real two-node cluster for tests: a head and a worker node (two daemons of the `mobula`
+//! binary on 127.0.0.1, with their own port and temp dir), always stopped on drop.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mobula::Config;
+
+/// The `mobula` binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mobula");
+
+/// A running cluster; dropping it stops its daemons.
+pub struct Cluster {
+    pub temp: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args([
+                "stop",
+                "--temp-dir",
+                self.temp.path().to_str().unwrap_or("."),
+                "--port",
+                &self.port.to_string(),
+                "--grace-period",
+                "5",
+            ])
+            .output();
+    }
+}
+
+pub fn run(args: &[&str]) {
+    let o = Command::new(BIN).args(args).output().expect("mobula");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Cluster {
+    /// The pid of the worker node's daemon.
+    pub fn worker_daemon_pid(&self) -> u32 {
+        let dir = self.temp.path().join(format!("cluster-{}", self.port));
+        let head = std::fs::read_to_string(dir.join("head.json")).expect("head record");
+        let head_pid: u32 = head
+            .split("\"pid\":")
+            .nth(1)
+            .and_then(|p| p.trim_end_matches(['}', '\n']).parse().ok())
+            .expect("head pid");
+        std::fs::read_dir(dir.join("nodes"))
+            .expect("nodes")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .find(|p| *p != head_pid)
+            .expect("the worker node's pid")
+    }
+
+    /// Prints the daemons' logs (without debug lines) to help diagnose a failure.
+    pub fn dump_logs(&self) {
+        let dir = self
+            .temp
+            .path()
+            .join(format!("cluster-{}", self.port))
+            .join("logs");
+        for f in ["head.log", "node.log"] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let kept: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
+            eprintln!("==== {f}\n{}", kept.join("\n"));
+        }
+    }
+}
+
+pub fn cluster() -> Cluster {
+    cluster_with(&[])
+}
+
+/// A head and a worker node started with `worker_flags`.
+pub fn cluster_with(worker_flags: &[&str]) -> Cluster {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let c = Cluster { temp, port };
+    let dir = c.temp.path().to_str().expect("path").to_string();
+    let p = port.to_string();
+    run(&[
+        "start",
+        "--head",
+        "--port",
+        &p,
+        "--num-cpus",
+        "2",
+        "--bind",
+        "127.0.0.1",
+        "--temp-dir",
+        &dir,
+    ]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "start",
+        "--address",
+        &addr,
+        "--num-cpus",
+        "2",
+        "--bind",
+        "127.0.0.1",
+        "--temp-dir",
+        &dir,
+    ];
+    args.extend_from_slice(worker_flags);
+    run(&args);
+    c
+}
+
+pub fn connect(c: &Cluster) -> super::Rt {
+    let rt = super::start(
+        Config::default()
+            .address(format!("127.0.0.1:{}", c.port))
+            .cluster_root(c.temp.path()),
+    );
+    // The head learns of the second node from its heartbeats.
+    let deadline = Instant::now() + super::HANG;
+    while rt.cluster_resources().expect("resources").get("CPU") != Some(&4.0) {
+        assert!(Instant::now() < deadline, "the second node never showed up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt
+}
