@@ -84,6 +84,10 @@ pub(crate) trait Core: Send + Sync + 'static {
     fn raylet(&self) -> Option<actix::Addr<crate::actors::raylet::Raylet>> {
         None
     }
+    /// The node embedded in this process, if there is one.
+    fn node(&self) -> Option<&crate::node::NodeClient> {
+        None
+    }
     /// Counters of this node's object store.
     fn store_stats(&self) -> Result<crate::store::StoreStats>;
     fn available_resources(&self) -> Result<HashMap<String, f64>>;

@@ -40,6 +40,53 @@ pub(crate) struct NodeClient {
     system: Mutex<Option<(actix::System, std::thread::JoinHandle<()>)>>,
     temp_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
+    /// Set on a cluster node: questions for the cluster (names, owners of actors).
+    cluster: parking_lot::RwLock<Option<ClusterLink>>,
+}
+
+/// How a cluster node's client reaches its daemon.
+#[derive(Clone)]
+pub(crate) struct ClusterLink {
+    pub asks: flume::Sender<ClusterAsk>,
+    pub is_head: bool,
+}
+
+/// A question or report for the cluster, answered by the node's daemon (through the head,
+/// which keeps the cluster-wide names and actor owners).
+#[derive(Debug)]
+pub(crate) enum ClusterAsk {
+    /// Claims a name for an actor this node owns.
+    ClaimName {
+        namespace: String,
+        name: String,
+        actor_id: ActorId,
+        class: String,
+        done: flume::Sender<Result<()>>,
+    },
+    /// A name this node's actor held is free again.
+    ReleaseName {
+        namespace: String,
+        name: String,
+        actor_id: ActorId,
+    },
+    /// This node owns a new actor.
+    Owned { actor_id: ActorId },
+    /// Finds a named actor elsewhere (and routes its calls there).
+    LookupName {
+        namespace: String,
+        name: String,
+        done: flume::Sender<Result<ActorLookup>>,
+    },
+    /// Finds the owner of an actor this node does not know; its route is pending until then.
+    LookupActor { actor_id: ActorId },
+}
+
+/// How long a client waits for the cluster to answer a name question.
+const CLUSTER_ASK: Duration = Duration::from_secs(30);
+
+fn cluster_answer<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
+    rx.recv_timeout(CLUSTER_ASK)
+        .map_err(|_| Error::runtime("the cluster did not answer in time"))?
 }
 
 fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
@@ -47,6 +94,12 @@ fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
 }
 
 impl NodeClient {
+    /// Makes this node's client part of a cluster.
+    pub(crate) fn link_cluster(&self, link: ClusterLink) {
+        self.gcs.do_send(gcs::SetClusterLink(link.asks.clone()));
+        *self.cluster.write() = Some(link);
+    }
+
     fn ask<A, M>(&self, addr: &Addr<A>, msg: M) -> Result<M::Result>
     where
         A: Actor<Context = Context<A>> + Handler<M>,
@@ -215,7 +268,43 @@ impl Core for NodeClient {
     }
 
     fn create_actor(&self, spec: ActorSpec) -> Result<()> {
-        self.ask(&self.gcs, gcs::RegisterActor(spec))?
+        let link = self.cluster.read().clone().filter(|l| !l.is_head);
+        let Some(link) = link else {
+            return self.ask(&self.gcs, gcs::RegisterActor(spec))?;
+        };
+        // Names are unique cluster-wide: the head grants them.
+        let (actor_id, claim) = (
+            spec.actor_id,
+            spec.name.clone().map(|n| (spec.namespace.clone(), n)),
+        );
+        if let Some((namespace, name)) = &claim {
+            let (done, rx) = flume::bounded(1);
+            link.asks
+                .send(ClusterAsk::ClaimName {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    actor_id,
+                    class: spec.class.clone(),
+                    done,
+                })
+                .map_err(|_| Error::runtime("the node daemon is gone"))?;
+            cluster_answer(rx)?;
+        }
+        let created = self.ask(&self.gcs, gcs::RegisterActor(spec))?;
+        match (&created, claim) {
+            (Ok(()), None) => {
+                let _ = link.asks.try_send(ClusterAsk::Owned { actor_id });
+            }
+            (Err(_), Some((namespace, name))) => {
+                let _ = link.asks.try_send(ClusterAsk::ReleaseName {
+                    namespace,
+                    name,
+                    actor_id,
+                });
+            }
+            _ => {}
+        }
+        created
     }
 
     fn submit_actor_call(&self, call: ActorCall) -> Result<()> {
@@ -223,9 +312,16 @@ impl Core for NodeClient {
         let pins = Pins::new(&self.table, call.deps());
         let actor_id = call.actor_id;
         let q = QueuedCall { call, _pins: pins };
-        match self.directory.get(&actor_id) {
-            Some(route) => route.submit(q),
-            None => fail_call(
+        let link = self.cluster.read().clone();
+        match (self.directory.get(&actor_id), link) {
+            (Some(route), _) => route.submit(q),
+            (None, Some(link)) => {
+                // An actor of another node (its handle was passed here): calls queue until
+                // the daemon found its owner.
+                self.directory.register(actor_id, actor_id.hex()).submit(q);
+                let _ = link.asks.try_send(ClusterAsk::LookupActor { actor_id });
+            }
+            (None, None) => fail_call(
                 &self.table,
                 q,
                 &Error::ActorDied {
@@ -248,13 +344,28 @@ impl Core for NodeClient {
     }
 
     fn get_named_actor(&self, name: &str, namespace: &str) -> Result<ActorLookup> {
-        self.ask(
+        let local = self.ask(
             &self.gcs,
             gcs::GetNamedActor {
                 name: name.to_string(),
                 namespace: namespace.to_string(),
             },
-        )?
+        )?;
+        let link = self.cluster.read().clone();
+        match (local, link) {
+            (Err(Error::ActorNotFound { .. }), Some(link)) => {
+                let (done, rx) = flume::bounded(1);
+                link.asks
+                    .send(ClusterAsk::LookupName {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                        done,
+                    })
+                    .map_err(|_| Error::runtime("the node daemon is gone"))?;
+                cluster_answer(rx)
+            }
+            (r, _) => r,
+        }
     }
 
     fn create_placement_group(
@@ -358,6 +469,10 @@ impl Core for NodeClient {
 
     fn raylet(&self) -> Option<Addr<Raylet>> {
         Some(self.raylet.clone())
+    }
+
+    fn node(&self) -> Option<&NodeClient> {
+        Some(self)
     }
 
     fn raylet_socket(&self) -> Option<PathBuf> {
@@ -492,6 +607,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
             .as_ref()
             .map(|_| temp_dir.join(format!("raylet-{}.sock", &node_id.hex()[..12]))),
         temp_dir: owned.then_some(temp_dir.clone()),
+        cluster: parking_lot::RwLock::new(None),
     });
     gcs.do_send(gcs::RegisterJob {
         job_id,

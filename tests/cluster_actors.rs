@@ -170,3 +170,77 @@ fn an_actor_of_a_killed_node_restarts_on_another() {
         "a restart re-runs the constructor"
     );
 }
+
+#[mobula::remote]
+fn node_of() -> mobula::Result<String> {
+    Ok(mobula::runtime()?.node_id().hex())
+}
+
+/// Runs on the worker node: uses an actor by name and through a handle, and names one of its
+/// own.
+#[mobula::remote]
+fn use_actors_from_the_other_node(
+    handle: mobula::ActorHandle<Ledger>,
+    taken: String,
+    mine: String,
+) -> mobula::Result<(String, usize, usize, bool)> {
+    let rt = mobula::runtime()?;
+    let node = rt.node_id().hex();
+    let by_name = rt.get_actor::<Ledger>(&taken, None)?;
+    let a = rt.get(&by_name.record(10))?;
+    let b = rt.get(&handle.record(20))?;
+    let refused = matches!(
+        Ledger::options(ActorOptions::new().name(taken)).remote(&rt),
+        Err(Error::NameTaken { .. })
+    );
+    let own = Ledger::options(ActorOptions::new().name(mine)).remote(&rt)?;
+    rt.get(&own.record(7))?;
+    Ok((node, a, b, refused))
+}
+
+#[test]
+fn named_actors_and_handles_resolve_across_nodes() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let here = rt.node_id().hex();
+    // Both actors live on the driver's node (the head); the task runs on the worker node.
+    let pin_here = ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: rt.node_id(),
+        soft: false,
+    });
+    let named = Ledger::options(pin_here.clone().name("ledger"))
+        .remote(&rt)
+        .expect("named");
+    let other = Ledger::options(pin_here).remote(&rt).expect("unnamed");
+    let spread = mobula::TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let worker = loop {
+        let n = rt
+            .get(&node_of::options(spread.clone()).remote(&rt))
+            .expect("probe");
+        if n != here {
+            break n;
+        }
+    };
+    let pin = mobula::TaskOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: mobula::NodeId::parse(&worker).expect("node id"),
+        soft: false,
+    });
+    let (node, a, b, refused) = rt
+        .get(&use_actors_from_the_other_node::options(pin).remote(
+            &rt,
+            other.clone(),
+            "ledger".to_string(),
+            "from-worker".to_string(),
+        ))
+        .expect("the task");
+    assert_ne!(node, here);
+    assert_eq!((a, b), (1, 1), "calls from the worker node landed");
+    assert!(refused, "a name taken on the head is taken on every node");
+    assert_eq!(rt.get(&named.history()).expect("history")[0], 10);
+    // The worker node's named actor resolves from the driver.
+    let theirs = rt
+        .get_actor::<Ledger>("from-worker", None)
+        .expect("named on the worker node");
+    assert_eq!(rt.get(&theirs.history()).expect("history")[0], 7);
+}

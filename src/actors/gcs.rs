@@ -113,6 +113,13 @@ pub(crate) struct Gcs {
     functions: std::collections::BTreeSet<String>,
     actors: HashMap<ActorId, ActorRecord>,
     named: HashMap<(String, String), ActorId>,
+    /// On the head: names of actors owned by other nodes (id, class, owner), claimed through
+    /// the cluster so that a name is unique cluster-wide.
+    remote_named: HashMap<(String, String), (ActorId, String, NodeId)>,
+    /// On the head: the owner node of every actor other nodes created.
+    owners: HashMap<ActorId, NodeId>,
+    /// On a cluster node: where released names are reported (to the head).
+    cluster: Option<flume::Sender<crate::node::ClusterAsk>>,
     pgs: HashMap<PlacementGroupId, PgRecord>,
     pg_waiters: HashMap<PlacementGroupId, Vec<oneshot::Sender<Result<(), Error>>>>,
     pg_in_flight: bool,
@@ -130,6 +137,9 @@ impl Gcs {
             functions: Default::default(),
             actors: HashMap::new(),
             named: HashMap::new(),
+            remote_named: HashMap::new(),
+            owners: HashMap::new(),
+            cluster: None,
             pgs: HashMap::new(),
             pg_waiters: HashMap::new(),
             pg_in_flight: false,
@@ -173,6 +183,13 @@ impl Gcs {
             let key = (r.spec.namespace.clone(), name.clone());
             if self.named.get(&key) == Some(&id) {
                 self.named.remove(&key);
+                if let Some(c) = &self.cluster {
+                    let _ = c.try_send(crate::node::ClusterAsk::ReleaseName {
+                        namespace: key.0,
+                        name: key.1,
+                        actor_id: id,
+                    });
+                }
             }
         }
     }
@@ -488,7 +505,11 @@ impl Handler<RegisterActor> for Gcs {
         };
         if let Some(name) = &spec.name {
             let key = (spec.namespace.clone(), name.clone());
-            if self.named.contains_key(&key) {
+            let remote = self
+                .remote_named
+                .get(&key)
+                .is_some_and(|(other, ..)| *other != id);
+            if self.named.contains_key(&key) || remote {
                 return Err(Error::NameTaken {
                     name: name.clone(),
                     namespace: spec.namespace.clone(),
@@ -822,5 +843,159 @@ impl Handler<KvDel> for Gcs {
         self.storage
             .delete("kv", &kv_key(&msg.ns, &msg.key))
             .map_err(Error::runtime)
+    }
+}
+
+// ---- cluster-wide names and owners (kept by the head's GCS) ------------------------------------
+
+/// Links this GCS to its node's daemon (released names are reported to the head).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetClusterLink(pub flume::Sender<crate::node::ClusterAsk>);
+
+impl Handler<SetClusterLink> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: SetClusterLink, _ctx: &mut Self::Context) {
+        self.cluster = Some(msg.0);
+    }
+}
+
+/// On the head: another node claims a name for an actor it owns.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct ClaimName {
+    pub namespace: String,
+    pub name: String,
+    pub actor_id: ActorId,
+    pub class: String,
+    pub owner: NodeId,
+}
+
+impl Handler<ClaimName> for Gcs {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, msg: ClaimName, _ctx: &mut Self::Context) -> Self::Result {
+        let key = (msg.namespace.clone(), msg.name.clone());
+        let local = self.named.get(&key).is_some_and(|id| {
+            self.actors
+                .get(id)
+                .is_some_and(|r| r.state != ActorState::Dead)
+        });
+        let remote = self
+            .remote_named
+            .get(&key)
+            .is_some_and(|(id, ..)| *id != msg.actor_id);
+        if local || remote {
+            return Err(Error::NameTaken {
+                name: msg.name,
+                namespace: msg.namespace,
+            });
+        }
+        self.owners.insert(msg.actor_id, msg.owner);
+        self.remote_named
+            .insert(key, (msg.actor_id, msg.class, msg.owner));
+        Ok(())
+    }
+}
+
+/// On the head: a name another node claimed is free again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ReleaseName {
+    pub namespace: String,
+    pub name: String,
+    pub actor_id: ActorId,
+}
+
+impl Handler<ReleaseName> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: ReleaseName, _ctx: &mut Self::Context) {
+        let key = (msg.namespace, msg.name);
+        if self
+            .remote_named
+            .get(&key)
+            .is_some_and(|(id, ..)| *id == msg.actor_id)
+        {
+            self.remote_named.remove(&key);
+        }
+    }
+}
+
+/// On the head: another node owns this actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RecordOwner {
+    pub actor_id: ActorId,
+    pub owner: NodeId,
+}
+
+impl Handler<RecordOwner> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: RecordOwner, _ctx: &mut Self::Context) {
+        self.owners.insert(msg.actor_id, msg.owner);
+    }
+}
+
+/// Where an actor's calls go, as the head knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ActorAt {
+    pub actor_id: ActorId,
+    pub class: String,
+    /// The owner node (`None`: the node that answered).
+    pub owner: Option<NodeId>,
+}
+
+/// On the head: a named actor anywhere in the cluster.
+#[derive(Message)]
+#[rtype(result = "Option<ActorAt>")]
+pub(crate) struct FindNamed {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Handler<FindNamed> for Gcs {
+    type Result = Option<ActorAt>;
+    fn handle(&mut self, msg: FindNamed, _ctx: &mut Self::Context) -> Self::Result {
+        let key = (msg.namespace, msg.name);
+        if let Some(id) = self.named.get(&key)
+            && let Some(r) = self.actors.get(id)
+            && r.state != ActorState::Dead
+        {
+            return Some(ActorAt {
+                actor_id: *id,
+                class: r.spec.class.clone(),
+                owner: None,
+            });
+        }
+        self.remote_named
+            .get(&key)
+            .map(|(id, class, owner)| ActorAt {
+                actor_id: *id,
+                class: class.clone(),
+                owner: Some(*owner),
+            })
+    }
+}
+
+/// On the head: the owner of any actor of the cluster.
+#[derive(Message)]
+#[rtype(result = "Option<ActorAt>")]
+pub(crate) struct FindOwner(pub ActorId);
+
+impl Handler<FindOwner> for Gcs {
+    type Result = Option<ActorAt>;
+    fn handle(&mut self, msg: FindOwner, _ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.0;
+        if let Some(r) = self.actors.get(&id) {
+            return Some(ActorAt {
+                actor_id: id,
+                class: r.spec.class.clone(),
+                owner: None,
+            });
+        }
+        self.owners.get(&id).map(|owner| ActorAt {
+            actor_id: id,
+            class: String::new(),
+            owner: Some(*owner),
+        })
     }
 }

@@ -12,6 +12,10 @@
 //!   in flight at a time, so they arrive in order without sequence numbers. The host submits
 //!   each batch to the actor's local route before it answers. Each result comes back as a
 //!   `TaskFinished` (large ones are pulled in parts), which the owner seals into its store.
+//! - Names and owners: the head's GCS keeps the cluster-wide table of names (claimed by
+//!   other nodes before they register a named actor) and of actor owners. A node that misses
+//!   a name or an actor id locally asks the head, then routes the actor's calls to its owner
+//!   (`Endpoint::Forward`), which runs or forwards them in turn.
 //! - Failures: a batch that cannot be delivered fails its calls with an actor-died error; when
 //!   the host node dies, its calls in flight fail the same way and the owner's GCS restarts
 //!   the actor (on any node) if `max_restarts` allows.
@@ -118,6 +122,7 @@ impl Outgoing {
             if calls.is_empty() {
                 continue;
             }
+            tracing::debug!(node = %node, calls = calls.len(), "forwarding actor calls");
             let reply = net
                 .request(peer, encode(&ClusterMsg::ActorCalls { calls }))
                 .await
@@ -250,15 +255,7 @@ pub(super) async fn create_here(
     let pulled = super::pull_args(net, origin, &table, &spec.args).await?;
     // It was placed here: it lives here (restarts too), unless it belongs in a bundle. Its
     // name is the owner's business.
-    if !matches!(
-        spec.strategy,
-        crate::SchedulingStrategy::PlacementGroup { .. }
-    ) {
-        spec.strategy = crate::SchedulingStrategy::NodeAffinity {
-            node: rt.node_id(),
-            soft: false,
-        };
-    }
+    super::pin_here(&mut spec.strategy, rt.node_id());
     spec.name = None;
     let core = rt.core().clone();
     let created = tokio::task::spawn_blocking(move || core.create_actor(spec))
@@ -270,4 +267,232 @@ pub(super) async fn create_here(
     let _ = raylet.send(crate::actors::raylet::GetResources).await;
     super::release_all(&table, &pulled);
     created
+}
+
+/// Answers a node's questions about names and owners, on any node (asking the head) and on
+/// the head (from its GCS).
+#[derive(Clone)]
+pub(super) struct Names {
+    pub gcs: actix::Addr<crate::actors::gcs::Gcs>,
+    pub directory: Arc<crate::actors::directory::ActorDirectory>,
+    pub calls: flume::Sender<crate::actors::directory::ForwardedCall>,
+    pub me: NodeId,
+    pub is_head: bool,
+}
+
+impl Names {
+    /// On the head: the answer to a name or owner request.
+    pub async fn head_answer(&self, msg: ClusterMsg) -> ClusterMsg {
+        use crate::actors::gcs;
+        let mailbox =
+            |e: actix::MailboxError| Error::runtime(format!("the gcs is unreachable: {e}"));
+        let here = |at: Option<gcs::ActorAt>| {
+            ClusterMsg::Found(at.map(|mut a| {
+                a.owner = Some(a.owner.unwrap_or(self.me));
+                a
+            }))
+        };
+        match msg {
+            ClusterMsg::ClaimName {
+                namespace,
+                name,
+                actor_id,
+                class,
+                owner,
+            } => ClusterMsg::Claimed(
+                self.gcs
+                    .send(gcs::ClaimName {
+                        namespace,
+                        name,
+                        actor_id,
+                        class,
+                        owner,
+                    })
+                    .await
+                    .map_err(mailbox)
+                    .and_then(|r| r),
+            ),
+            ClusterMsg::ReleaseName {
+                namespace,
+                name,
+                actor_id,
+            } => {
+                self.gcs.do_send(gcs::ReleaseName {
+                    namespace,
+                    name,
+                    actor_id,
+                });
+                ClusterMsg::Released
+            }
+            ClusterMsg::ActorOwned { actor_id, owner } => {
+                self.gcs.do_send(gcs::RecordOwner { actor_id, owner });
+                ClusterMsg::Released
+            }
+            ClusterMsg::LookupName { namespace, name } => here(
+                self.gcs
+                    .send(gcs::FindNamed { namespace, name })
+                    .await
+                    .ok()
+                    .flatten(),
+            ),
+            ClusterMsg::LookupActor(id) => {
+                here(self.gcs.send(gcs::FindOwner(id)).await.ok().flatten())
+            }
+            other => ClusterMsg::TaskResult(Err(Error::runtime(format!(
+                "not a name request: {other:?}"
+            )))),
+        }
+    }
+
+    /// Asks the head (itself, on the head).
+    async fn ask_head(
+        &self,
+        net: &NetHandle,
+        head: Option<libp2p::PeerId>,
+        msg: ClusterMsg,
+    ) -> Result<ClusterMsg, Error> {
+        if self.is_head {
+            return Ok(self.head_answer(msg).await);
+        }
+        let head = head.ok_or_else(|| Error::runtime("this node has not reached the head yet"))?;
+        let reply = net
+            .request(head, encode(&msg))
+            .await
+            .map_err(Error::runtime)?;
+        decode(&reply).map_err(Error::runtime)
+    }
+
+    /// Routes an actor's calls to its owner. An actor this node's GCS knows (it hosts or owns
+    /// it) keeps its route: replacing it would send its calls round in a loop.
+    async fn route_to(&self, at: &crate::actors::gcs::ActorAt, display: String) -> bool {
+        let known_here = self
+            .gcs
+            .send(crate::actors::gcs::FindOwner(at.actor_id))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|a| a.owner.is_none());
+        if known_here {
+            return true;
+        }
+        match at.owner {
+            Some(owner) if owner != self.me => {
+                self.directory
+                    .register(at.actor_id, display)
+                    .activate_forward(crate::actors::directory::Endpoint::Forward {
+                        node: owner,
+                        tx: self.calls.clone(),
+                    });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers one question of this node's client.
+    pub async fn answer(
+        self,
+        ask: crate::node::ClusterAsk,
+        net: NetHandle,
+        head: Option<libp2p::PeerId>,
+    ) {
+        use crate::node::ClusterAsk as A;
+        match ask {
+            A::ClaimName {
+                namespace,
+                name,
+                actor_id,
+                class,
+                done,
+            } => {
+                let msg = ClusterMsg::ClaimName {
+                    namespace,
+                    name,
+                    actor_id,
+                    class,
+                    owner: self.me,
+                };
+                let r = match self.ask_head(&net, head, msg).await {
+                    Ok(ClusterMsg::Claimed(r)) => r,
+                    Ok(other) => Err(Error::runtime(format!("the head answered {other:?}"))),
+                    Err(e) => Err(e),
+                };
+                let _ = done.send(r);
+            }
+            A::ReleaseName {
+                namespace,
+                name,
+                actor_id,
+            } => {
+                let msg = ClusterMsg::ReleaseName {
+                    namespace,
+                    name,
+                    actor_id,
+                };
+                if let Err(e) = self.ask_head(&net, head, msg).await {
+                    tracing::warn!(actor = %actor_id, error = %e, "could not release a name at the head");
+                }
+            }
+            A::Owned { actor_id } => {
+                let msg = ClusterMsg::ActorOwned {
+                    actor_id,
+                    owner: self.me,
+                };
+                if let Err(e) = self.ask_head(&net, head, msg).await {
+                    tracing::warn!(actor = %actor_id, error = %e, "could not record an actor at the head");
+                }
+            }
+            A::LookupName {
+                namespace,
+                name,
+                done,
+            } => {
+                let not_found = Error::ActorNotFound {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                };
+                let msg = ClusterMsg::LookupName {
+                    namespace,
+                    name: name.clone(),
+                };
+                let r = match self.ask_head(&net, head, msg).await {
+                    Ok(ClusterMsg::Found(Some(at))) if self.route_to(&at, name).await => {
+                        Ok(crate::core::ActorLookup {
+                            actor_id: at.actor_id,
+                            class: at.class,
+                        })
+                    }
+                    Ok(_) => Err(not_found),
+                    Err(e) => Err(e),
+                };
+                let _ = done.send(r);
+            }
+            A::LookupActor { actor_id } => {
+                // The owner reports its actors as it creates them: a handle can arrive first.
+                for attempt in 0..5u64 {
+                    match self
+                        .ask_head(&net, head, ClusterMsg::LookupActor(actor_id))
+                        .await
+                    {
+                        Ok(ClusterMsg::Found(Some(at)))
+                            if self.route_to(&at, actor_id.hex()).await =>
+                        {
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(actor = %actor_id, error = %e, "actor lookup at the head failed")
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+                if let Some(route) = self.directory.get(&actor_id) {
+                    route.kill(Error::ActorDied {
+                        actor: actor_id.hex(),
+                        reason: "no node of the cluster knows it".to_string(),
+                    });
+                }
+            }
+        }
+    }
 }

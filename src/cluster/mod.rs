@@ -292,6 +292,49 @@ pub(crate) enum ClusterMsg {
         /// Dead for good (else its restart policy applies).
         no_restart: bool,
     },
+    /// Claims a name cluster-wide for an actor `owner` owns (request to the head; answered
+    /// `Claimed`).
+    ClaimName {
+        /// The name's namespace.
+        namespace: String,
+        /// The name.
+        name: String,
+        /// The actor.
+        actor_id: crate::ActorId,
+        /// Its class's registry id.
+        class: String,
+        /// The node that owns it.
+        owner: crate::NodeId,
+    },
+    /// The answer to `ClaimName`.
+    Claimed(Result<(), crate::Error>),
+    /// A claimed name is free again (request to the head; answered `Released`).
+    ReleaseName {
+        /// The name's namespace.
+        namespace: String,
+        /// The name.
+        name: String,
+        /// The actor that held it.
+        actor_id: crate::ActorId,
+    },
+    /// `owner` owns a new actor (request to the head; answered `Released`).
+    ActorOwned {
+        /// The actor.
+        actor_id: crate::ActorId,
+        /// Its owner.
+        owner: crate::NodeId,
+    },
+    /// Where a named actor is (request to the head; answered `Found`).
+    LookupName {
+        /// The name's namespace.
+        namespace: String,
+        /// The name.
+        name: String,
+    },
+    /// Where any actor is (request to the head; answered `Found`).
+    LookupActor(crate::ActorId),
+    /// The answer to a lookup: the actor and its owner node.
+    Found(Option<crate::actors::gcs::ActorAt>),
     /// Calls to actors hosted here, in submission order (answered `Accepted` once they are
     /// queued at their actors; each result follows in a `TaskFinished`).
     ActorCalls {
@@ -602,10 +645,24 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     if let Some(r) = &raylet {
         r.do_send(SetSpill {
             work: spill_tx,
-            calls: calls_tx,
+            calls: calls_tx.clone(),
         });
     }
     let outgoing: std::sync::Arc<actors::Outgoing> = Default::default();
+    let (asks_tx, asks_rx) = flume::bounded::<crate::node::ClusterAsk>(4096);
+    let names = rt.core().node().map(|n| {
+        n.link_cluster(crate::node::ClusterLink {
+            asks: asks_tx,
+            is_head: opts.head,
+        });
+        actors::Names {
+            gcs: n.gcs.clone(),
+            directory: n.directory.clone(),
+            calls: calls_tx.clone(),
+            me: rt.node_id(),
+            is_head: opts.head,
+        }
+    });
     // Executables of jobs whose tasks this node sent elsewhere, by hash (served to others).
     let exes: std::sync::Arc<parking_lot::Mutex<HashMap<String, PathBuf>>> = Default::default();
     let shipping = std::sync::Arc::new(Shipping {
@@ -668,6 +725,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             }
                         }
                         m.status.alive = alive;
+                    }
+                }
+                ask = asks_rx.recv_async() => {
+                    let Ok(ask) = ask else { break };
+                    if let Some(names) = names.clone() {
+                        let head = if opts.head { None } else { head_peer };
+                        tokio::spawn(names.answer(ask, net.clone(), head));
                     }
                 }
                 fwd = calls_rx.recv_async() => {
@@ -824,6 +888,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             Ok(ClusterMsg::ActorPlaced { actor_id, result }) => {
                                 let _ = reply.send(encode(&ClusterMsg::Released));
                                 let node = peers.iter().find(|(_, p)| **p == from).and_then(|(n, _)| crate::NodeId::parse(n));
+                                tracing::debug!(actor = %actor_id, node = ?node, ok = result.is_ok(), "actor placed on another node");
                                 if let (Some(r), Some(node)) = (&raylet, node) {
                                     r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result });
                                 }
@@ -836,6 +901,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                         tracing::warn!(actor = %actor_id, error = %e, "kill from the actor's owner failed");
                                     }
                                 });
+                            }
+                            Ok(m @ (ClusterMsg::ClaimName { .. } | ClusterMsg::ReleaseName { .. } | ClusterMsg::ActorOwned { .. } | ClusterMsg::LookupName { .. } | ClusterMsg::LookupActor(_))) if opts.head => {
+                                if let Some(names) = names.clone() {
+                                    tokio::spawn(async move {
+                                        let _ = reply.send(encode(&names.head_answer(m).await));
+                                    });
+                                }
                             }
                             Ok(ClusterMsg::ActorCalls { calls }) => {
                                 let Some(table) = rt.core().object_table() else {
@@ -1182,6 +1254,13 @@ async fn execute_here(
     out
 }
 
+/// Work another node placed here runs here (no second hop), unless it belongs in a bundle.
+fn pin_here(strategy: &mut crate::SchedulingStrategy, node: crate::NodeId) {
+    if !matches!(strategy, crate::SchedulingStrategy::PlacementGroup { .. }) {
+        *strategy = crate::SchedulingStrategy::NodeAffinity { node, soft: false };
+    }
+}
+
 /// Makes sure every reference among `args` is in this node's store (pulling what is missing
 /// from `origin`), holding one reference to each; returns them for `release_all`.
 async fn pull_args(
@@ -1304,15 +1383,7 @@ async fn run_here_inner(
         .await
         .map_err(crate::Error::runtime)?;
     // It was placed here: run it here (no second spill), unless it belongs in a bundle.
-    if !matches!(
-        spec.strategy,
-        crate::SchedulingStrategy::PlacementGroup { .. }
-    ) {
-        spec.strategy = crate::SchedulingStrategy::NodeAffinity {
-            node: rt.node_id(),
-            soft: false,
-        };
-    }
+    pin_here(&mut spec.strategy, rt.node_id());
     let id = spec.return_id;
     let core = rt.core().clone();
     core.submit_task(spec.clone())?;
