@@ -127,6 +127,13 @@ impl WorkerConn {
                 tracing::warn!(worker = %worker_id, "connection from a worker this raylet did not start; dropped");
                 return;
             };
+            // The hello can beat `spawn` storing the pid: give it a moment.
+            for _ in 0..200 {
+                if shared.pid() != 0 || shared.has_exited() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             if shared.pid() != pid {
                 // Another process that inherited the worker's environment (a subprocess of
                 // user code, say) is not the worker.

@@ -130,6 +130,11 @@ pub(crate) struct ProcShared {
 }
 
 impl ProcShared {
+    /// Whether the process has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::Acquire)
+    }
+
     /// The process id, while the process runs (0 once it exited).
     pub fn pid(&self) -> u32 {
         if self.exited.load(Ordering::Acquire) {

@@ -17,6 +17,9 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
         let _ = Command::new(BIN)
             .args([
                 "stop",
