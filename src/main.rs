@@ -39,6 +39,11 @@ enum Command {
         /// Interface to listen on.
         #[arg(long, default_value = "0.0.0.0")]
         bind: String,
+        /// The address other nodes and drivers reach this node at (default: the --bind
+        /// address; when binding 0.0.0.0, the address of the interface that routes to the head,
+        /// or for the head, to the outside).
+        #[arg(long)]
+        node_ip_address: Option<String>,
         /// CPUs to offer (default: the machine's).
         #[arg(long)]
         num_cpus: Option<f64>,
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
             address,
             port,
             bind,
+            node_ip_address,
             num_cpus,
             num_gpus,
             memory,
@@ -175,6 +181,7 @@ fn main() -> ExitCode {
                 address,
                 port,
                 bind,
+                node_ip: node_ip_address,
                 num_cpus,
                 num_gpus,
                 memory,
@@ -202,7 +209,7 @@ fn main() -> ExitCode {
                     );
                     if let Ok(s) = std::fs::read_to_string(dir.dir.join("secret")) {
                         println!(
-                            "To join from another machine (replace the host with this machine's address):\n  mobula start --address {} --secret {}",
+                            "To join from another machine (the address is the one this head advertises; set it with --node-ip-address):\n  mobula start --address {} --secret {}",
                             h.address,
                             s.trim()
                         );

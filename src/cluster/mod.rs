@@ -487,6 +487,8 @@ pub struct StartOptions {
     pub port: u16,
     /// Interface to listen on.
     pub bind: String,
+    /// The address others reach this node at (default: see `advertised_ip`).
+    pub node_ip: Option<String>,
     /// CPUs (default: the machine's).
     pub num_cpus: Option<f64>,
     /// GPUs.
@@ -608,16 +610,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             .map_err(file_err(&socket_file))?;
     }
     std::fs::write(&pid_file, std::process::id().to_string()).map_err(file_err(&pid_file))?;
+    let ip = advertised_ip(&opts)?;
+    let my_addr = bound
+        .as_ref()
+        .map(|a| format!("{}/p2p/{}", with_ip(a, ip), net.peer_id()))
+        .unwrap_or_default();
     if opts.head {
-        let host = if opts.bind == "0.0.0.0" {
-            "127.0.0.1".to_string()
-        } else {
-            opts.bind.clone()
-        };
-        let multiaddr = bound
-            .as_ref()
-            .map(|a| format!("{a}/p2p/{}", net.peer_id()))
-            .unwrap_or_default();
+        let host = ip.to_string();
+        let multiaddr = my_addr.clone();
         let rec = HeadRecord {
             address: format!("{host}:{port}"),
             multiaddr,
@@ -635,10 +635,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         .enable_all()
         .build()
         .map_err(|e| ClusterError::Usage(format!("cannot start the daemon's event loop: {e}")))?;
-    let my_addr = bound
-        .as_ref()
-        .map(|a| format!("{a}/p2p/{}", net.peer_id()))
-        .unwrap_or_default();
     let raylet = rt.raylet();
     let (spill_tx, spill_rx) = flume::bounded::<Outbound>(65_536);
     let (calls_tx, calls_rx) = flume::bounded::<crate::actors::directory::ForwardedCall>(65_536);
@@ -1422,6 +1418,48 @@ fn port_of(address: &str) -> Res<u16> {
         .ok_or_else(|| ClusterError::Usage(format!("expected HOST:PORT, got {address}")))
 }
 
+/// The IPv4 address this node tells others to reach it at: `--node-ip-address`, else the
+/// `--bind` address, else (binding 0.0.0.0) the local address of the route to the head (a
+/// worker node) or to the outside (the head), else loopback. Finding a route sends nothing.
+fn advertised_ip(opts: &StartOptions) -> Res<std::net::Ipv4Addr> {
+    let parse = |s: &str, flag: &str| {
+        s.parse::<std::net::Ipv4Addr>()
+            .map_err(|e| ClusterError::Usage(format!("{flag} {s}: {e} (an IPv4 address)")))
+    };
+    if let Some(ip) = &opts.node_ip {
+        return parse(ip, "--node-ip-address");
+    }
+    let bind = parse(&opts.bind, "--bind")?;
+    if !bind.is_unspecified() {
+        return Ok(bind);
+    }
+    let target = match (&opts.address, opts.head) {
+        (Some(a), false) => a.clone(),
+        _ => "10.255.255.255:9".to_string(),
+    };
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect(target.as_str())?;
+            s.local_addr()
+        })
+        .ok()
+        .and_then(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+            _ => None,
+        });
+    Ok(routed.unwrap_or(std::net::Ipv4Addr::LOCALHOST))
+}
+
+/// `addr` with its IPv4 address replaced by `ip` (a listener bound to 0.0.0.0 reports that).
+fn with_ip(addr: &libp2p::Multiaddr, ip: std::net::Ipv4Addr) -> libp2p::Multiaddr {
+    addr.iter()
+        .map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(_) => libp2p::multiaddr::Protocol::Ip4(ip),
+            other => other,
+        })
+        .collect()
+}
+
 fn multiaddr_of(address: &str) -> Res<libp2p::Multiaddr> {
     let (host, port) = address
         .rsplit_once(':')
@@ -1814,6 +1852,52 @@ pub fn format_status(r: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn opts(bind: &str, node_ip: Option<&str>, address: Option<&str>) -> StartOptions {
+        StartOptions {
+            head: address.is_none(),
+            address: address.map(str::to_string),
+            port: 6379,
+            bind: bind.to_string(),
+            node_ip: node_ip.map(str::to_string),
+            num_cpus: None,
+            num_gpus: 0.0,
+            memory: None,
+            resources: HashMap::new(),
+            temp_dir: std::env::temp_dir(),
+            secret: None,
+            death_timeout: Duration::from_secs(3),
+            fetch_executables: false,
+        }
+    }
+
+    #[test]
+    fn the_advertised_address_is_never_the_wildcard() {
+        let given = opts("0.0.0.0", Some("192.0.2.7"), None);
+        assert_eq!(
+            advertised_ip(&given).ok(),
+            Some("192.0.2.7".parse().expect("ip"))
+        );
+        let bound = opts("127.0.0.1", None, None);
+        assert_eq!(
+            advertised_ip(&bound).ok(),
+            Some(std::net::Ipv4Addr::LOCALHOST)
+        );
+        // Routed towards the head: here the head is on loopback.
+        let joining = opts("0.0.0.0", None, Some("127.0.0.1:6379"));
+        assert_eq!(
+            advertised_ip(&joining).ok(),
+            Some(std::net::Ipv4Addr::LOCALHOST)
+        );
+        let head = advertised_ip(&opts("0.0.0.0", None, None)).expect("head");
+        assert!(!head.is_unspecified());
+        assert!(advertised_ip(&opts("0.0.0.0", Some("not-an-ip"), None)).is_err());
+        let a: libp2p::Multiaddr = "/ip4/0.0.0.0/tcp/4000".parse().expect("addr");
+        assert_eq!(
+            with_ip(&a, "10.1.2.3".parse().expect("ip")).to_string(),
+            "/ip4/10.1.2.3/tcp/4000"
+        );
+    }
 
     #[test]
     fn secrets_and_head_records_round_trip() {
