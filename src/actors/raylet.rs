@@ -422,10 +422,6 @@ impl Raylet {
                 return Ok(());
             }
         }
-        // Count the request against the node until its next heartbeat says otherwise.
-        if let Some(nv) = self.view.nodes.get_mut(&node) {
-            nv.resources.force_acquire(req);
-        }
         let tid = spec.task_id;
         if tx
             .try_send(Outbound::Task(SpillRequest { node, spec, launch }))
@@ -433,9 +429,31 @@ impl Raylet {
         {
             return Err(Box::new(task));
         }
+        self.count_against(node, req);
         tracing::debug!(task = %task.spec.name, node = %node, "spilled a task to another node");
         self.spilled.insert(tid, (task, node));
         Ok(())
+    }
+
+    /// Counts work handed to `node` against it until its next heartbeat says otherwise.
+    fn count_against(&mut self, node: NodeId, req: &ResourceSet) {
+        if let Some(nv) = self.view.nodes.get_mut(&node) {
+            nv.resources.force_acquire(req);
+        }
+    }
+
+    /// A spilled task's node is gone: the task is retried if it may be, else it fails.
+    fn node_lost(&mut self, task: QueuedTask, node: NodeId, what: &str) {
+        if task.spec.can_retry() {
+            tracing::warn!(task = %task.spec.name, node = %node, what, "lost the node running a task; retrying it");
+            self.retry(task);
+        } else {
+            let err = Error::WorkerCrashed {
+                task: task.spec.name.clone(),
+                detail: format!("node {node} {what}"),
+            };
+            self.fail_task(task, &err);
+        }
     }
 
     fn remote_done(
@@ -452,16 +470,7 @@ impl Raylet {
             if let Some(nv) = self.view.nodes.get_mut(&node) {
                 nv.alive = false;
             }
-            if task.spec.can_retry() {
-                tracing::warn!(task = %task.spec.name, node = %node, "lost the node running a task; retrying it");
-                self.retry(task);
-            } else {
-                let err = Error::WorkerCrashed {
-                    task: task.spec.name.clone(),
-                    detail: format!("node {node} was lost"),
-                };
-                self.fail_task(task, &err);
-            }
+            self.node_lost(task, node, "was lost");
             return;
         }
         match result {
@@ -521,16 +530,7 @@ impl Raylet {
                     .collect();
                 for tid in lost {
                     if let Some((task, _)) = self.spilled.remove(&tid) {
-                        if task.spec.can_retry() {
-                            tracing::warn!(task = %task.spec.name, node = %node, "node died; retrying its task");
-                            self.retry(task);
-                        } else {
-                            let err = Error::WorkerCrashed {
-                                task: task.spec.name.clone(),
-                                detail: format!("node {node} died"),
-                            };
-                            self.fail_task(task, &err);
-                        }
+                        self.node_lost(task, node, "died");
                     }
                 }
             }
@@ -928,20 +928,15 @@ impl Raylet {
                 return Ok(());
             }
         }
-        if let Some(nv) = self.view.nodes.get_mut(&node) {
-            nv.resources.force_acquire(req);
+        let shown = spec.display();
+        if let Err(e) = tx.try_send(Outbound::Actor { node, spec, launch }) {
+            return match e.into_inner() {
+                Outbound::Actor { spec, .. } => Err((spec, pins)),
+                _ => Ok(()),
+            };
         }
-        if let Err(e) = tx.try_send(Outbound::Actor {
-            node,
-            spec: spec.clone(),
-            launch,
-        }) {
-            if let Outbound::Actor { spec, .. } = e.into_inner() {
-                return Err((spec, pins));
-            }
-            return Ok(());
-        }
-        tracing::debug!(actor = %spec.display(), node = %node, "placed an actor on another node");
+        self.count_against(node, req);
+        tracing::debug!(actor = %shown, node = %node, "placed an actor on another node");
         self.actors.insert(
             aid,
             ActorPlace::Remote {
