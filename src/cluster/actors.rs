@@ -239,12 +239,9 @@ pub(super) async fn create_here(
     origin: libp2p::PeerId,
     mut spec: crate::spec::ActorSpec,
     launch: crate::worker::process::JobLaunch,
+    table: &ObjectTable,
 ) -> Result<(), Error> {
     let raylet = raylet.ok_or_else(|| Error::runtime("this node has no raylet"))?;
-    let table = rt
-        .core()
-        .object_table()
-        .ok_or_else(|| Error::runtime("this node has no object store"))?;
     raylet
         .send(crate::actors::raylet::RegisterJob {
             job_id: spec.job_id,
@@ -252,7 +249,7 @@ pub(super) async fn create_here(
         })
         .await
         .map_err(Error::runtime)?;
-    let pulled = super::pull_args(net, origin, &table, &spec.args).await?;
+    let pulled = super::pull_args(net, origin, table, &spec.args).await?;
     // It was placed here: it lives here (restarts too), unless it belongs in a bundle. Its
     // name is the owner's business.
     super::pin_here(&mut spec.strategy, rt.node_id());
@@ -265,7 +262,7 @@ pub(super) async fn create_here(
     // The raylet pins the constructor's arguments when it takes the creation, which the GCS
     // sent it before answering: one round trip through its mailbox later, ours can go.
     let _ = raylet.send(crate::actors::raylet::GetResources).await;
-    super::release_all(&table, &pulled);
+    super::release_all(table, &pulled);
     created
 }
 

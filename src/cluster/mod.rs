@@ -368,10 +368,30 @@ impl Finished {
 /// batch in flight per node, retried a few times; a large value whose report cannot be
 /// delivered is released.
 struct Reporter {
-    rt: crate::Runtime,
     net: net::NetHandle,
-    held: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>>,
+    held: std::sync::Arc<Held>,
     queues: parking_lot::Mutex<HashMap<libp2p::PeerId, flume::Sender<Finished>>>,
+}
+
+/// Large results of tasks and calls run here for other nodes, each holding one reference
+/// until the node that asked pulled it (`Release`) or cannot be told about it.
+struct Held {
+    table: std::sync::Arc<crate::store::ObjectTable>,
+    ids: parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
+}
+
+impl Held {
+    /// Keeps `id`'s reference until it is released.
+    fn keep(&self, id: crate::ObjectId) {
+        self.ids.lock().insert(id);
+    }
+
+    /// Drops the reference kept for `id`, if one is.
+    fn release(&self, id: crate::ObjectId) {
+        if self.ids.lock().remove(&id) {
+            self.table.decref(id);
+        }
+    }
 }
 
 /// Reports in one batch, at most, and their inline bytes, at most.
@@ -398,15 +418,7 @@ impl Reporter {
         origin: libp2p::PeerId,
         rx: flume::Receiver<Finished>,
     ) {
-        let mut next: Option<Finished> = None;
-        loop {
-            let first = match next.take() {
-                Some(f) => f,
-                None => match rx.recv_async().await {
-                    Ok(f) => f,
-                    Err(_) => return,
-                },
-            };
+        while let Ok(first) = rx.recv_async().await {
             let mut bytes = first.weight();
             let mut batch = vec![first];
             while batch.len() < REPORT_BATCH
@@ -432,14 +444,9 @@ impl Reporter {
             }
             if !delivered {
                 for f in batch {
-                    if self.held.lock().remove(&f.return_id)
-                        && let Some(t) = self.rt.core().object_table()
-                    {
-                        t.decref(f.return_id);
-                    }
+                    self.held.release(f.return_id);
                 }
             }
-            next = rx.try_recv().ok();
         }
     }
 }
@@ -570,6 +577,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     };
     let rt = crate::init_with(config)?;
     let node_id = rt.node_id().hex();
+    let table = rt.core().object_table().ok_or_else(|| {
+        ClusterError::Usage("the node started without an object store".to_string())
+    })?;
 
     let listen = if opts.head {
         format!("/ip4/{}/tcp/{}", opts.bind, port)
@@ -666,11 +676,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         fetch_always: opts.fetch_executables,
         locks: Default::default(),
     });
-    // Large results of tasks run here for other nodes, until they pull them.
-    let held: std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>> =
-        Default::default();
+    let held = std::sync::Arc::new(Held {
+        table: table.clone(),
+        ids: Default::default(),
+    });
     let reporter = std::sync::Arc::new(Reporter {
-        rt: rt.clone(),
         net: net.clone(),
         held: held.clone(),
         queues: Default::default(),
@@ -712,9 +722,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         if m.status.alive && !alive {
                             tracing::warn!(node = %m.status.node_id, silent_ms = m.last_seen.elapsed().as_millis() as u64, ticks = m.ticks_unheard, "node stopped heartbeating: declared dead");
                             if let Some(id) = crate::NodeId::parse(&m.status.node_id) {
-                                if let Some(t) = rt.core().object_table() {
-                                    outgoing.node_died(id, &t);
-                                }
+                                outgoing.node_died(id, &table);
                                 if let Some(r) = &raylet {
                                     r.do_send(RemoteNode { node_id: id, resources: None });
                                 }
@@ -732,39 +740,36 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                 }
                 fwd = calls_rx.recv_async() => {
                     let Ok(fwd) = fwd else { break };
-                    if let Some(t) = rt.core().object_table() {
-                        outgoing.forward(fwd.node, peers.get(&fwd.node.hex()).copied(), fwd.call, &net, &t);
-                    }
+                    outgoing.forward(fwd.node, peers.get(&fwd.node.hex()).copied(), fwd.call, &net, &table);
                 }
                 work = spill_rx.recv_async() => {
                     let Ok(work) = work else { break };
-                    let req = match work {
-                        Outbound::Task(req) => req,
+                    match work {
+                        Outbound::Task(req) => {
+                            offer_exe(&exes, &req.launch);
+                            let peer = peers.get(&req.node.hex()).copied();
+                            let (net, raylet) = (net.clone(), raylet.clone());
+                            tokio::spawn(async move {
+                                let task_id = req.spec.task_id;
+                                // The node answers at once; the value comes later (`TaskFinished`).
+                                let msg = ClusterMsg::ExecuteRemote { spec: Box::new(req.spec), launch: req.launch };
+                                if let (Err((e, node_lost)), Some(r)) = (hand_over(&net, req.node, peer, msg).await, raylet) {
+                                    r.do_send(RemoteDone { task_id, result: Err(e), node_lost });
+                                }
+                            });
+                        }
                         Outbound::Actor { node, spec, launch } => {
-                            if let Some((hash, _)) = &launch.command.hash {
-                                exes.lock().insert(hash.clone(), launch.command.exe.clone());
-                            }
+                            offer_exe(&exes, &launch);
                             let peer = peers.get(&node.hex()).copied();
                             let (net, raylet) = (net.clone(), raylet.clone());
                             tokio::spawn(async move {
                                 let actor_id = spec.actor_id;
-                                let failed = match peer {
-                                    None => Some(crate::Error::runtime(format!("node {node} is not reachable"))),
-                                    Some(peer) => {
-                                        let msg = ClusterMsg::CreateActor { spec: Box::new(spec), launch };
-                                        match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
-                                            Ok(Ok(ClusterMsg::Accepted)) => None,
-                                            Ok(Ok(other)) => Some(crate::Error::runtime(format!("unexpected reply {other:?}"))),
-                                            Ok(Err(e)) => Some(crate::Error::runtime(e)),
-                                            Err(e) => Some(crate::Error::runtime(e)),
-                                        }
-                                    }
-                                };
-                                if let (Some(e), Some(r)) = (failed, raylet) {
+                                // The node answers at once; `ActorPlaced` follows.
+                                let msg = ClusterMsg::CreateActor { spec: Box::new(spec), launch };
+                                if let (Err((e, _)), Some(r)) = (hand_over(&net, node, peer, msg).await, raylet) {
                                     r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result: Err(e) });
                                 }
                             });
-                            continue;
                         }
                         Outbound::KillActor { node, actor_id, no_restart } => {
                             if let Some(peer) = peers.get(&node.hex()).copied() {
@@ -776,35 +781,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     }
                                 });
                             }
-                            continue;
                         }
-                    };
-                    if let Some((hash, _)) = &req.launch.command.hash {
-                        exes.lock().insert(hash.clone(), req.launch.command.exe.clone());
                     }
-                    let peer = peers.get(&req.node.hex()).copied();
-                    let net = net.clone();
-                    let raylet = raylet.clone();
-                    tokio::spawn(async move {
-                        let tid = req.spec.task_id;
-                        // The node answers at once; the value comes later (`TaskFinished`).
-                        let failed = match peer {
-                            None => Some((crate::Error::runtime(format!("node {} is not reachable", req.node)), true)),
-                            Some(peer) => {
-                                let msg = ClusterMsg::ExecuteRemote { spec: Box::new(req.spec), launch: req.launch };
-                                match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
-                                    Ok(Ok(ClusterMsg::Accepted)) => None,
-                                    Ok(Ok(ClusterMsg::TaskResult(Err(e)))) => Some((e, false)),
-                                    Ok(Ok(other)) => Some((crate::Error::runtime(format!("unexpected reply {other:?}")), false)),
-                                    Ok(Err(e)) => Some((crate::Error::runtime(e), false)),
-                                    Err(e) => Some((crate::Error::runtime(e), true)),
-                                }
-                            }
-                        };
-                        if let (Some((e, node_lost)), Some(r)) = (failed, raylet) {
-                            r.do_send(RemoteDone { task_id: tid, result: Err(e), node_lost });
-                        }
-                    });
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
@@ -823,14 +801,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             }
                         }
                         NetEvent::Request { from, data, reply } => {
-                            // Any message proves its sender alive, even when its heartbeats
-                            // queue behind bulk transfers.
-                            if let Some((n, _)) = peers.iter().find(|(_, p)| **p == from)
-                                && let Some(m) = members.get_mut(n)
-                            {
-                                m.last_seen = Instant::now();
-                                m.ticks_unheard = 0;
-                            }
                             match decode(&data) {
                             Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
                                 tracing::info!(node = %n, peer = %from, "node registered");
@@ -865,11 +835,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             }
                             Ok(ClusterMsg::CreateActor { spec, launch }) => {
                                 let _ = reply.send(encode(&ClusterMsg::Accepted));
-                                let (rt, raylet, net, shipping) = (rt.clone(), raylet.clone(), net.clone(), shipping.clone());
+                                let (rt, raylet, net, shipping, table) = (rt.clone(), raylet.clone(), net.clone(), shipping.clone(), table.clone());
                                 tokio::spawn(async move {
                                     let actor_id = spec.actor_id;
                                     let result = match shipping.resolve(&net, from, launch).await {
-                                        Ok(launch) => actors::create_here(&rt, raylet, &net, from, *spec, launch).await,
+                                        Ok(launch) => actors::create_here(&rt, raylet, &net, from, *spec, launch, &table).await,
                                         Err(e) => Err(e),
                                     };
                                     if let Err(e) = &result {
@@ -906,10 +876,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 }
                             }
                             Ok(ClusterMsg::ActorCalls { calls }) => {
-                                let Some(table) = rt.core().object_table() else {
-                                    let _ = reply.send(encode(&ClusterMsg::TaskResult(Err(crate::Error::runtime("this node has no object store")))));
-                                    continue;
-                                };
                                 let args = actors::prepare_calls(&calls, &table, &net, from);
                                 let (rt, held, reporter) = (rt.clone(), held.clone(), reporter.clone());
                                 tokio::spawn(async move {
@@ -926,11 +892,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                         Err(e) => ClusterMsg::TaskResult(Err(crate::Error::runtime(e))),
                                     }));
                                     for ((task_id, return_id), args) in ids.into_iter().zip(args) {
-                                        let (rt, held, table, reporter) = (rt.clone(), held.clone(), table.clone(), reporter.clone());
+                                        let (rt, held, reporter) = (rt.clone(), held.clone(), reporter.clone());
                                         tokio::spawn(async move {
                                             let obj = rt.core().get_object_async(return_id).await;
-                                            let answer = answer_of(&table, return_id, obj, &held);
-                                            release_all(&table, &args);
+                                            let answer = answer_of(return_id, obj, &held);
+                                            release_all(&held.table, &args);
                                             reporter.report(from, Finished { task_id, return_id, answer });
                                         });
                                     }
@@ -942,7 +908,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let net = net.clone();
                                 let raylet = raylet.clone();
                                 let outgoing = outgoing.clone();
-                                let rt = rt.clone();
+                                let table = table.clone();
                                 tokio::spawn(async move {
                                     let (result, node_lost) = match answer {
                                         ClusterMsg::TaskResult(r) => (r, false),
@@ -957,9 +923,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                         other => (Err(crate::Error::runtime(format!("unexpected answer {other:?}"))), false),
                                     };
                                     if let Some(q) = outgoing.take(&return_id) {
-                                        if let Some(t) = rt.core().object_table() {
-                                            actors::seal_forwarded(&t, q, result);
-                                        }
+                                        actors::seal_forwarded(&table, q, result);
                                     } else if let Some(r) = raylet {
                                         r.do_send(RemoteDone { task_id, result, node_lost });
                                     }
@@ -967,7 +931,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 }
                             }
                             Ok(ClusterMsg::FetchChunk { id, offset, len }) => {
-                                let chunk = rt.core().object_table().and_then(|t| t.get(&id)).map(|o| {
+                                let chunk = table.get(&id).map(|o| {
                                     let start = (offset as usize).min(o.data.len());
                                     let end = (start + len as usize).min(o.data.len());
                                     (o.data.len() as u64, serde_bytes::ByteBuf::from(o.data[start..end].to_vec()))
@@ -982,11 +946,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 });
                             }
                             Ok(ClusterMsg::Release(id)) => {
-                                if held.lock().remove(&id)
-                                    && let Some(t) = rt.core().object_table()
-                                {
-                                    t.decref(id);
-                                }
+                                held.release(id);
                                 let _ = reply.send(encode(&ClusterMsg::Released));
                             }
                             Ok(other) => tracing::warn!(peer = %from, msg = ?other, "unexpected request"),
@@ -1044,6 +1004,42 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     }
     tracing::info!(node = %node_id, "node daemon stopped");
     result
+}
+
+/// Lets other nodes fetch the executable of a job whose work this node sends them.
+fn offer_exe(
+    exes: &parking_lot::Mutex<HashMap<String, PathBuf>>,
+    launch: &crate::worker::process::JobLaunch,
+) {
+    if let Some((hash, _)) = &launch.command.hash {
+        exes.lock().insert(hash.clone(), launch.command.exe.clone());
+    }
+}
+
+/// Hands work to `node`, which answers `Accepted` at once (its outcome follows later). The
+/// error says whether the node was lost (unreachable, or the connection failed).
+async fn hand_over(
+    net: &net::NetHandle,
+    node: crate::NodeId,
+    peer: Option<libp2p::PeerId>,
+    msg: ClusterMsg,
+) -> Result<(), (crate::Error, bool)> {
+    let Some(peer) = peer else {
+        return Err((
+            crate::Error::runtime(format!("node {node} is not reachable")),
+            true,
+        ));
+    };
+    match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
+        Ok(Ok(ClusterMsg::Accepted)) => Ok(()),
+        Ok(Ok(ClusterMsg::TaskResult(Err(e)))) => Err((e, false)),
+        Ok(Ok(other)) => Err((
+            crate::Error::runtime(format!("unexpected reply {other:?}")),
+            false,
+        )),
+        Ok(Err(e)) => Err((crate::Error::runtime(e), false)),
+        Err(e) => Err((crate::Error::runtime(e), true)),
+    }
 }
 
 /// This node's own resources (total, available), as heartbeats report them.
@@ -1186,36 +1182,60 @@ async fn pull(
     id: crate::ObjectId,
     size: u64,
 ) -> Result<bytes::Bytes, crate::Error> {
-    use futures::StreamExt;
-    let offsets: Vec<u64> = (0..size.div_ceil(CHUNK)).map(|i| i * CHUNK).collect();
-    let mut parts = futures::stream::iter(offsets.into_iter().map(|offset| {
-        let net = net.clone();
-        async move {
-            let ask = ClusterMsg::FetchChunk {
-                id,
-                offset,
-                len: CHUNK,
-            };
-            let reply = net
-                .request(peer, encode(&ask))
-                .await
-                .map_err(crate::Error::runtime)?;
-            match decode(&reply).map_err(crate::Error::runtime)? {
-                ClusterMsg::Chunk(Some((total, data))) if total == size && !data.is_empty() => {
-                    Ok(data.into_vec())
-                }
-                ClusterMsg::Chunk(_) => Err(crate::Error::ObjectLost {
-                    id: id.hex(),
-                    reason: format!("node {peer} no longer has it"),
-                }),
-                other => Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
-            }
+    pull_rest(net, peer, id, size, Vec::new()).await
+}
+
+/// Asks `peer` for the part of object `id` that starts at `offset`: the object's size and the
+/// part. With `size`, the object must have that size.
+async fn fetch_part(
+    net: &net::NetHandle,
+    peer: libp2p::PeerId,
+    id: crate::ObjectId,
+    offset: u64,
+    size: Option<u64>,
+) -> Result<(u64, Vec<u8>), crate::Error> {
+    let ask = ClusterMsg::FetchChunk {
+        id,
+        offset,
+        len: CHUNK,
+    };
+    let reply = net
+        .request(peer, encode(&ask))
+        .await
+        .map_err(crate::Error::runtime)?;
+    match decode(&reply).map_err(crate::Error::runtime)? {
+        ClusterMsg::Chunk(Some((total, data)))
+            if size.is_none_or(|s| s == total) && (!data.is_empty() || total == 0) =>
+        {
+            Ok((total, data.into_vec()))
         }
+        ClusterMsg::Chunk(_) => Err(crate::Error::ObjectLost {
+            id: id.hex(),
+            reason: format!("node {peer} no longer has it"),
+        }),
+        other => Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Pulls the rest of object `id` of `size` bytes from `peer`, after the `first` bytes.
+async fn pull_rest(
+    net: &net::NetHandle,
+    peer: libp2p::PeerId,
+    id: crate::ObjectId,
+    size: u64,
+    first: Vec<u8>,
+) -> Result<bytes::Bytes, crate::Error> {
+    use futures::StreamExt;
+    let start = first.len() as u64;
+    let mut out = first;
+    out.reserve(size.saturating_sub(start) as usize);
+    let mut parts = futures::stream::iter((start..size).step_by(CHUNK as usize).map(|offset| {
+        let net = net.clone();
+        async move { fetch_part(&net, peer, id, offset, Some(size)).await }
     }))
     .buffered(PARTS_IN_FLIGHT);
-    let mut out = Vec::with_capacity(size as usize);
     while let Some(part) = parts.next().await {
-        out.extend_from_slice(&part?);
+        out.extend_from_slice(&part?.1);
     }
     if out.len() as u64 != size {
         return Err(crate::Error::ObjectLost {
@@ -1235,19 +1255,18 @@ async fn execute_here(
     origin: libp2p::PeerId,
     spec: crate::spec::TaskSpec,
     launch: crate::worker::process::JobLaunch,
-    held: &parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
+    held: &Held,
 ) -> ClusterMsg {
-    let Some(table) = rt.core().object_table() else {
-        return ClusterMsg::TaskResult(Err(crate::Error::runtime("this node has no object store")));
-    };
+    let table = &held.table;
     // Large arguments are pulled from the node that sent the task.
-    let local = match pull_args(net, origin, &table, &spec.args).await {
+    let local = match pull_args(net, origin, table, &spec.args).await {
         Ok(l) => l,
         Err(e) => return ClusterMsg::TaskResult(Err(e)),
     };
-    let out = run_here(rt, raylet, spec, launch, &table, held).await;
-    release_all(&table, &local);
-    out
+    let return_id = spec.return_id;
+    let obj = run_here(rt, raylet, spec, launch).await;
+    release_all(table, &local);
+    answer_of(return_id, obj, held)
 }
 
 /// Work another node placed here runs here (no second hop), unless it belongs in a bundle.
@@ -1293,21 +1312,15 @@ async fn pull_object(
     table: &crate::store::ObjectTable,
     id: crate::ObjectId,
 ) -> Result<(), crate::Error> {
-    let ask = ClusterMsg::FetchChunk {
-        id,
-        offset: 0,
-        len: 0,
-    };
-    let size = match net.request(origin, encode(&ask)).await.map(|b| decode(&b)) {
-        Ok(Ok(ClusterMsg::Chunk(Some((total, _))))) => total,
-        _ => {
-            return Err(crate::Error::ObjectLost {
+    // The first part also tells the size.
+    let (size, first) =
+        fetch_part(net, origin, id, 0, None)
+            .await
+            .map_err(|_| crate::Error::ObjectLost {
                 id: id.hex(),
                 reason: "the submitting node no longer has it".to_string(),
-            });
-        }
-    };
-    let data = pull(net, origin, id, size).await?;
+            })?;
+    let data = pull_rest(net, origin, id, size, first).await?;
     if matches!(table.lookup(&id), crate::store::Lookup::Pending) {
         table.seal(id, data, Vec::new(), false);
         return Ok(());
@@ -1321,26 +1334,14 @@ fn release_all(table: &crate::store::ObjectTable, ids: &[crate::ObjectId]) {
     }
 }
 
-async fn run_here(
-    rt: &crate::Runtime,
-    raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
-    mut spec: crate::spec::TaskSpec,
-    launch: crate::worker::process::JobLaunch,
-    table: &crate::store::ObjectTable,
-    held: &parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
-) -> ClusterMsg {
-    let obj = run_here_inner(rt, raylet, &mut spec, launch).await;
-    answer_of(table, spec.return_id, obj, held)
-}
-
 /// The answer to the node that sent a task or call whose value (`return_id`, holding the
 /// submission's reference) is `obj`.
 fn answer_of(
-    table: &crate::store::ObjectTable,
     return_id: crate::ObjectId,
     obj: Result<crate::store::Object, crate::Error>,
-    held: &parking_lot::Mutex<std::collections::HashSet<crate::ObjectId>>,
+    held: &Held,
 ) -> ClusterMsg {
+    let table = &held.table;
     match obj {
         Err(e) => ClusterMsg::TaskResult(Err(e)),
         Ok(o) if o.is_error => {
@@ -1349,7 +1350,7 @@ fn answer_of(
         }
         Ok(o) if o.data.len() as u64 > CHUNK => {
             // Keep it (the submission's count) until the asker pulled it and says so.
-            held.lock().insert(return_id);
+            held.keep(return_id);
             ClusterMsg::TaskResultAt {
                 size: o.data.len() as u64,
             }
@@ -1364,10 +1365,11 @@ fn answer_of(
     }
 }
 
-async fn run_here_inner(
+/// Runs a task another node placed here and waits for its value.
+async fn run_here(
     rt: &crate::Runtime,
     raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
-    spec: &mut crate::spec::TaskSpec,
+    mut spec: crate::spec::TaskSpec,
     launch: crate::worker::process::JobLaunch,
 ) -> Result<crate::store::Object, crate::Error> {
     let raylet = raylet.ok_or_else(|| crate::Error::runtime("this node has no raylet"))?;
@@ -1382,7 +1384,7 @@ async fn run_here_inner(
     pin_here(&mut spec.strategy, rt.node_id());
     let id = spec.return_id;
     let core = rt.core().clone();
-    core.submit_task(spec.clone())?;
+    core.submit_task(spec)?;
     let obj = core.get_object_async(id).await;
     if obj.is_err() {
         core.decref(id);
