@@ -176,6 +176,20 @@ impl Gcs {
         self.raylets.values().next().cloned()
     }
 
+    /// The live actor that holds a name on this node.
+    fn named_alive(&self, key: &(String, String)) -> Option<(ActorId, &ActorRecord)> {
+        let id = self.named.get(key)?;
+        let r = self.actors.get(id)?;
+        (r.state != ActorState::Dead).then_some((*id, r))
+    }
+
+    /// Whether another node claimed the name for an actor other than `id` (on the head).
+    fn claimed_elsewhere(&self, key: &(String, String), id: ActorId) -> bool {
+        self.remote_named
+            .get(key)
+            .is_some_and(|(other, ..)| *other != id)
+    }
+
     fn release_name(&mut self, id: ActorId) {
         if let Some(r) = self.actors.get(&id)
             && let Some(name) = &r.spec.name
@@ -505,11 +519,7 @@ impl Handler<RegisterActor> for Gcs {
         };
         if let Some(name) = &spec.name {
             let key = (spec.namespace.clone(), name.clone());
-            let remote = self
-                .remote_named
-                .get(&key)
-                .is_some_and(|(other, ..)| *other != id);
-            if self.named.contains_key(&key) || remote {
+            if self.named.contains_key(&key) || self.claimed_elsewhere(&key, id) {
                 return Err(Error::NameTaken {
                     name: name.clone(),
                     namespace: spec.namespace.clone(),
@@ -635,13 +645,9 @@ impl Handler<GetNamedActor> for Gcs {
             name: msg.name.clone(),
             namespace: msg.namespace.clone(),
         };
-        let id = self.named.get(&key).ok_or_else(not_found)?;
-        let r = self.actors.get(id).ok_or_else(not_found)?;
-        if r.state == ActorState::Dead {
-            return Err(not_found());
-        }
+        let (actor_id, r) = self.named_alive(&key).ok_or_else(not_found)?;
         Ok(ActorLookup {
-            actor_id: *id,
+            actor_id,
             class: r.spec.class.clone(),
         })
     }
@@ -875,16 +881,7 @@ impl Handler<ClaimName> for Gcs {
     type Result = Result<(), Error>;
     fn handle(&mut self, msg: ClaimName, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace.clone(), msg.name.clone());
-        let local = self.named.get(&key).is_some_and(|id| {
-            self.actors
-                .get(id)
-                .is_some_and(|r| r.state != ActorState::Dead)
-        });
-        let remote = self
-            .remote_named
-            .get(&key)
-            .is_some_and(|(id, ..)| *id != msg.actor_id);
-        if local || remote {
+        if self.named_alive(&key).is_some() || self.claimed_elsewhere(&key, msg.actor_id) {
             return Err(Error::NameTaken {
                 name: msg.name,
                 namespace: msg.namespace,
@@ -956,12 +953,9 @@ impl Handler<FindNamed> for Gcs {
     type Result = Option<ActorAt>;
     fn handle(&mut self, msg: FindNamed, _ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.namespace, msg.name);
-        if let Some(id) = self.named.get(&key)
-            && let Some(r) = self.actors.get(id)
-            && r.state != ActorState::Dead
-        {
+        if let Some((actor_id, r)) = self.named_alive(&key) {
             return Some(ActorAt {
-                actor_id: *id,
+                actor_id,
                 class: r.spec.class.clone(),
                 owner: None,
             });
