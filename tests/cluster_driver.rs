@@ -5,9 +5,6 @@
 mod common;
 
 use mobula::{Config, Error};
-use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mobula");
 
 #[mobula::remote]
 fn whoami() -> u32 {
@@ -42,57 +39,11 @@ impl Tally {
     }
 }
 
-struct Head {
-    temp: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Head {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN)
-            .args([
-                "stop",
-                "--temp-dir",
-                self.temp.path().to_str().unwrap_or("."),
-                "--port",
-                &self.port.to_string(),
-                "--grace-period",
-                "5",
-            ])
-            .output();
-    }
-}
-
-fn head() -> Head {
-    let temp = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let o = Command::new(BIN)
-        .args([
-            "start",
-            "--head",
-            "--port",
-            &port.to_string(),
-            "--num-cpus",
-            "2",
-            "--bind",
-            "127.0.0.1",
-            "--temp-dir",
-            temp.path().to_str().expect("path"),
-        ])
-        .output()
-        .expect("mobula start");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    Head { temp, port }
-}
-
 #[test]
 fn a_driver_runs_tasks_and_actors_on_the_cluster() {
     // A worker process of this test enters worker mode here, before starting anything.
     mobula::worker_entry();
-    let h = head();
+    let h = common::cluster::head_only();
     let rt = common::start(
         Config::default()
             .address(format!("127.0.0.1:{}", h.port))

@@ -45,6 +45,15 @@ pub fn run(args: &[&str]) {
 }
 
 impl Cluster {
+    /// Starts one daemon of this cluster (2 CPUs on 127.0.0.1) with the flags of its `role`.
+    fn start_node(&self, role: &[&str]) {
+        let dir = self.temp.path().to_str().expect("path");
+        let mut args = vec!["start"];
+        args.extend_from_slice(role);
+        args.extend_from_slice(&["--num-cpus", "2", "--bind", "127.0.0.1", "--temp-dir", dir]);
+        run(&args);
+    }
+
     /// The pid of the worker node's daemon.
     pub fn worker_daemon_pid(&self) -> u32 {
         let dir = self.temp.path().join(format!("cluster-{}", self.port));
@@ -82,42 +91,26 @@ pub fn cluster() -> Cluster {
     cluster_with(&[])
 }
 
-/// A head and a worker node started with `worker_flags`.
-pub fn cluster_with(worker_flags: &[&str]) -> Cluster {
+/// A head alone, on its own port and temp dir.
+pub fn head_only() -> Cluster {
     let temp = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
     let c = Cluster { temp, port };
-    let dir = c.temp.path().to_str().expect("path").to_string();
     let p = port.to_string();
-    run(&[
-        "start",
-        "--head",
-        "--port",
-        &p,
-        "--num-cpus",
-        "2",
-        "--bind",
-        "127.0.0.1",
-        "--temp-dir",
-        &dir,
-    ]);
-    let addr = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "start",
-        "--address",
-        &addr,
-        "--num-cpus",
-        "2",
-        "--bind",
-        "127.0.0.1",
-        "--temp-dir",
-        &dir,
-    ];
-    args.extend_from_slice(worker_flags);
-    run(&args);
+    c.start_node(&["--head", "--port", &p]);
+    c
+}
+
+/// A head and a worker node started with `worker_flags`.
+pub fn cluster_with(worker_flags: &[&str]) -> Cluster {
+    let c = head_only();
+    let addr = format!("127.0.0.1:{}", c.port);
+    let mut role = vec!["--address", addr.as_str()];
+    role.extend_from_slice(worker_flags);
+    c.start_node(&role);
     c
 }
 
