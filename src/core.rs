@@ -72,19 +72,8 @@ pub(crate) trait Core: Send + Sync + 'static {
     fn kv_del(&self, ns: &str, key: &str) -> Result<bool>;
 
     fn cluster_resources(&self) -> Result<HashMap<String, f64>>;
-    /// The Unix socket where this node accepts worker processes and drivers, if it does.
-    fn raylet_socket(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-    /// The object table of the node embedded in this process, if there is one.
-    fn object_table(&self) -> Option<Arc<crate::store::ObjectTable>> {
-        None
-    }
-    /// The raylet of the node embedded in this process, if there is one.
-    fn raylet(&self) -> Option<actix::Addr<crate::actors::raylet::Raylet>> {
-        None
-    }
-    /// The node embedded in this process, if there is one.
+    /// The node embedded in this process, if there is one (its object table, raylet, GCS and
+    /// worker socket).
     fn node(&self) -> Option<&crate::node::NodeClient> {
         None
     }

@@ -39,7 +39,8 @@ pub(crate) struct NodeClient {
     pub(crate) directory: Arc<ActorDirectory>,
     system: Mutex<Option<(actix::System, std::thread::JoinHandle<()>)>>,
     temp_dir: Option<PathBuf>,
-    socket: Option<PathBuf>,
+    /// The Unix socket where this node accepts worker processes and drivers (process mode).
+    pub(crate) socket: Option<PathBuf>,
     /// Set on a cluster node: questions for the cluster (names, owners of actors).
     cluster: parking_lot::RwLock<Option<ClusterLink>>,
 }
@@ -84,9 +85,16 @@ pub(crate) enum ClusterAsk {
 /// How long a client waits for the cluster to answer a name question.
 const CLUSTER_ASK: Duration = Duration::from_secs(30);
 
-fn cluster_answer<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
-    rx.recv_timeout(CLUSTER_ASK)
-        .map_err(|_| Error::runtime("the cluster did not answer in time"))?
+impl ClusterLink {
+    /// Asks the daemon a question and waits (blocking) for its answer.
+    fn ask<T>(&self, question: impl FnOnce(flume::Sender<Result<T>>) -> ClusterAsk) -> Result<T> {
+        let (done, rx) = flume::bounded(1);
+        self.asks
+            .send(question(done))
+            .map_err(|_| Error::runtime("the node daemon is gone"))?;
+        rx.recv_timeout(CLUSTER_ASK)
+            .map_err(|_| Error::runtime("the cluster did not answer in time"))?
+    }
 }
 
 fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
@@ -278,17 +286,13 @@ impl Core for NodeClient {
             spec.name.clone().map(|n| (spec.namespace.clone(), n)),
         );
         if let Some((namespace, name)) = &claim {
-            let (done, rx) = flume::bounded(1);
-            link.asks
-                .send(ClusterAsk::ClaimName {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    actor_id,
-                    class: spec.class.clone(),
-                    done,
-                })
-                .map_err(|_| Error::runtime("the node daemon is gone"))?;
-            cluster_answer(rx)?;
+            link.ask(|done| ClusterAsk::ClaimName {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                actor_id,
+                class: spec.class.clone(),
+                done,
+            })?;
         }
         let created = self.ask(&self.gcs, gcs::RegisterActor(spec))?;
         match (&created, claim) {
@@ -354,15 +358,11 @@ impl Core for NodeClient {
         let link = self.cluster.read().clone();
         match (local, link) {
             (Err(Error::ActorNotFound { .. }), Some(link)) => {
-                let (done, rx) = flume::bounded(1);
-                link.asks
-                    .send(ClusterAsk::LookupName {
-                        namespace: namespace.to_string(),
-                        name: name.to_string(),
-                        done,
-                    })
-                    .map_err(|_| Error::runtime("the node daemon is gone"))?;
-                cluster_answer(rx)
+                link.ask(|done| ClusterAsk::LookupName {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    done,
+                })
             }
             (r, _) => r,
         }
@@ -463,20 +463,8 @@ impl Core for NodeClient {
         Ok(available.positive_part().to_f64_map())
     }
 
-    fn object_table(&self) -> Option<Arc<ObjectTable>> {
-        Some(self.table.clone())
-    }
-
-    fn raylet(&self) -> Option<Addr<Raylet>> {
-        Some(self.raylet.clone())
-    }
-
     fn node(&self) -> Option<&NodeClient> {
         Some(self)
-    }
-
-    fn raylet_socket(&self) -> Option<PathBuf> {
-        self.socket.clone()
     }
 
     fn store_stats(&self) -> Result<crate::store::StoreStats> {
@@ -605,7 +593,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         system: Mutex::new(Some((system, thread))),
         socket: command
             .as_ref()
-            .map(|_| temp_dir.join(format!("raylet-{}.sock", &node_id.hex()[..12]))),
+            .map(|_| raylet::socket_path(&temp_dir, node_id)),
         temp_dir: owned.then_some(temp_dir.clone()),
         cluster: parking_lot::RwLock::new(None),
     });

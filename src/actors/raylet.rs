@@ -1193,6 +1193,11 @@ impl Raylet {
     }
 }
 
+/// Where the raylet of `node` accepts worker processes and drivers.
+pub(crate) fn socket_path(temp_dir: &std::path::Path, node: NodeId) -> std::path::PathBuf {
+    temp_dir.join(format!("raylet-{}.sock", &node.hex()[..12]))
+}
+
 /// A spilled task's or actor's arguments: small ready references travel inline; large ones
 /// stay references that the other node pulls in parts (the caller's pins keep them alive).
 pub(crate) fn inline_args(
@@ -1377,10 +1382,7 @@ impl Handler<StartPool> for Raylet {
                 },
             );
         }
-        let socket = self
-            .cfg
-            .temp_dir
-            .join(format!("raylet-{}.sock", &self.cfg.node_id.hex()[..12]));
+        let socket = socket_path(&self.cfg.temp_dir, self.cfg.node_id);
         let pctx = crate::worker::process::PoolCtx {
             jobs,
             socket,

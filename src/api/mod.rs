@@ -280,7 +280,6 @@ impl Runtime {
     /// This node's own (total, available) resources.
     pub(crate) fn node_resources(&self) -> Result<(HashMap<String, f64>, HashMap<String, f64>)> {
         let r = self
-            .core
             .raylet()
             .ok_or_else(|| Error::runtime("no node in this process"))?;
         let n = mailbox_result(futures::executor::block_on(
@@ -297,12 +296,12 @@ impl Runtime {
     }
 
     pub(crate) fn raylet(&self) -> Option<actix::Addr<crate::actors::raylet::Raylet>> {
-        self.core.raylet()
+        self.core.node().map(|n| n.raylet.clone())
     }
 
     /// The Unix socket where this process's node accepts workers and drivers (process mode).
     pub fn raylet_socket(&self) -> Option<std::path::PathBuf> {
-        self.core.raylet_socket()
+        self.core.node().and_then(|n| n.socket.clone())
     }
 
     /// Counters of this node's object store (objects, bytes used, the limit).

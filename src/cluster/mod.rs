@@ -577,7 +577,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     };
     let rt = crate::init_with(config)?;
     let node_id = rt.node_id().hex();
-    let table = rt.core().object_table().ok_or_else(|| {
+    let table = rt.core().node().map(|n| n.table.clone()).ok_or_else(|| {
         ClusterError::Usage("the node started without an object store".to_string())
     })?;
 
