@@ -97,7 +97,8 @@ impl ClusterLink {
     }
 }
 
-fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
+/// A system actor's answer, or the error of it being unreachable.
+pub(crate) fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
     r.map_err(|e| Error::runtime(format!("system actor unreachable: {e}")))
 }
 

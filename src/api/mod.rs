@@ -282,7 +282,7 @@ impl Runtime {
         let r = self
             .raylet()
             .ok_or_else(|| Error::runtime("no node in this process"))?;
-        let n = mailbox_result(futures::executor::block_on(
+        let n = crate::node::mailbox(futures::executor::block_on(
             r.send(crate::actors::raylet::GetResources),
         ))?;
         Ok((
@@ -335,10 +335,6 @@ impl Runtime {
     pub fn kv_del(&self, namespace: &str, key: &str) -> Result<bool> {
         self.core.kv_del(namespace, key)
     }
-}
-
-fn mailbox_result<T>(r: std::result::Result<T, actix::MailboxError>) -> Result<T> {
-    r.map_err(|e| Error::runtime(format!("system actor unreachable: {e}")))
 }
 
 /// Gets a value with the process's runtime (`ray.get`).
