@@ -65,6 +65,10 @@ enum Command {
         /// Seconds without heartbeats before a node is declared dead.
         #[arg(long, default_value_t = 3.0)]
         death_timeout: f64,
+        /// Seconds a task or actor that no node can hold waits for a node that can (shown
+        /// as an infeasible demand by `mobula status`) before it fails.
+        #[arg(long, default_value_t = 60.0)]
+        infeasible_timeout: f64,
         /// Always fetch jobs' executables from the submitting node, even when the same path
         /// exists here (for nodes whose file systems differ).
         #[arg(long)]
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
             temp_dir,
             secret,
             death_timeout,
+            infeasible_timeout,
             fetch_executables,
             block,
         } => {
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
                 temp_dir,
                 secret,
                 death_timeout: Duration::from_secs_f64(death_timeout),
+                infeasible_timeout: Duration::from_secs_f64(infeasible_timeout.max(0.0)),
                 fetch_executables,
             };
             if block {

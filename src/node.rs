@@ -552,6 +552,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         temp_dir: temp_dir.clone(),
         worker_start_timeout: config.worker_start_timeout,
+        infeasible_timeout: config.infeasible_timeout,
     };
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{BIN, cluster, cluster_with, connect};
+use common::cluster::{cluster, cluster_with, connect};
 use mobula::{SchedulingStrategy, TaskOptions};
 
 #[mobula::remote]
@@ -110,17 +109,7 @@ fn a_saturated_node_is_not_declared_dead() {
         Some(&4.0),
         "no node was declared dead while its CPUs were saturated"
     );
-    let o = Command::new(BIN)
-        .args([
-            "status",
-            "--temp-dir",
-            c.temp.path().to_str().expect("path"),
-            "--port",
-            &c.port.to_string(),
-        ])
-        .output()
-        .expect("status");
-    let s = String::from_utf8_lossy(&o.stdout).to_string();
+    let s = c.status();
     assert!(s.contains("Dead:\n (no dead nodes)"), "{s}");
     let log = std::fs::read_to_string(
         c.temp

@@ -20,7 +20,7 @@ use crate::api::WorkerMode;
 use crate::error::Error;
 use crate::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::sched::{
-    Allocation, ClusterView, Decision, NodeResources, NodeView, ResourceSet, Scheduler,
+    Allocation, ClusterView, Decision, Demand, NodeResources, NodeView, ResourceSet, Scheduler,
     SchedulingStrategy, bundle_request,
 };
 use crate::spec::{ActorSpec, TaskSpec};
@@ -74,6 +74,9 @@ pub(crate) struct RayletConfig {
     pub prestart_workers: usize,
     pub temp_dir: std::path::PathBuf,
     pub worker_start_timeout: Duration,
+    /// How long a request no node can hold waits (for a node that can) before it fails;
+    /// zero fails it at once.
+    pub infeasible_timeout: Duration,
 }
 
 enum Worker {
@@ -160,6 +163,8 @@ pub(crate) struct Raylet {
     forward_tx: Option<flume::Sender<ForwardedCall>>,
     /// Tasks running on other nodes.
     spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
+    /// Since when each scheduling class (tasks) or actor has been infeasible.
+    infeasible_since: HashMap<String, std::time::Instant>,
 }
 
 /// Arguments up to this size travel inside a spilled task's request; larger ones are pulled.
@@ -270,6 +275,7 @@ impl Raylet {
             spill_tx: None,
             forward_tx: None,
             spilled: HashMap::new(),
+            infeasible_since: HashMap::new(),
         }
     }
 
@@ -342,6 +348,63 @@ impl Raylet {
         }
     }
 
+    /// Whether a request that no node can hold (a class of tasks or `actor:<id>`) has
+    /// waited long enough for a node that can to fail now. The first call starts its clock.
+    fn infeasible_expired(&mut self, key: &str) -> bool {
+        let timeout = self.cfg.infeasible_timeout;
+        if timeout.is_zero() {
+            return true;
+        }
+        let since = *self
+            .infeasible_since
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                tracing::warn!(
+                    request = key,
+                    timeout_s = timeout.as_secs_f64(),
+                    "no node can hold a request: it waits for one"
+                );
+                std::time::Instant::now()
+            });
+        since.elapsed() >= timeout
+    }
+
+    /// What waits for resources: every queued class of tasks and every queued actor, by the
+    /// resources it asks for, and whether no node could hold it.
+    fn demands(&self) -> Vec<Demand> {
+        let mut out: Vec<Demand> = Vec::new();
+        let mut add = |req: ResourceSet, infeasible: bool| {
+            let shape = req.positive_part().to_f64_map();
+            match out
+                .iter_mut()
+                .find(|d| d.shape == shape && d.infeasible == infeasible)
+            {
+                Some(d) => d.count += 1,
+                None => out.push(Demand {
+                    shape,
+                    count: 1,
+                    infeasible,
+                }),
+            }
+        };
+        for (key, q) in &self.queues {
+            let infeasible = self.infeasible_since.contains_key(key);
+            for t in q {
+                add(request_of(&t.spec.resources, &t.spec.strategy), infeasible);
+            }
+        }
+        for aid in &self.actor_queue {
+            if let Some(ActorPlace::Queued(spec, _)) = self.actors.get(aid) {
+                let infeasible = self.infeasible_since.contains_key(&format!("actor:{aid}"));
+                add(
+                    request_of(&spec.placement_resources, &spec.strategy),
+                    infeasible,
+                );
+            }
+        }
+        out
+    }
+
     fn fail_task(&mut self, task: QueuedTask, err: &Error) {
         self.by_return.remove(&task.spec.return_id);
         seal_error(&self.table, task.spec.return_id, err);
@@ -367,6 +430,9 @@ impl Raylet {
                     local,
                     None,
                 );
+                if !matches!(decision, Decision::Infeasible(_)) {
+                    self.infeasible_since.remove(&key);
+                }
                 match decision {
                     Decision::Node(n) if n == local => {
                         let Some(task) = q.pop_front() else { break };
@@ -390,6 +456,12 @@ impl Raylet {
                     }
                     Decision::Wait => break,
                     Decision::Infeasible(e) => {
+                        if !self.infeasible_expired(&key) {
+                            break;
+                        }
+                        let Some(q) = self.queues.get_mut(&key) else {
+                            break;
+                        };
                         let Some(task) = q.pop_front() else { break };
                         let err = infeasible_error(&task.spec.name, &req, self.local_ref(), &e);
                         self.fail_task(task, &err);
@@ -870,10 +942,13 @@ impl Raylet {
             let req = request_of(&spec.placement_resources, &spec.strategy);
             let strategy = spec.strategy.clone();
             let placement = spec.placement_resources.clone();
-            match self
+            let decision = self
                 .scheduler
-                .pick_node(&self.view, &placement, &strategy, local, None)
-            {
+                .pick_node(&self.view, &placement, &strategy, local, None);
+            if !self.infeasible_since.is_empty() && !matches!(decision, Decision::Infeasible(_)) {
+                self.infeasible_since.remove(&format!("actor:{aid}"));
+            }
+            match decision {
                 Decision::Node(n) if n == local => {
                     self.actor_queue.remove(i);
                     let Some(alloc) = self.local().allocate(&req) else {
@@ -896,7 +971,11 @@ impl Raylet {
                     }
                 }
                 Decision::Node(_) | Decision::Wait => i += 1,
+                Decision::Infeasible(_) if !self.infeasible_expired(&format!("actor:{aid}")) => {
+                    i += 1
+                }
                 Decision::Infeasible(e) => {
+                    self.infeasible_since.remove(&format!("actor:{aid}"));
                     self.actor_queue.remove(i);
                     if let Some(ActorPlace::Queued(spec, _)) = self.actors.remove(&aid) {
                         let err = infeasible_error(&spec.display(), &req, self.local_ref(), &e);
@@ -1292,6 +1371,14 @@ impl Actor for Raylet {
         if let Some(rx) = self.rx.take() {
             ctx.add_stream(rx.into_stream());
         }
+        if !self.cfg.infeasible_timeout.is_zero() {
+            // Infeasible requests fail once their time is up, even if nothing else happens.
+            ctx.run_interval(Duration::from_millis(250), |r, _| {
+                if !r.infeasible_since.is_empty() {
+                    r.dispatch();
+                }
+            });
+        }
         tracing::debug!(node = %self.cfg.node_id, "raylet started");
     }
 }
@@ -1632,6 +1719,18 @@ impl Handler<GetResources> for Raylet {
     type Result = MessageResult<GetResources>;
     fn handle(&mut self, _msg: GetResources, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.local_ref().clone())
+    }
+}
+
+/// What waits for resources on this node.
+#[derive(Message)]
+#[rtype(result = "Vec<Demand>")]
+pub(crate) struct GetDemand;
+
+impl Handler<GetDemand> for Raylet {
+    type Result = MessageResult<GetDemand>;
+    fn handle(&mut self, _msg: GetDemand, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.demands())
     }
 }
 

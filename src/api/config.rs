@@ -40,6 +40,10 @@ pub struct Config {
     pub address: Option<String>,
     /// Where `mobula start` keeps its cluster directories (`--temp-dir`).
     pub cluster_root: std::path::PathBuf,
+    /// How long a task or actor that no node can hold waits for a node that can before it
+    /// fails with `Error::Infeasible`. Zero (the default of an embedded cluster, which
+    /// cannot grow) fails it at once; node daemons take `mobula start --infeasible-timeout`.
+    pub infeasible_timeout: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             temp_dir: None,
             address: None,
             cluster_root: std::path::PathBuf::from("/tmp/mobula"),
+            infeasible_timeout: Duration::ZERO,
         }
     }
 }

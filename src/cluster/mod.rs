@@ -220,6 +220,9 @@ pub(crate) enum ClusterMsg {
         total: HashMap<String, f64>,
         /// What is free.
         available: HashMap<String, f64>,
+        /// What its queued work waits for.
+        #[serde(default)]
+        pending: Vec<crate::sched::Demand>,
     },
     /// Asks the head for the cluster's status (request).
     Status,
@@ -464,6 +467,9 @@ pub struct NodeStatus {
     pub total: HashMap<String, f64>,
     /// What is free.
     pub available: HashMap<String, f64>,
+    /// What its queued work waits for.
+    #[serde(default)]
+    pub pending: Vec<crate::sched::Demand>,
 }
 
 /// The cluster's status.
@@ -471,8 +477,8 @@ pub struct NodeStatus {
 pub struct StatusReport {
     /// Every node ever seen.
     pub nodes: Vec<NodeStatus>,
-    /// Resource shapes waiting for a node, with how many tasks ask for each.
-    pub pending: Vec<(HashMap<String, f64>, usize)>,
+    /// Resource shapes that queued tasks and actors wait for, over all alive nodes.
+    pub pending: Vec<crate::sched::Demand>,
 }
 
 fn encode(m: &ClusterMsg) -> Vec<u8> {
@@ -510,6 +516,8 @@ pub struct StartOptions {
     pub secret: Option<String>,
     /// A node that stops heartbeating for this long is dead.
     pub death_timeout: Duration,
+    /// How long a request no node can hold waits for one that can.
+    pub infeasible_timeout: Duration,
     /// Always fetch a job's executable from the node that sent the task, even when the same
     /// path exists here (nodes whose file systems differ).
     pub fetch_executables: bool,
@@ -573,6 +581,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         // executable; the daemon itself runs no user code.
         worker_mode: crate::WorkerMode::Process,
         prestart_workers: Some(0),
+        infeasible_timeout: opts.infeasible_timeout,
         ..Default::default()
     };
     let rt = crate::init_with(config)?;
@@ -706,6 +715,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         addr: my_addr.clone(),
                         total,
                         available,
+                        pending: own_demand(&raylet).await,
                     };
                     // Fails until some peer's subscription is known; the next tick retries.
                     let _ = net.publish(encode(&hb)).await;
@@ -805,14 +815,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
                                 tracing::info!(node = %n, peer = %from, "node registered");
                                 members.insert(n.clone(), Member {
-                                    status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total },
+                                    status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total, pending: Vec::new() },
                                     last_seen: Instant::now(),
                                     ticks_unheard: 0,
                                 });
                                 let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
                             }
                             Ok(ClusterMsg::Status) if opts.head => {
-                                let report = status_report(&rt, &node_id, &members);
+                                let report = status_report(&rt, &node_id, &members, own_demand(&raylet).await);
                                 let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
                             }
                             Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
@@ -954,7 +964,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         }
                         }
                         NetEvent::Gossip { from, data } => match decode(&data) {
-                            Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available }) => {
+                            Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available, pending }) => {
                                 if n == node_id {
                                     continue;
                                 }
@@ -965,12 +975,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     peers.insert(n.clone(), from);
                                 }
                                 let e = members.entry(n.clone()).or_insert_with(|| Member {
-                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, total: total.clone(), available: available.clone() },
+                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, total: total.clone(), available: available.clone(), pending: Vec::new() },
                                     last_seen: Instant::now(),
                                     ticks_unheard: 0,
                                 });
                                 e.status.total = total.clone();
                                 e.status.available = available.clone();
+                                e.status.pending = pending;
                                 e.status.alive = true;
                                 e.last_seen = Instant::now();
                                 e.ticks_unheard = 0;
@@ -1039,6 +1050,19 @@ async fn hand_over(
         )),
         Ok(Err(e)) => Err((crate::Error::runtime(e), false)),
         Err(e) => Err((crate::Error::runtime(e), true)),
+    }
+}
+
+/// What this node's queued work waits for, as heartbeats report it.
+async fn own_demand(
+    raylet: &Option<actix::Addr<crate::actors::raylet::Raylet>>,
+) -> Vec<crate::sched::Demand> {
+    match raylet {
+        Some(r) => r
+            .send(crate::actors::raylet::GetDemand)
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
     }
 }
 
@@ -1396,6 +1420,7 @@ fn status_report(
     rt: &crate::Runtime,
     head_id: &str,
     members: &HashMap<String, Member>,
+    own_pending: Vec<crate::sched::Demand>,
 ) -> StatusReport {
     let own = rt.node_resources().ok();
     let mut nodes = vec![NodeStatus {
@@ -1404,13 +1429,21 @@ fn status_report(
         alive: true,
         total: own.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         available: own.map(|n| n.1).unwrap_or_default(),
+        pending: own_pending,
     }];
     // Liveness is decided by the heartbeat ticks (`status.alive`).
     nodes.extend(members.values().map(|m| m.status.clone()));
-    StatusReport {
-        nodes,
-        pending: Vec::new(),
+    let mut pending: Vec<crate::sched::Demand> = Vec::new();
+    for d in nodes.iter().filter(|n| n.alive).flat_map(|n| &n.pending) {
+        match pending
+            .iter_mut()
+            .find(|p| p.shape == d.shape && p.infeasible == d.infeasible)
+        {
+            Some(p) => p.count += d.count,
+            None => pending.push(d.clone()),
+        }
     }
+    StatusReport { nodes, pending }
 }
 
 fn port_of(address: &str) -> Res<u16> {
@@ -1845,8 +1878,23 @@ pub fn format_status(r: &StatusReport) -> String {
     if r.pending.is_empty() {
         out.push_str(" (no resource demands)\n");
     }
-    for (shape, n) in &r.pending {
-        out.push_str(&format!(" {shape:?}: {n}+ pending tasks/actors\n"));
+    for d in &r.pending {
+        let mut parts: Vec<String> = d
+            .shape
+            .iter()
+            .map(|(k, v)| format!("'{k}': {v:?}"))
+            .collect();
+        parts.sort();
+        out.push_str(&format!(
+            " {{{}}}: {}+ pending tasks/actors{}\n",
+            parts.join(", "),
+            d.count,
+            if d.infeasible {
+                " (infeasible: no node can hold it)"
+            } else {
+                ""
+            }
+        ));
     }
     out
 }
@@ -1869,6 +1917,7 @@ mod tests {
             temp_dir: std::env::temp_dir(),
             secret: None,
             death_timeout: Duration::from_secs(3),
+            infeasible_timeout: Duration::from_secs(60),
             fetch_executables: false,
         }
     }
@@ -1933,6 +1982,7 @@ mod tests {
                     alive: true,
                     total: total.clone(),
                     available,
+                    pending: Vec::new(),
                 },
                 NodeStatus {
                     node_id: "bb".into(),
@@ -1940,6 +1990,7 @@ mod tests {
                     alive: false,
                     total,
                     available: HashMap::new(),
+                    pending: Vec::new(),
                 },
             ],
             pending: Vec::new(),
@@ -1951,5 +2002,22 @@ mod tests {
         assert!(s.contains(" 0B/2.00GiB memory\n"), "{s}");
         assert!(s.contains(" (no resource demands)"), "{s}");
         assert!(utc_now().starts_with("20"));
+
+        let mut gpu = HashMap::new();
+        gpu.insert("GPU".to_string(), 4.0);
+        gpu.insert("CPU".to_string(), 1.0);
+        let r = StatusReport {
+            nodes: Vec::new(),
+            pending: vec![crate::sched::Demand {
+                shape: gpu,
+                count: 3,
+                infeasible: true,
+            }],
+        };
+        let s = format_status(&r);
+        assert!(
+            s.contains(" {'CPU': 1.0, 'GPU': 4.0}: 3+ pending tasks/actors (infeasible"),
+            "{s}"
+        );
     }
 }

@@ -176,6 +176,17 @@ fn bundle_label(index: &Option<usize>) -> String {
     }
 }
 
+/// Resources that queued work waits for (the pending demands of `mobula status`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Demand {
+    /// The resources one task or actor asks for.
+    pub shape: std::collections::HashMap<String, f64>,
+    /// How many wait for it.
+    pub count: usize,
+    /// No node could ever hold it (it fails after the infeasible timeout).
+    pub infeasible: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,6 +93,11 @@ pub fn cluster() -> Cluster {
 
 /// A head alone, on its own port and temp dir.
 pub fn head_only() -> Cluster {
+    head_with(&[])
+}
+
+/// A head alone started with `flags`.
+pub fn head_with(flags: &[&str]) -> Cluster {
     let temp = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -100,18 +105,58 @@ pub fn head_only() -> Cluster {
         .expect("port");
     let c = Cluster { temp, port };
     let p = port.to_string();
-    c.start_node(&["--head", "--port", &p]);
+    let mut role = vec!["--head", "--port", &p];
+    role.extend_from_slice(flags);
+    c.start_node(&role);
     c
 }
 
 /// A head and a worker node started with `worker_flags`.
 pub fn cluster_with(worker_flags: &[&str]) -> Cluster {
     let c = head_only();
-    let addr = format!("127.0.0.1:{}", c.port);
-    let mut role = vec!["--address", addr.as_str()];
-    role.extend_from_slice(worker_flags);
-    c.start_node(&role);
+    c.join(worker_flags);
     c
+}
+
+impl Cluster {
+    /// Starts one more node joining this cluster, with `flags`.
+    pub fn join(&self, flags: &[&str]) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        let mut role = vec!["--address", addr.as_str()];
+        role.extend_from_slice(flags);
+        self.start_node(&role);
+    }
+
+    /// What `mobula status` prints for this cluster.
+    pub fn status(&self) -> String {
+        let o = Command::new(BIN)
+            .args([
+                "status",
+                "--temp-dir",
+                self.temp.path().to_str().unwrap_or("."),
+                "--port",
+                &self.port.to_string(),
+            ])
+            .output()
+            .expect("mobula status");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Polls `mobula status` until its output satisfies `cond`; returns that output.
+    pub fn await_status(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + super::HANG;
+        loop {
+            let s = self.status();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never: {what}; last status:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 pub fn connect(c: &Cluster) -> super::Rt {
