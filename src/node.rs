@@ -80,6 +80,18 @@ pub(crate) enum ClusterAsk {
     },
     /// Finds the owner of an actor this node does not know; its route is pending until then.
     LookupActor { actor_id: ActorId },
+    /// Reserves bundles of a placement group this node's GCS places on another node.
+    CommitBundles {
+        node: crate::NodeId,
+        pg: crate::PlacementGroupId,
+        bundles: Vec<(usize, crate::ResourceSet)>,
+        done: flume::Sender<Result<()>>,
+    },
+    /// Gives back the bundles of a placement group on another node.
+    ReturnBundles {
+        node: crate::NodeId,
+        pg: crate::PlacementGroupId,
+    },
 }
 
 /// How long a client waits for the cluster to answer a name question.

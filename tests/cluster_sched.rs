@@ -6,12 +6,102 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::head_with;
-use mobula::{Config, Error, TaskOptions};
+use common::cluster::{cluster, connect, head_with};
+use mobula::{ActorOptions, Config, Error, PlacementStrategy, ResourceSet, TaskOptions};
 
 #[mobula::remote]
 fn where_am_i() -> mobula::Result<String> {
     Ok(mobula::runtime()?.node_id().hex())
+}
+
+#[mobula::actor]
+pub struct Resident;
+
+#[mobula::actor]
+impl Resident {
+    pub fn new() -> Self {
+        Resident
+    }
+
+    pub fn node(&self) -> mobula::Result<String> {
+        Ok(mobula::runtime()?.node_id().hex())
+    }
+}
+
+fn cpu(n: f64) -> ResourceSet {
+    ResourceSet::new().with("CPU", n)
+}
+
+#[test]
+fn placement_groups_reserve_bundles_across_nodes() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+
+    // STRICT_SPREAD: each bundle on a distinct node, so one of them on the other node.
+    let pg = rt
+        .placement_group(vec![cpu(1.0), cpu(1.0)], PlacementStrategy::StrictSpread)
+        .expect("create");
+    assert!(pg.wait(Some(common::HANG)).expect("placed"));
+    let in_bundle = |i: usize| {
+        where_am_i::options(TaskOptions::new().placement_group(&pg, Some(i))).remote(&rt)
+    };
+    let (b0, b1) = (in_bundle(0), in_bundle(1));
+    let n0 = rt.get_timeout(&b0, Some(common::HANG)).expect("bundle 0");
+    let n1 = rt.get_timeout(&b1, Some(common::HANG)).expect("bundle 1");
+    assert_ne!(n0, n1, "the bundles are on distinct nodes");
+    // An actor in the bundle on the other node runs there and answers.
+    let other = if n0 == rt.node_id().hex() { 1 } else { 0 };
+    let a = Resident::options(ActorOptions::new().placement_group(&pg, Some(other)))
+        .remote(&rt)
+        .expect("create the actor");
+    let at = rt
+        .get_timeout(&a.node(), Some(common::HANG))
+        .expect("actor in a bundle");
+    assert_eq!(at, if other == 0 { n0.clone() } else { n1.clone() });
+    rt.kill(&a).expect("kill");
+
+    // Both nodes gave one CPU to the group; removing it gives them back.
+    rt.remove_placement_group(&pg).expect("remove");
+    common::eventually("the bundles' CPUs are free again", || {
+        rt.available_resources().expect("available").get("CPU") == Some(&4.0)
+    });
+
+    // Three bundles cannot be strictly spread over two nodes.
+    let three = rt
+        .placement_group(
+            vec![cpu(1.0), cpu(1.0), cpu(1.0)],
+            PlacementStrategy::StrictSpread,
+        )
+        .expect("create");
+    match three.wait(Some(common::HANG)) {
+        Err(Error::PlacementGroup { reason, .. }) => {
+            assert!(reason.contains("strict spread"), "{reason}")
+        }
+        other => panic!("expected an infeasible group, got {other:?}"),
+    }
+
+    // PACK over two nodes when no node can hold both bundles.
+    let big = rt
+        .placement_group(vec![cpu(2.0), cpu(2.0)], PlacementStrategy::Pack)
+        .expect("create");
+    assert!(
+        big.wait(Some(common::HANG))
+            .expect("placed over both nodes")
+    );
+    let nodes: std::collections::BTreeSet<String> = (0..2)
+        .map(|i| {
+            let r = where_am_i::options(
+                TaskOptions::new()
+                    .placement_group(&big, Some(i))
+                    .num_cpus(2.0),
+            )
+            .remote(&rt);
+            rt.get_timeout(&r, Some(common::HANG)).expect("task")
+        })
+        .collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    rt.remove_placement_group(&big).expect("remove");
 }
 
 #[test]

@@ -294,6 +294,16 @@ impl Gcs {
     }
 
     /// Tries to place every pending placement group (one round at a time).
+    /// Gives back the bundles of `pg` on every node of `placement`.
+    fn return_all(&self, pg: PlacementGroupId, placement: &[NodeId]) {
+        let raylets: Vec<(NodeId, Addr<Raylet>)> =
+            self.raylets.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut nodes: Vec<NodeId> = placement.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
+        return_bundles(&raylets, self.cluster.as_ref(), pg, &nodes);
+    }
+
     fn place_pending(&mut self, ctx: &mut Context<Self>) {
         if self.pg_in_flight {
             self.pg_again = true;
@@ -311,6 +321,7 @@ impl Gcs {
         self.pg_in_flight = true;
         let raylets: Vec<(NodeId, Addr<Raylet>)> =
             self.raylets.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let cluster = self.cluster.clone();
         let requests: Vec<(PlacementGroupId, Vec<ResourceSet>, PlacementStrategy)> = pending
             .iter()
             .filter_map(|id| {
@@ -323,19 +334,7 @@ impl Gcs {
             let mut results = Vec::new();
             for (pg, bundles, strategy) in requests {
                 // A fresh view each round: earlier groups of this round consumed resources.
-                let mut view = ClusterView::default();
-                for (node, addr) in &raylets {
-                    if let Ok(res) = addr.send(raylet::GetResources).await {
-                        view.nodes.insert(
-                            *node,
-                            NodeView {
-                                resources: res,
-                                alive: true,
-                                draining: false,
-                            },
-                        );
-                    }
-                }
+                let view = pg_view(&raylets).await;
                 let placed = match crate::sched::place_bundles(&view, &bundles, strategy) {
                     Ok(p) => p,
                     Err(PlaceError::Unavailable) => {
@@ -358,25 +357,39 @@ impl Gcs {
                 let mut committed = Vec::new();
                 let mut ok = true;
                 for (node, bs) in by_node {
-                    let Some(addr) = raylets.iter().find(|(n, _)| *n == node).map(|(_, a)| a)
-                    else {
+                    let local = raylets.iter().find(|(n, _)| *n == node).map(|(_, a)| a);
+                    let done = match local {
+                        Some(addr) => matches!(
+                            addr.send(raylet::CommitBundles {
+                                pg,
+                                bundles: bs.clone()
+                            })
+                            .await,
+                            Ok(Ok(()))
+                        ),
+                        None => commit_remote(cluster.as_ref(), node, pg, bs.clone()).await,
+                    };
+                    if !done {
                         ok = false;
                         break;
-                    };
-                    match addr.send(raylet::CommitBundles { pg, bundles: bs }).await {
-                        Ok(Ok(())) => committed.push(addr.clone()),
-                        _ => {
-                            ok = false;
-                            break;
-                        }
+                    }
+                    committed.push(node);
+                    if let Some((_, addr)) = raylets.first()
+                        && local.is_none()
+                    {
+                        // The node's next heartbeat would tell; tasks of the group can go
+                        // there at once.
+                        addr.do_send(raylet::RemoteBundles {
+                            node,
+                            pg,
+                            bundles: bs,
+                        });
                     }
                 }
                 if ok {
                     results.push((pg, Some(Ok(placed))));
                 } else {
-                    for a in committed {
-                        let _ = a.send(raylet::ReturnBundles { pg }).await;
-                    }
+                    return_bundles(&raylets, cluster.as_ref(), pg, &committed);
                     results.push((pg, None));
                 }
             }
@@ -390,9 +403,7 @@ impl Gcs {
                     Some(Ok(placement)) => {
                         let removed = act.pgs.get(&pg).is_none_or(|p| p.state == PgState::Removed);
                         if removed {
-                            for r in act.raylets.values() {
-                                r.do_send(raylet::ReturnBundles { pg });
-                            }
+                            act.return_all(pg, &placement);
                             continue;
                         }
                         if let Some(p) = act.pgs.get_mut(&pg) {
@@ -421,6 +432,88 @@ impl Gcs {
                 act.place_pending(ctx);
             }
         }));
+    }
+}
+
+/// The nodes placement groups can use: every alive node the local raylet knows (other nodes'
+/// resources come from their heartbeats), or, without a raylet, none.
+async fn pg_view(raylets: &[(NodeId, Addr<Raylet>)]) -> ClusterView {
+    let mut view = ClusterView::default();
+    for (node, addr) in raylets {
+        if let Ok(cluster) = addr.send(raylet::GetClusterView).await {
+            for (id, nv) in cluster.nodes {
+                if nv.alive && !view.nodes.contains_key(&id) {
+                    view.nodes.insert(id, nv);
+                }
+            }
+        } else if let Ok(res) = addr.send(raylet::GetResources).await {
+            view.nodes.insert(
+                *node,
+                NodeView {
+                    resources: res,
+                    alive: true,
+                    draining: false,
+                },
+            );
+        }
+    }
+    view
+}
+
+/// Reserves bundles on another node through this node's daemon; whether it did.
+async fn commit_remote(
+    cluster: Option<&flume::Sender<crate::node::ClusterAsk>>,
+    node: NodeId,
+    pg: PlacementGroupId,
+    bundles: Vec<(usize, ResourceSet)>,
+) -> bool {
+    let Some(cluster) = cluster else {
+        return false;
+    };
+    let (done, rx) = flume::bounded(1);
+    let ask = crate::node::ClusterAsk::CommitBundles {
+        node,
+        pg,
+        bundles,
+        done,
+    };
+    if cluster.send_async(ask).await.is_err() {
+        return false;
+    }
+    match rx.recv_async().await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(pg = %pg, node = %node, error = %e, "a node refused bundles");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Gives back the bundles of `pg` on `nodes` (local raylets directly, others through the
+/// daemon).
+fn return_bundles(
+    raylets: &[(NodeId, Addr<Raylet>)],
+    cluster: Option<&flume::Sender<crate::node::ClusterAsk>>,
+    pg: PlacementGroupId,
+    nodes: &[NodeId],
+) {
+    for node in nodes {
+        match raylets.iter().find(|(n, _)| n == node) {
+            Some((_, addr)) => addr.do_send(raylet::ReturnBundles { pg }),
+            None => {
+                if let Some(c) = cluster {
+                    let _ = c.try_send(crate::node::ClusterAsk::ReturnBundles { node: *node, pg });
+                }
+                if let Some((_, addr)) = raylets.first() {
+                    addr.do_send(raylet::RemoteBundles {
+                        node: *node,
+                        pg,
+                        bundles: Vec::new(),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -757,11 +850,10 @@ impl Handler<RemovePg> for Gcs {
         };
         let was_created = p.state == PgState::Created;
         p.state = PgState::Removed;
+        let placement = p.placement.clone();
         self.save_pg(id);
         if was_created {
-            for r in self.raylets.values() {
-                r.do_send(raylet::ReturnBundles { pg: id });
-            }
+            self.return_all(id, &placement);
         }
         self.notify_pg(
             id,

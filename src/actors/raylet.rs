@@ -1698,6 +1698,51 @@ impl Handler<ReturnBundles> for Raylet {
     }
 }
 
+/// Bundles committed on another node (`bundles`), or given back there (empty): updates this
+/// raylet's view of that node before its next heartbeat does.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RemoteBundles {
+    pub node: NodeId,
+    pub pg: PlacementGroupId,
+    pub bundles: Vec<(usize, ResourceSet)>,
+}
+
+impl Handler<RemoteBundles> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteBundles, _ctx: &mut Self::Context) {
+        if msg.node == self.cfg.node_id {
+            return;
+        }
+        let Some(nv) = self.view.nodes.get_mut(&msg.node) else {
+            return;
+        };
+        if msg.bundles.is_empty() {
+            for i in nv.resources.bundles_of(msg.pg) {
+                let _ = nv.resources.return_bundle(msg.pg, i);
+            }
+        }
+        for (i, b) in &msg.bundles {
+            if let Err(e) = nv.resources.commit_bundle(msg.pg, *i, b) {
+                tracing::debug!(pg = %msg.pg, node = %msg.node, error = %e, "bundle not mirrored in the view");
+            }
+        }
+        self.dispatch();
+    }
+}
+
+/// Every node this raylet knows, with its resources (other nodes' from their heartbeats).
+#[derive(Message)]
+#[rtype(result = "ClusterView")]
+pub(crate) struct GetClusterView;
+
+impl Handler<GetClusterView> for Raylet {
+    type Result = MessageResult<GetClusterView>;
+    fn handle(&mut self, _msg: GetClusterView, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.view.clone())
+    }
+}
+
 /// The resources of every alive node this raylet knows (itself included): (total, available).
 #[derive(Message)]
 #[rtype(result = "(ResourceSet, ResourceSet)")]

@@ -395,6 +395,10 @@ impl Names {
     ) {
         use crate::node::ClusterAsk as A;
         match ask {
+            A::CommitBundles { done, .. } => {
+                let _ = done.send(Err(Error::runtime("bundles are the daemon's to place")));
+            }
+            A::ReturnBundles { .. } => {}
             A::ClaimName {
                 namespace,
                 name,

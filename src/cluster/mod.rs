@@ -338,6 +338,21 @@ pub(crate) enum ClusterMsg {
     LookupActor(crate::ActorId),
     /// The answer to a lookup: the actor and its owner node.
     Found(Option<crate::actors::gcs::ActorAt>),
+    /// Reserves bundles of a placement group that the asker's GCS places here (request;
+    /// answered `Committed`).
+    CommitBundles {
+        /// The group.
+        pg: crate::PlacementGroupId,
+        /// Bundle indices and their resources, all or none.
+        bundles: Vec<(usize, crate::ResourceSet)>,
+    },
+    /// The answer to `CommitBundles`.
+    Committed(Result<(), String>),
+    /// Gives back the bundles of a placement group committed here (answered `Released`).
+    ReturnBundles {
+        /// The group.
+        pg: crate::PlacementGroupId,
+    },
     /// Calls to actors hosted here, in submission order (answered `Accepted` once they are
     /// queued at their actors; each result follows in a `TaskFinished`).
     ActorCalls {
@@ -743,9 +758,40 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                 }
                 ask = asks_rx.recv_async() => {
                     let Ok(ask) = ask else { break };
-                    if let Some(names) = names.clone() {
-                        let head = if opts.head { None } else { head_peer };
-                        tokio::spawn(names.answer(ask, net.clone(), head));
+                    match ask {
+                        crate::node::ClusterAsk::CommitBundles { node, pg, bundles, done } => {
+                            let peer = peers.get(&node.hex()).copied();
+                            let net = net.clone();
+                            tokio::spawn(async move {
+                                let msg = ClusterMsg::CommitBundles { pg, bundles };
+                                let r = match peer {
+                                    None => Err(crate::Error::runtime(format!("node {node} is not reachable"))),
+                                    Some(p) => match net.request(p, encode(&msg)).await.map(|b| decode(&b)) {
+                                        Ok(Ok(ClusterMsg::Committed(r))) => r.map_err(crate::Error::runtime),
+                                        Ok(Ok(other)) => Err(crate::Error::runtime(format!("unexpected reply {other:?}"))),
+                                        Ok(Err(e)) => Err(crate::Error::runtime(e)),
+                                        Err(e) => Err(crate::Error::runtime(e)),
+                                    },
+                                };
+                                let _ = done.send(r);
+                            });
+                        }
+                        crate::node::ClusterAsk::ReturnBundles { node, pg } => {
+                            if let Some(p) = peers.get(&node.hex()).copied() {
+                                let net = net.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = net.request(p, encode(&ClusterMsg::ReturnBundles { pg })).await {
+                                        tracing::warn!(pg = %pg, node = %node, error = %e, "could not give back bundles on a node");
+                                    }
+                                });
+                            }
+                        }
+                        ask => {
+                            if let Some(names) = names.clone() {
+                                let head = if opts.head { None } else { head_peer };
+                                tokio::spawn(names.answer(ask, net.clone(), head));
+                            }
+                        }
                     }
                 }
                 fwd = calls_rx.recv_async() => {
@@ -954,6 +1000,26 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     let part = path.and_then(|p| read_part(&p, offset, len).ok());
                                     let _ = reply.send(encode(&ClusterMsg::Chunk(part)));
                                 });
+                            }
+                            Ok(ClusterMsg::CommitBundles { pg, bundles }) => {
+                                let raylet = raylet.clone();
+                                tokio::spawn(async move {
+                                    let r = match raylet {
+                                        Some(r) => match r.send(crate::actors::raylet::CommitBundles { pg, bundles }).await {
+                                            Ok(r) => r.map_err(|e| e.to_string()),
+                                            Err(e) => Err(e.to_string()),
+                                        },
+                                        None => Err("this node has no raylet".to_string()),
+                                    };
+                                    tracing::debug!(pg = %pg, ok = r.is_ok(), "bundles reserved for another node");
+                                    let _ = reply.send(encode(&ClusterMsg::Committed(r)));
+                                });
+                            }
+                            Ok(ClusterMsg::ReturnBundles { pg }) => {
+                                if let Some(r) = &raylet {
+                                    r.do_send(crate::actors::raylet::ReturnBundles { pg });
+                                }
+                                let _ = reply.send(encode(&ClusterMsg::Released));
                             }
                             Ok(ClusterMsg::Release(id)) => {
                                 held.release(id);
