@@ -80,6 +80,12 @@ pub(crate) enum ClusterAsk {
     },
     /// Finds the owner of an actor this node does not know; its route is pending until then.
     LookupActor { actor_id: ActorId },
+    /// Kills an actor another node owns (found through the head).
+    Kill {
+        actor_id: ActorId,
+        no_restart: bool,
+        done: flume::Sender<Result<()>>,
+    },
     /// Reserves bundles of a placement group this node's GCS places on another node.
     CommitBundles {
         node: crate::NodeId,
@@ -351,13 +357,22 @@ impl Core for NodeClient {
     }
 
     fn kill_actor(&self, id: ActorId, no_restart: bool) -> Result<()> {
-        self.ask(
+        let local = self.ask(
             &self.gcs,
             gcs::KillActor {
                 actor_id: id,
                 no_restart,
             },
-        )?
+        )?;
+        match (local, self.cluster.read().clone()) {
+            // Another node owns it: its owner kills it.
+            (Err(_), Some(link)) => link.ask(|done| ClusterAsk::Kill {
+                actor_id: id,
+                no_restart,
+                done,
+            }),
+            (r, _) => r,
+        }
     }
 
     fn get_named_actor(&self, name: &str, namespace: &str) -> Result<ActorLookup> {

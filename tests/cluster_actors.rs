@@ -198,6 +198,12 @@ fn use_actors_from_the_other_node(
     Ok((node, a, b, refused))
 }
 
+/// Runs on the worker node: kills an actor that the driver's node owns.
+#[mobula::remote]
+fn kill_from_the_other_node(handle: mobula::ActorHandle<Ledger>) -> mobula::Result<()> {
+    mobula::runtime()?.kill(&handle)
+}
+
 #[test]
 fn named_actors_and_handles_resolve_across_nodes() {
     mobula::worker_entry();
@@ -227,12 +233,14 @@ fn named_actors_and_handles_resolve_across_nodes() {
         soft: false,
     });
     let (node, a, b, refused) = rt
-        .get(&use_actors_from_the_other_node::options(pin).remote(
-            &rt,
-            other.clone(),
-            "ledger".to_string(),
-            "from-worker".to_string(),
-        ))
+        .get(
+            &use_actors_from_the_other_node::options(pin.clone()).remote(
+                &rt,
+                other.clone(),
+                "ledger".to_string(),
+                "from-worker".to_string(),
+            ),
+        )
         .expect("the task");
     assert_ne!(node, here);
     assert_eq!((a, b), (1, 1), "calls from the worker node landed");
@@ -243,4 +251,18 @@ fn named_actors_and_handles_resolve_across_nodes() {
         .get_actor::<Ledger>("from-worker", None)
         .expect("named on the worker node");
     assert_eq!(rt.get(&theirs.history()).expect("history")[0], 7);
+
+    // Kill works from a node that does not own the actor, both ways.
+    rt.get(&kill_from_the_other_node::options(pin).remote(&rt, other.clone()))
+        .expect("killed from the worker node");
+    assert!(
+        matches!(rt.get(&other.record(1)), Err(Error::ActorDied { .. })),
+        "an actor killed by another node is dead for its owner's callers"
+    );
+    rt.kill(&theirs)
+        .expect("the driver kills the worker node's actor");
+    assert!(
+        matches!(rt.get(&theirs.history()), Err(Error::ActorDied { .. })),
+        "an actor killed by a non-owner is dead"
+    );
 }

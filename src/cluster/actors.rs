@@ -341,6 +341,43 @@ impl Names {
         }
     }
 
+    /// Kills an actor that another node owns: the head says which, the owner kills it.
+    pub async fn kill_elsewhere(
+        &self,
+        actor_id: crate::ActorId,
+        no_restart: bool,
+        net: &NetHandle,
+        head: Option<libp2p::PeerId>,
+        peers: &HashMap<String, libp2p::PeerId>,
+    ) -> Result<(), Error> {
+        let unknown = || Error::runtime(format!("no actor with id {actor_id}"));
+        let owner = match self
+            .ask_head(net, head, ClusterMsg::LookupActor(actor_id))
+            .await?
+        {
+            ClusterMsg::Found(Some(at)) => at.owner.ok_or_else(unknown)?,
+            _ => return Err(unknown()),
+        };
+        if owner == self.me {
+            return Err(unknown());
+        }
+        let peer = peers.get(&owner.hex()).copied().ok_or_else(|| {
+            Error::runtime(format!(
+                "the owner {owner} of actor {actor_id} is not reachable"
+            ))
+        })?;
+        let msg = ClusterMsg::KillActor {
+            actor_id,
+            no_restart,
+        };
+        match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
+            Ok(Ok(ClusterMsg::Released)) => Ok(()),
+            Ok(Ok(other)) => Err(Error::runtime(format!("unexpected reply {other:?}"))),
+            Ok(Err(e)) => Err(Error::runtime(e)),
+            Err(e) => Err(Error::runtime(e)),
+        }
+    }
+
     /// Asks the head (itself, on the head).
     async fn ask_head(
         &self,
@@ -399,6 +436,9 @@ impl Names {
                 let _ = done.send(Err(Error::runtime("bundles are the daemon's to place")));
             }
             A::ReturnBundles { .. } => {}
+            A::Kill { done, .. } => {
+                let _ = done.send(Err(Error::runtime("kills are the daemon's to route")));
+            }
             A::ClaimName {
                 namespace,
                 name,

@@ -786,6 +786,15 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 });
                             }
                         }
+                        crate::node::ClusterAsk::Kill { actor_id, no_restart, done } => {
+                            if let Some(names) = names.clone() {
+                                let head = if opts.head { None } else { head_peer };
+                                let (net, peers) = (net.clone(), peers.clone());
+                                tokio::spawn(async move {
+                                    let _ = done.send(names.kill_elsewhere(actor_id, no_restart, &net, head, &peers).await);
+                                });
+                            }
+                        }
                         ask => {
                             if let Some(names) = names.clone() {
                                 let head = if opts.head { None } else { head_peer };
