@@ -240,3 +240,85 @@ fn a_node_without_the_binary_fetches_it_by_content_hash() {
         .len();
     assert_eq!(copies[0].metadata().expect("meta").len(), me);
 }
+
+/// Sums objects the caller refers to inside its argument (and says where it ran).
+#[mobula::remote]
+fn sum_nested(refs: Vec<mobula::ObjectRef<u64>>) -> mobula::Result<(String, u64)> {
+    let rt = mobula::runtime()?;
+    Ok((rt.node_id().hex(), rt.get_all(&refs)?.iter().sum()))
+}
+
+/// Fingerprints a large object it gets through a reference nested in its argument.
+#[mobula::remote]
+fn fingerprint_nested(
+    refs: Vec<mobula::ObjectRef<serde_bytes::ByteBuf>>,
+) -> mobula::Result<(usize, u64)> {
+    let rt = mobula::runtime()?;
+    Ok(fingerprint(&rt.get(&refs[0])?))
+}
+
+/// Returns references to objects it puts on its own node.
+#[mobula::remote]
+fn make_nested(n: u64) -> mobula::Result<Vec<mobula::ObjectRef<u64>>> {
+    let rt = mobula::runtime()?;
+    (1..=n).map(|i| rt.put(&(i * 10))).collect()
+}
+
+#[test]
+fn references_nested_in_arguments_and_results_cross_nodes() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let here = rt.node_id().hex();
+    let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let other = loop {
+        let n = rt
+            .get(&where_am_i::options(spread.clone()).remote(&rt))
+            .expect("probe");
+        if n != here {
+            break mobula::NodeId::parse(&n).expect("node id");
+        }
+    };
+    let there = TaskOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: other,
+        soft: false,
+    });
+
+    // The driver's objects, referred to from inside an argument, reach the other node.
+    let refs: Vec<_> = (1..=5u64).map(|i| rt.put(&i).expect("put")).collect();
+    let (node, sum) = rt
+        .get_timeout(
+            &sum_nested::options(there.clone()).remote(&rt, refs.clone()),
+            Some(common::HANG),
+        )
+        .expect("sum of nested refs");
+    assert_eq!((node, sum), (other.hex(), 15));
+
+    // A nested reference to an object larger than an inline argument is pulled in parts.
+    let big = pattern(5 << 20, 7);
+    let want = fingerprint(&big);
+    let big_ref = rt.put(&serde_bytes::ByteBuf::from(big)).expect("put big");
+    let got = rt
+        .get_timeout(
+            &fingerprint_nested::options(there.clone()).remote(&rt, vec![big_ref]),
+            Some(common::HANG),
+        )
+        .expect("fingerprint");
+    assert_eq!(got, want);
+
+    // References the other node returns resolve here, and can go back there.
+    let made = rt
+        .get_timeout(
+            &make_nested::options(there.clone()).remote(&rt, 4),
+            Some(common::HANG),
+        )
+        .expect("refs made on the other node");
+    assert_eq!(rt.get_all(&made).expect("values"), vec![10, 20, 30, 40]);
+    let (_, sum) = rt
+        .get_timeout(
+            &sum_nested::options(there).remote(&rt, made),
+            Some(common::HANG),
+        )
+        .expect("round trip");
+    assert_eq!(sum, 100);
+}

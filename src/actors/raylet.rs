@@ -487,12 +487,9 @@ impl Raylet {
             return Err(Box::new(task));
         };
         let mut spec = (*task.spec).clone();
-        match inline_args(&self.table, &spec.args) {
-            Ok(args) => spec.args = args,
-            Err(e) => {
-                self.fail_task(task, &e);
-                return Ok(());
-            }
+        if let Err(e) = inline_args(&self.table, &mut spec.args, &mut spec.nested) {
+            self.fail_task(task, &e);
+            return Ok(());
         }
         let tid = spec.task_id;
         if tx
@@ -1000,12 +997,9 @@ impl Raylet {
             return Err((spec, pins));
         };
         let aid = spec.actor_id;
-        match inline_args(&self.table, &spec.args) {
-            Ok(args) => spec.args = args,
-            Err(e) => {
-                self.report_creation(aid, self.cfg.node_id, Err(e));
-                return Ok(());
-            }
+        if let Err(e) = inline_args(&self.table, &mut spec.args, &mut spec.nested) {
+            self.report_creation(aid, self.cfg.node_id, Err(e));
+            return Ok(());
         }
         let shown = spec.display();
         if let Err(e) = tx.try_send(Outbound::Actor { node, spec, launch }) {
@@ -1279,24 +1273,27 @@ pub(crate) fn socket_path(temp_dir: &std::path::Path, node: NodeId) -> std::path
 
 /// A spilled task's or actor's arguments: small ready references travel inline; large ones
 /// stay references that the other node pulls in parts (the caller's pins keep them alive).
+/// The objects an argument's value refers to join `nested`, so the other node pulls them too.
 pub(crate) fn inline_args(
     table: &ObjectTable,
-    args: &[crate::spec::TaskArg],
-) -> Result<Vec<crate::spec::TaskArg>, Error> {
-    let mut out = Vec::with_capacity(args.len());
-    for a in args {
+    args: &mut [crate::spec::TaskArg],
+    nested: &mut Vec<ObjectId>,
+) -> Result<(), Error> {
+    for a in args.iter_mut() {
         let crate::spec::TaskArg::Ref(id) = a else {
-            out.push(a.clone());
             continue;
         };
-        match table.lookup(id) {
+        let id = *id;
+        match table.lookup(&id) {
             crate::store::Lookup::Ready(o) if o.is_error => {
                 return Err(crate::codec::decode::<Error>(&o.data).unwrap_or_else(|e| e));
             }
-            crate::store::Lookup::Ready(o) if o.data.len() <= INLINE_ARG => {
-                out.push(crate::spec::TaskArg::Value(o.data));
+            crate::store::Lookup::Ready(o) => {
+                nested.extend(table.nested_of(&id));
+                if o.data.len() <= INLINE_ARG {
+                    *a = crate::spec::TaskArg::Value(o.data);
+                }
             }
-            crate::store::Lookup::Ready(_) => out.push(a.clone()),
             _ => {
                 return Err(Error::ObjectLost {
                     id: id.hex(),
@@ -1305,7 +1302,7 @@ pub(crate) fn inline_args(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn infeasible_error(

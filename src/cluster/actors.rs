@@ -30,7 +30,7 @@ use crate::actors::directory::{QueuedCall, fail_call, seal_error};
 use crate::error::Error;
 use crate::ids::{ActorId, NodeId, ObjectId};
 use crate::net::NetHandle;
-use crate::spec::{ActorCall, TaskArg};
+use crate::spec::ActorCall;
 use crate::store::ObjectTable;
 
 /// Calls in one `ActorCalls` batch, at most.
@@ -108,10 +108,9 @@ impl Outgoing {
                         crate::store::sealed(&table, dep).await;
                     }
                 }
-                match crate::actors::raylet::inline_args(&table, &q.call.args) {
-                    Ok(args) => {
-                        let mut call = q.call.clone();
-                        call.args = args;
+                let mut call = q.call.clone();
+                match crate::actors::raylet::inline_args(&table, &mut call.args, &mut call.nested) {
+                    Ok(()) => {
                         calls.push(call);
                         sent.push(q.call.return_id);
                         self.calls.lock().insert(q.call.return_id, (node, q));
@@ -210,21 +209,20 @@ pub(super) fn prepare_calls(
         .iter()
         .map(|c| {
             let mut held = Vec::new();
-            for a in &c.args {
-                let TaskArg::Ref(id) = a else { continue };
-                match table.lookup(id) {
+            for id in c.deps() {
+                match table.lookup(&id) {
                     crate::store::Lookup::Missing => {
-                        table.create_pending(*id);
-                        let (table, net, id) = (table.clone(), net.clone(), *id);
+                        table.create_pending(id);
+                        let (table, net) = (table.clone(), net.clone());
                         tokio::spawn(async move {
                             if let Err(e) = pull_object(&net, origin, &table, id).await {
                                 seal_error(&table, id, &e);
                             }
                         });
                     }
-                    _ => table.incref(*id),
+                    _ => table.incref(id),
                 }
-                held.push(*id);
+                held.push(id);
             }
             held
         })
@@ -249,7 +247,7 @@ pub(super) async fn create_here(
         })
         .await
         .map_err(Error::runtime)?;
-    let pulled = super::pull_args(net, origin, table, &spec.args).await?;
+    let pulled = super::pull_args(net, origin, table, spec.deps()).await?;
     // It was placed here: it lives here (restarts too), unless it belongs in a bundle. Its
     // name is the owner's business.
     super::pin_here(&mut spec.strategy, rt.node_id());

@@ -245,6 +245,9 @@ pub(crate) enum ClusterMsg {
     TaskResultAt {
         /// Its size in bytes.
         size: u64,
+        /// Objects its value refers to, held here until the `Release`: pull them too.
+        #[serde(default)]
+        nested: Vec<crate::ObjectId>,
     },
     /// Asks for part of an object this node holds (request; answered with `Chunk`).
     FetchChunk {
@@ -975,23 +978,17 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let outgoing = outgoing.clone();
                                 let table = table.clone();
                                 tokio::spawn(async move {
-                                    let (result, node_lost) = match answer {
-                                        ClusterMsg::TaskResult(r) => (r, false),
-                                        ClusterMsg::TaskResultAt { size } => {
-                                            let pulled = pull(&net, from, return_id, size).await;
-                                            let _ = net.request(from, encode(&ClusterMsg::Release(return_id))).await;
-                                            match pulled {
-                                                Ok(data) => (Ok(crate::worker::protocol::WireValue { data, nested: Vec::new() }), false),
-                                                Err(e) => (Err(e), true),
-                                            }
-                                        }
-                                        other => (Err(crate::Error::runtime(format!("unexpected answer {other:?}"))), false),
-                                    };
+                                    let (result, node_lost, refs) = receive_result(&net, from, &table, return_id, answer).await;
                                     if let Some(q) = outgoing.take(&return_id) {
                                         actors::seal_forwarded(&table, q, result);
                                     } else if let Some(r) = raylet {
                                         r.do_send(RemoteDone { task_id, result, node_lost });
+                                        if !refs.is_empty() {
+                                            // Sealing counts the value's references; ours can go after.
+                                            crate::store::sealed(&table, return_id).await;
+                                        }
                                     }
+                                    release_all(&table, &refs);
                                 });
                                 }
                             }
@@ -1358,7 +1355,7 @@ async fn execute_here(
 ) -> ClusterMsg {
     let table = &held.table;
     // Large arguments are pulled from the node that sent the task.
-    let local = match pull_args(net, origin, table, &spec.args).await {
+    let local = match pull_args(net, origin, table, spec.deps()).await {
         Ok(l) => l,
         Err(e) => return ClusterMsg::TaskResult(Err(e)),
     };
@@ -1375,32 +1372,76 @@ fn pin_here(strategy: &mut crate::SchedulingStrategy, node: crate::NodeId) {
     }
 }
 
-/// Makes sure every reference among `args` is in this node's store (pulling what is missing
+/// Makes sure every object of `ids` (a task's references, top-level and nested) is in this node's store (pulling what is missing
 /// from `origin`), holding one reference to each; returns them for `release_all`.
 async fn pull_args(
     net: &net::NetHandle,
     origin: libp2p::PeerId,
     table: &crate::store::ObjectTable,
-    args: &[crate::spec::TaskArg],
+    ids: impl Iterator<Item = crate::ObjectId>,
 ) -> Result<Vec<crate::ObjectId>, crate::Error> {
     let mut held = Vec::new();
-    for a in args {
-        let crate::spec::TaskArg::Ref(id) = a else {
-            continue;
-        };
-        let pulled = if table.is_ready(id) {
-            table.incref(*id);
+    for id in ids {
+        let pulled = if table.is_ready(&id) {
+            table.incref(id);
             Ok(())
         } else {
-            pull_object(net, origin, table, *id).await
+            pull_object(net, origin, table, id).await
         };
         if let Err(e) = pulled {
             release_all(table, &held);
             return Err(e);
         }
-        held.push(*id);
+        held.push(id);
     }
     Ok(held)
+}
+
+/// Takes in the value of a task or call that `from` ran: pulls a large value, and the objects
+/// the value refers to that this node lacks, then lets `from` free its copies. Returns the
+/// value, whether the node was lost, and the pulled references to release once the value is
+/// sealed.
+async fn receive_result(
+    net: &net::NetHandle,
+    from: libp2p::PeerId,
+    table: &crate::store::ObjectTable,
+    return_id: crate::ObjectId,
+    answer: ClusterMsg,
+) -> (
+    Result<crate::worker::protocol::WireValue, crate::Error>,
+    bool,
+    Vec<crate::ObjectId>,
+) {
+    let (value, nested) = match answer {
+        ClusterMsg::TaskResult(Ok(v)) if v.nested.is_empty() => return (Ok(v), false, Vec::new()),
+        ClusterMsg::TaskResult(Ok(v)) => {
+            let nested = v.nested.clone();
+            (Ok(v.data), nested)
+        }
+        ClusterMsg::TaskResult(Err(e)) => return (Err(e), false, Vec::new()),
+        ClusterMsg::TaskResultAt { size, nested } => {
+            (pull(net, from, return_id, size).await, nested)
+        }
+        other => {
+            let e = crate::Error::runtime(format!("unexpected answer {other:?}"));
+            return (Err(e), false, Vec::new());
+        }
+    };
+    let refs = match &value {
+        Ok(_) => pull_args(net, from, table, nested.iter().copied()).await,
+        Err(_) => Ok(Vec::new()),
+    };
+    let _ = net
+        .request(from, encode(&ClusterMsg::Release(return_id)))
+        .await;
+    match (value, refs) {
+        (Ok(data), Ok(refs)) => (
+            Ok(crate::worker::protocol::WireValue { data, nested }),
+            false,
+            refs,
+        ),
+        (Err(e), _) | (_, Err(e)) => (Err(e), true, Vec::new()),
+    }
 }
 
 /// Pulls object `id` from `origin` into this node's store (sealing it when it is pending
@@ -1452,13 +1493,20 @@ fn answer_of(
             held.keep(return_id);
             ClusterMsg::TaskResultAt {
                 size: o.data.len() as u64,
+                nested: table.nested_of(&return_id),
             }
         }
         Ok(o) => {
-            table.decref(return_id);
+            let nested = table.nested_of(&return_id);
+            if nested.is_empty() {
+                table.decref(return_id);
+            } else {
+                // It keeps the objects it refers to until the asker pulled them.
+                held.keep(return_id);
+            }
             ClusterMsg::TaskResult(Ok(crate::worker::protocol::WireValue {
                 data: o.data,
-                nested: Vec::new(),
+                nested,
             }))
         }
     }

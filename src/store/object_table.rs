@@ -292,6 +292,14 @@ impl ObjectTable {
         }
     }
 
+    /// The objects a sealed object's value refers to (empty if none, or not sealed here).
+    pub fn nested_of(&self, id: &ObjectId) -> Vec<ObjectId> {
+        match self.shard(id).lock().get(id) {
+            Some(e) if matches!(e.state, State::Ready(_)) => e.nested.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The sealed object, if it is sealed.
     pub fn get(&self, id: &ObjectId) -> Option<Object> {
         match self.lookup(id) {
