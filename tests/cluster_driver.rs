@@ -4,7 +4,9 @@
 
 mod common;
 
-use mobula::{Config, Error};
+use std::time::Duration;
+
+use mobula::{ActorOptions, Config, Error};
 
 #[mobula::remote]
 fn whoami() -> u32 {
@@ -85,4 +87,89 @@ fn no_local_node_is_a_clear_error() {
         matches!(&e, Error::Runtime(m) if m.contains("mobula start --address")),
         "{e}"
     );
+}
+
+/// Writes its pid to `path`, then sleeps for a long time.
+#[mobula::remote]
+fn long_sleeper(path: String) -> mobula::Result<()> {
+    std::fs::write(&path, std::process::id().to_string())
+        .map_err(|e| mobula::Error::Runtime(e.to_string()))?;
+    std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+/// The child driver of `a_drivers_exit_ends_its_jobs_work` (a no-op when run on its own):
+/// creates a named and a detached named actor, starts a long task, and exits.
+#[test]
+fn child_driver_of_the_exit_test() {
+    mobula::worker_entry();
+    let (Ok(addr), Ok(root), Ok(marker)) = (
+        std::env::var("CHILD_ADDRESS"),
+        std::env::var("CHILD_ROOT"),
+        std::env::var("CHILD_MARKER"),
+    ) else {
+        return;
+    };
+    let rt =
+        mobula::init_with(Config::default().address(addr).cluster_root(root)).expect("connect");
+    let doomed = Tally::options(ActorOptions::new().name("doomed"))
+        .remote(&rt)
+        .expect("doomed");
+    let keeper = Tally::options(ActorOptions::new().name("keeper").detached(true))
+        .remote(&rt)
+        .expect("keeper");
+    rt.get(&doomed.add(1)).expect("doomed answers");
+    rt.get(&keeper.add(5)).expect("keeper answers");
+    let _long = long_sleeper::remote(&rt, marker.clone());
+    common::wait_for_file(std::path::Path::new(&marker));
+    // The process ends here, with its task still running.
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn a_drivers_exit_ends_its_jobs_work() {
+    mobula::worker_entry();
+    let h = common::cluster::head_only();
+    let addr = format!("127.0.0.1:{}", h.port);
+    let marker = h.temp.path().join("sleeper.pid");
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "child_driver_of_the_exit_test",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CHILD_ADDRESS", &addr)
+        .env("CHILD_ROOT", h.temp.path())
+        .env("CHILD_MARKER", &marker)
+        .output()
+        .expect("child driver");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sleeper: i32 = std::fs::read_to_string(&marker)
+        .expect("marker")
+        .trim()
+        .parse()
+        .expect("pid");
+
+    let rt = common::start(Config::default().address(addr).cluster_root(h.temp.path()));
+    common::eventually("the job's running task is killed", || !alive(sleeper));
+    common::eventually("the job's actor is gone", || {
+        rt.get_actor::<Tally>("doomed", None).is_err()
+    });
+    let keeper = rt
+        .get_actor::<Tally>("keeper", None)
+        .expect("a detached actor outlives its job");
+    assert_eq!(rt.get(&keeper.add(1)).expect("keeper answers"), 6);
+    common::eventually("the CPUs are free again", || {
+        rt.available_resources().expect("available").get("CPU") == Some(&2.0)
+    });
 }

@@ -699,6 +699,46 @@ pub(crate) struct KillActor {
 impl Handler<KillActor> for Gcs {
     type Result = Result<(), Error>;
     fn handle(&mut self, msg: KillActor, _ctx: &mut Self::Context) -> Self::Result {
+        self.kill_actor(msg)
+    }
+}
+
+/// A job's driver left: the job's record ends and its actors that are not detached die.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct JobFinished(pub JobId);
+
+impl Handler<JobFinished> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: JobFinished, _ctx: &mut Self::Context) {
+        let job = msg.0;
+        if let Some(rec) = self.jobs.get_mut(&job)
+            && rec.end_time_ms.is_none()
+        {
+            rec.end_time_ms = Some(now_ms());
+            let rec = rec.clone();
+            self.persist("jobs", job.0.as_bytes(), &rec);
+        }
+        let doomed: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, r)| {
+                r.spec.job_id == job && !r.spec.detached && r.state != ActorState::Dead
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for actor_id in doomed {
+            tracing::info!(actor = %actor_id, job = %job, "its job ended: actor killed");
+            let _ = self.kill_actor(KillActor {
+                actor_id,
+                no_restart: true,
+            });
+        }
+    }
+}
+
+impl Gcs {
+    fn kill_actor(&mut self, msg: KillActor) -> Result<(), Error> {
         let id = msg.actor_id;
         let Some(r) = self.actors.get_mut(&id) else {
             return Err(Error::runtime(format!("no actor with id {id}")));

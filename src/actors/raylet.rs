@@ -163,6 +163,8 @@ pub(crate) struct Raylet {
     forward_tx: Option<flume::Sender<ForwardedCall>>,
     /// Tasks running on other nodes.
     spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
+    /// Jobs whose driver left: their tasks fail instead of running or retrying.
+    ended_jobs: std::collections::HashSet<crate::ids::JobId>,
     /// Since when each scheduling class (tasks) or actor has been infeasible.
     infeasible_since: HashMap<String, std::time::Instant>,
 }
@@ -196,6 +198,8 @@ pub(crate) enum Outbound {
         actor_id: ActorId,
         no_restart: bool,
     },
+    /// A job's driver left: every other node ends the job's work too.
+    JobEnded(crate::ids::JobId),
 }
 
 fn class_key(spec: &TaskSpec) -> String {
@@ -276,6 +280,7 @@ impl Raylet {
             forward_tx: None,
             spilled: HashMap::new(),
             infeasible_since: HashMap::new(),
+            ended_jobs: Default::default(),
         }
     }
 
@@ -301,6 +306,13 @@ impl Raylet {
     // ---- tasks ----------------------------------------------------------------------------
 
     fn submit(&mut self, task: QueuedTask) {
+        if self.ended_jobs.contains(&task.spec.job_id) {
+            let e = Error::Cancelled {
+                task: format!("{} (its job's driver exited)", task.spec.name),
+            };
+            seal_error(&self.table, task.spec.return_id, &e);
+            return;
+        }
         self.by_return
             .insert(task.spec.return_id, task.spec.task_id);
         let mut remaining = 0;
@@ -403,6 +415,65 @@ impl Raylet {
             }
         }
         out
+    }
+
+    /// The driver of `job` left: its waiting and queued tasks fail, the worker processes
+    /// running its tasks or idle for it are killed (their tasks fail, not retried). Its
+    /// actors are the GCS's to end (detached ones live on).
+    fn job_ended(&mut self, job: crate::ids::JobId) {
+        if !self.ended_jobs.insert(job) {
+            return;
+        }
+        let err = |name: &str| Error::Cancelled {
+            task: format!("{name} (its job's driver exited)"),
+        };
+        let waiting: Vec<TaskId> = self
+            .waiting
+            .iter()
+            .filter(|(_, (t, _))| t.spec.job_id == job)
+            .map(|(id, _)| *id)
+            .collect();
+        for tid in waiting {
+            if let Some((task, _)) = self.waiting.remove(&tid) {
+                let e = err(&task.spec.name);
+                self.fail_task(task, &e);
+            }
+        }
+        let mut queued = Vec::new();
+        for q in self.queues.values_mut() {
+            let (gone, kept): (VecDeque<QueuedTask>, VecDeque<QueuedTask>) = std::mem::take(q)
+                .into_iter()
+                .partition(|t| t.spec.job_id == job);
+            *q = kept;
+            queued.extend(gone);
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        for task in queued {
+            let e = err(&task.spec.name);
+            self.fail_task(task, &e);
+        }
+        let mut killed = 0;
+        for slot in self.workers.values() {
+            if slot.job != job || slot.actor.is_some() {
+                continue;
+            }
+            if let Some(tid) = slot.running
+                && let Some(run) = self.running.get(&tid)
+            {
+                // Its caller sees why; the worker's death then fails the task (`retry` refuses
+                // tasks of ended jobs).
+                seal_error(
+                    &self.table,
+                    run.task.spec.return_id,
+                    &err(&run.task.spec.name),
+                );
+            }
+            if let Worker::Process(p) = &slot.worker {
+                p.kill();
+                killed += 1;
+            }
+        }
+        tracing::info!(job = %job, workers_killed = killed, "job ended: its driver exited");
     }
 
     fn fail_task(&mut self, task: QueuedTask, err: &Error) {
@@ -774,6 +845,13 @@ impl Raylet {
     }
 
     fn retry(&mut self, mut task: QueuedTask) {
+        if self.ended_jobs.contains(&task.spec.job_id) {
+            let e = Error::Cancelled {
+                task: format!("{} (its job's driver exited)", task.spec.name),
+            };
+            self.fail_task(task, &e);
+            return;
+        }
         let mut spec = (*task.spec).clone();
         spec.attempt += 1;
         task.spec = Arc::new(spec);
@@ -795,7 +873,10 @@ impl Raylet {
             && let Some(run) = self.running.remove(&tid)
         {
             self.release_running(&run);
-            if !self.table.is_ready(&run.task.spec.return_id) && run.task.spec.can_retry() {
+            if !self.table.is_ready(&run.task.spec.return_id)
+                && run.task.spec.can_retry()
+                && !self.ended_jobs.contains(&run.task.spec.job_id)
+            {
                 tracing::warn!(task = %run.task.spec.name, worker = %wid, detail = %detail, "worker died; retrying its task");
                 self.retry(run.task);
             } else {
@@ -1690,6 +1771,31 @@ impl Handler<ReturnBundles> for Raylet {
             if let Err(e) = self.local().return_bundle(msg.pg, i) {
                 tracing::warn!(pg = %msg.pg, bundle = i, error = %e, "returning a bundle failed");
             }
+        }
+        self.dispatch();
+    }
+}
+
+/// The driver of a job left (`broadcast`: this node's driver, so other nodes are told too).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct JobEnded {
+    pub job_id: crate::ids::JobId,
+    pub broadcast: bool,
+}
+
+impl Handler<JobEnded> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: JobEnded, _ctx: &mut Self::Context) {
+        self.job_ended(msg.job_id);
+        if let Some(g) = &self.gcs {
+            g.do_send(gcs::JobFinished(msg.job_id));
+        }
+        if msg.broadcast
+            && let Some(tx) = &self.spill_tx
+            && tx.try_send(Outbound::JobEnded(msg.job_id)).is_err()
+        {
+            tracing::warn!(job = %msg.job_id, "could not tell the other nodes that a job ended");
         }
         self.dispatch();
     }

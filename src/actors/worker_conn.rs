@@ -46,6 +46,14 @@ struct Hosted {
     rx: Option<flume::Receiver<HostMsg>>,
 }
 
+/// Who is at the other end of a connection.
+enum Peer {
+    /// A worker process this pool started.
+    Worker(Arc<ProcShared>),
+    /// A driver of this job.
+    Driver(crate::ids::JobId),
+}
+
 /// One worker process's connection.
 pub(crate) struct WorkerConn {
     wid: WorkerId,
@@ -58,6 +66,8 @@ pub(crate) struct WorkerConn {
     actor: Option<Hosted>,
     actor_args: Option<Vec<Bytes>>,
     inflight: Rc<RefCell<Inflight>>,
+    /// A driver's job (its work ends when the connection does).
+    driver_job: Option<crate::ids::JobId>,
 }
 
 fn frame<T: serde::Serialize>(msg: &T) -> Option<Bytes> {
@@ -111,7 +121,15 @@ impl WorkerConn {
                         },
                     );
                     tracing::info!(job = %job_id, pid, "driver connected");
-                    Self::serve(frames, w, WorkerId::nil(), pid, None, None, ctx);
+                    Self::serve(
+                        frames,
+                        w,
+                        WorkerId::nil(),
+                        pid,
+                        Peer::Driver(job_id),
+                        None,
+                        ctx,
+                    );
                     return;
                 }
                 Ok(_) => {
@@ -141,7 +159,7 @@ impl WorkerConn {
                 return;
             }
             let actor = shared.take_actor();
-            Self::serve(frames, w, worker_id, pid, Some(shared), actor, ctx);
+            Self::serve(frames, w, worker_id, pid, Peer::Worker(shared), actor, ctx);
         });
     }
 
@@ -154,10 +172,14 @@ impl WorkerConn {
         mut w: tokio::net::unix::OwnedWriteHalf,
         worker_id: WorkerId,
         pid: u32,
-        shared: Option<Arc<ProcShared>>,
+        peer: Peer,
         actor: Option<crate::worker::process::ActorLaunch>,
         ctx: PoolCtx,
     ) {
+        let (shared, driver_job) = match peer {
+            Peer::Worker(s) => (Some(s), None),
+            Peer::Driver(job) => (None, Some(job)),
+        };
         let (out_tx, out_rx) = flume::bounded::<Bytes>(4096);
         if let Some(s) = &shared {
             attach(s, out_tx.clone());
@@ -194,6 +216,7 @@ impl WorkerConn {
                     actor: hosted,
                     actor_args: args,
                     inflight: Rc::default(),
+                    driver_job,
                 }
             });
         }
@@ -567,6 +590,12 @@ impl Actor for WorkerConn {
             s.detach();
         } else {
             tracing::info!(pid = self.pid, "driver disconnected");
+        }
+        if let Some(job_id) = self.driver_job {
+            self.ctx.raylet.do_send(crate::actors::raylet::JobEnded {
+                job_id,
+                broadcast: true,
+            });
         }
         for (id, n) in self.held.drain() {
             for _ in 0..n {

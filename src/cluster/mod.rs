@@ -341,6 +341,9 @@ pub(crate) enum ClusterMsg {
     LookupActor(crate::ActorId),
     /// The answer to a lookup: the actor and its owner node.
     Found(Option<crate::actors::gcs::ActorAt>),
+    /// A job's driver left (request to every node; answered `Released`): the job's work
+    /// and its actors that are not detached end there too.
+    JobEnded(crate::ids::JobId),
     /// Reserves bundles of a placement group that the asker's GCS places here (request;
     /// answered `Committed`).
     CommitBundles {
@@ -839,6 +842,16 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 }
                             });
                         }
+                        Outbound::JobEnded(job) => {
+                            for peer in peers.values().copied() {
+                                let net = net.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = net.request(peer, encode(&ClusterMsg::JobEnded(job))).await {
+                                        tracing::debug!(job = %job, peer = %peer, error = %e, "could not tell a node that a job ended");
+                                    }
+                                });
+                            }
+                        }
                         Outbound::KillActor { node, actor_id, no_restart } => {
                             if let Some(peer) = peers.get(&node.hex()).copied() {
                                 let net = net.clone();
@@ -1006,6 +1019,12 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     let part = path.and_then(|p| read_part(&p, offset, len).ok());
                                     let _ = reply.send(encode(&ClusterMsg::Chunk(part)));
                                 });
+                            }
+                            Ok(ClusterMsg::JobEnded(job_id)) => {
+                                if let Some(r) = &raylet {
+                                    r.do_send(crate::actors::raylet::JobEnded { job_id, broadcast: false });
+                                }
+                                let _ = reply.send(encode(&ClusterMsg::Released));
                             }
                             Ok(ClusterMsg::CommitBundles { pg, bundles }) => {
                                 let raylet = raylet.clone();
