@@ -222,6 +222,13 @@ fn main() -> ExitCode {
                             h.address,
                             s.trim()
                         );
+                        if opts.mdns {
+                            println!(
+                                "To join from another machine of this LAN (mDNS, needs multicast):\n  mobula start --mdns --port {} --secret {}",
+                                opts.port,
+                                s.trim()
+                            );
+                        }
                     }
                     println!("Cluster status:\n  mobula status --port {}", opts.port);
                     println!("Stop it:\n  mobula stop --port {}", opts.port);
