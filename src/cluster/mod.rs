@@ -6,7 +6,8 @@
 //! resources over gossipsub; a node whose heartbeats stop for `death_timeout` is dead. Every
 //! file of a cluster lives in `<temp-dir>/cluster-<port>/` (the secret with mode 0600, the
 //! head's address, one pid file per node of this machine), so two clusters on one machine never
-//! collide and `mobula stop` stops exactly one of them.
+//! collide and `mobula stop` stops exactly one of them. With `--mdns` and no `--address` a
+//! node finds its head on the LAN (`HeadSearch`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
