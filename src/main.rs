@@ -25,7 +25,8 @@ enum Mode {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Starts a node daemon: a head (`--head`) or a node joining one (`--address`).
+    /// Starts a node daemon: a head (`--head`) or a node joining one (`--address`, or
+    /// `--mdns` to find the head on the LAN).
     Start {
         /// Start the head of a new cluster.
         #[arg(long, conflicts_with = "address")]
@@ -33,7 +34,8 @@ enum Command {
         /// `HOST:PORT` of the head to join.
         #[arg(long)]
         address: Option<String>,
-        /// The head's port.
+        /// The head's port (a node joining with --mdns and no --address looks for the head
+        /// on this port).
         #[arg(long, default_value_t = 6379)]
         port: u16,
         /// Interface to listen on.
@@ -73,6 +75,11 @@ enum Command {
         /// exists here (for nodes whose file systems differ).
         #[arg(long)]
         fetch_executables: bool,
+        /// Use mDNS on the LAN (off by default; needs multicast between the machines): a head
+        /// announces itself; a node without --address joins the head listening on --port that
+        /// accepts it. The cluster secret is still needed (--secret, or the head's machine).
+        #[arg(long)]
+        mdns: bool,
         /// Run in the foreground.
         #[arg(long)]
         block: bool,
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
             death_timeout,
             infeasible_timeout,
             fetch_executables,
+            mdns,
             block,
         } => {
             let resources = match resources.as_deref().map(parse_resources).transpose() {
@@ -196,6 +204,7 @@ fn main() -> ExitCode {
                 death_timeout: Duration::from_secs_f64(death_timeout),
                 infeasible_timeout: Duration::from_secs_f64(infeasible_timeout.max(0.0)),
                 fetch_executables,
+                mdns,
             };
             if block {
                 init_logs();
@@ -219,16 +228,29 @@ fn main() -> ExitCode {
                             h.address,
                             s.trim()
                         );
+                        if opts.mdns {
+                            println!(
+                                "To join from another machine of this LAN (mDNS, needs multicast):\n  mobula start --mdns --port {} --secret {}",
+                                opts.port,
+                                s.trim()
+                            );
+                        }
                     }
                     println!("Cluster status:\n  mobula status --port {}", opts.port);
                     println!("Stop it:\n  mobula stop --port {}", opts.port);
                     ExitCode::SUCCESS
                 }
                 Ok(_) => {
-                    println!(
-                        "mobula node started and joined {}",
-                        opts.address.unwrap_or_default()
-                    );
+                    match &opts.address {
+                        Some(a) => println!("mobula node started and joined {a}"),
+                        None => println!(
+                            "mobula node started; it joins the head on port {} that it finds over mDNS (see {})",
+                            opts.port,
+                            mobula::cluster::ClusterDir::new(&opts.temp_dir, opts.port)
+                                .log("node")
+                                .display()
+                        ),
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),

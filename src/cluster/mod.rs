@@ -6,7 +6,8 @@
 //! resources over gossipsub; a node whose heartbeats stop for `death_timeout` is dead. Every
 //! file of a cluster lives in `<temp-dir>/cluster-<port>/` (the secret with mode 0600, the
 //! head's address, one pid file per node of this machine), so two clusters on one machine never
-//! collide and `mobula stop` stops exactly one of them.
+//! collide and `mobula stop` stops exactly one of them. With `--mdns` and no `--address` a
+//! node finds its head on the LAN (`HeadSearch`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -365,6 +366,9 @@ pub(crate) enum ClusterMsg {
         /// The calls (small arguments inline, large ones pulled).
         calls: Vec<crate::spec::ActorCall>,
     },
+    /// The answer of a node that is not the head to a `Register` (a node looking for its head
+    /// over mDNS asks every peer it hears of that listens on the head's port).
+    NotHead,
 }
 
 /// A task or call run for another node that ended.
@@ -542,6 +546,120 @@ pub struct StartOptions {
     /// Always fetch a job's executable from the node that sent the task, even when the same
     /// path exists here (nodes whose file systems differ).
     pub fetch_executables: bool,
+    /// Announce this node on the LAN by mDNS, and (a node without `address`) find the head
+    /// there: the peer listening on `port` that answers `Register` with `Welcome`.
+    pub mdns: bool,
+}
+
+/// The head's port, which names the cluster directory: `--port` for a head and for a node
+/// that finds its head over mDNS, the port of `--address` for one that dials it.
+fn cluster_port(opts: &StartOptions) -> Res<u16> {
+    match (&opts.address, opts.head) {
+        (_, true) => Ok(opts.port),
+        (Some(a), false) => port_of(a),
+        (None, false) if opts.mdns => Ok(opts.port),
+        (None, false) => Err(ClusterError::Usage(
+            "pass --head to start a head, --address HOST:PORT to join one, or --mdns to find one on the LAN"
+                .to_string(),
+        )),
+    }
+}
+
+/// First wait before asking a candidate head again after a failed `Register`; it doubles
+/// after each failure, up to `SEARCH_RETRY_MAX`.
+const SEARCH_RETRY: Duration = Duration::from_secs(2);
+const SEARCH_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A joining node's search for its head over mDNS (no `--address`). Every peer heard of at an
+/// address on the head's port is a candidate, asked with `Register` (one request at a time
+/// per peer); the first `Welcome` ends the search. A peer answering `NotHead` is never asked
+/// again; one that cannot be reached (not up yet, or another cluster's secret failing the
+/// handshake) is asked again later, less and less often.
+#[derive(Debug)]
+struct HeadSearch {
+    port: u16,
+    candidates: HashMap<libp2p::PeerId, Candidate>,
+    refused: std::collections::HashSet<libp2p::PeerId>,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    addr: libp2p::Multiaddr,
+    asking: bool,
+    next_try: Instant,
+    wait: Duration,
+}
+
+impl HeadSearch {
+    fn new(port: u16) -> Self {
+        HeadSearch {
+            port,
+            candidates: HashMap::new(),
+            refused: Default::default(),
+        }
+    }
+
+    /// Notes a peer mDNS found; true when it became a candidate (its address is on the head's
+    /// TCP port and it has not refused).
+    fn discovered(&mut self, peer: libp2p::PeerId, addr: libp2p::Multiaddr, now: Instant) -> bool {
+        let on_port = addr
+            .iter()
+            .any(|p| p == libp2p::multiaddr::Protocol::Tcp(self.port));
+        if !on_port || self.refused.contains(&peer) || self.candidates.contains_key(&peer) {
+            return false;
+        }
+        self.candidates.insert(
+            peer,
+            Candidate {
+                addr,
+                asking: false,
+                next_try: now,
+                wait: SEARCH_RETRY,
+            },
+        );
+        true
+    }
+
+    /// The candidates to ask now (each is then being asked until `failed` or `refused`).
+    fn due(&mut self, now: Instant) -> Vec<(libp2p::PeerId, libp2p::Multiaddr)> {
+        let mut out = Vec::new();
+        for (peer, c) in &mut self.candidates {
+            if !c.asking && c.next_try <= now {
+                c.asking = true;
+                out.push((*peer, c.addr.clone()));
+            }
+        }
+        out
+    }
+
+    /// Asking `peer` failed (unreachable, or an answer that is neither `Welcome` nor
+    /// `NotHead`): ask again later.
+    fn failed(&mut self, peer: &libp2p::PeerId, now: Instant) {
+        if let Some(c) = self.candidates.get_mut(peer) {
+            c.asking = false;
+            c.next_try = now + c.wait;
+            c.wait = (c.wait * 2).min(SEARCH_RETRY_MAX);
+        }
+    }
+
+    /// `peer` answered `NotHead`.
+    fn refused(&mut self, peer: libp2p::PeerId) {
+        self.candidates.remove(&peer);
+        self.refused.insert(peer);
+    }
+}
+
+/// Asks a peer mDNS found whether it is the head (it dials the address mDNS reported).
+async fn ask_head(
+    net: &net::NetHandle,
+    peer: libp2p::PeerId,
+    addr: libp2p::Multiaddr,
+    reg: Vec<u8>,
+) -> Res<ClusterMsg> {
+    // Again each time: a failed dial makes the swarm forget the address.
+    net.add_address(peer, addr).await?;
+    let reply = net.request(peer, reg).await?;
+    decode(&reply)
 }
 
 fn now_ms() -> u64 {
@@ -563,15 +681,7 @@ const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// Runs a node daemon in the foreground until SIGTERM or SIGINT.
 pub fn run_node(opts: StartOptions) -> Res<()> {
-    let port = match (&opts.address, opts.head) {
-        (_, true) => opts.port,
-        (Some(a), false) => port_of(a)?,
-        (None, false) => {
-            return Err(ClusterError::Usage(
-                "pass --head to start a head or --address HOST:PORT to join one".to_string(),
-            ));
-        }
-    };
+    let port = cluster_port(&opts)?;
     let dir = ClusterDir::new(&opts.temp_dir, port);
     for sub in ["nodes", "logs"] {
         let p = dir.dir.join(sub);
@@ -630,6 +740,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         secret,
         dial,
         request_timeout: Duration::from_secs(30),
+        mdns: opts.mdns,
     });
     let (net, mut events, bound) = match started {
         Ok(x) => x,
@@ -725,12 +836,35 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ticks_needed = (opts.death_timeout.as_millis() / HEARTBEAT.as_millis()).max(1) as u32;
         let mut head_peer = None;
+        // Without --address, a node with --mdns finds its head on the LAN.
+        let mut search = (opts.mdns && !opts.head && opts.address.is_none()).then(|| HeadSearch::new(port));
+        let searching_since = Instant::now();
+        let mut search_warned = false;
+        let (answers_tx, mut answers_rx) = tokio::sync::mpsc::channel::<(libp2p::PeerId, Res<ClusterMsg>)>(64);
+        let ask_due = |search: &mut HeadSearch, total: &HashMap<String, f64>| {
+            let reg = encode(&ClusterMsg::Register { node_id: node_id.clone(), total: total.clone() });
+            for (peer, addr) in search.due(Instant::now()) {
+                tracing::debug!(peer = %peer, addr = %addr, "asking a peer found by mdns whether it is the head");
+                let (net, reg, answers) = (net.clone(), reg.clone(), answers_tx.clone());
+                tokio::spawn(async move {
+                    let answer = ask_head(&net, peer, addr, reg).await;
+                    let _ = answers.send((peer, answer)).await;
+                });
+            }
+        };
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {
                     let (total, available) = own_resources(&raylet).await;
+                    if let Some(s) = &mut search {
+                        ask_due(s, &total);
+                        if !search_warned && searching_since.elapsed() > Duration::from_secs(15) {
+                            search_warned = true;
+                            tracing::warn!(port, candidates = s.candidates.len(), "no head found over mdns yet: is the head started with --mdns and --port {port}, on this LAN, with multicast allowed, and is the secret right?");
+                        }
+                    }
                     let hb = ClusterMsg::Heartbeat {
                         node_id: node_id.clone(),
                         addr: my_addr.clone(),
@@ -865,10 +999,40 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         }
                     }
                 }
+                answer = answers_rx.recv(), if search.is_some() => {
+                    let Some((peer, answer)) = answer else { continue };
+                    let Some(s) = &mut search else { continue };
+                    match answer {
+                        Ok(ClusterMsg::Welcome { head }) => {
+                            tracing::info!(head = %head, peer = %peer, "joined the cluster (head found by mdns)");
+                            head_peer = Some(peer);
+                            search = None;
+                        }
+                        Ok(ClusterMsg::NotHead) => {
+                            tracing::debug!(peer = %peer, "a peer found by mdns is not the head");
+                            s.refused(peer);
+                        }
+                        Ok(other) => {
+                            tracing::debug!(peer = %peer, reply = ?other, "unexpected answer to Register from a peer found by mdns");
+                            s.failed(&peer, Instant::now());
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %peer, error = %e, "could not ask a peer found by mdns (not up yet, or another cluster)");
+                            s.failed(&peer, Instant::now());
+                        }
+                    }
+                }
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
                     match ev {
-                        NetEvent::Connected(peer) if !opts.head && head_peer.is_none() => {
+                        NetEvent::Discovered(peer, addr) => {
+                            if let Some(s) = &mut search
+                                && s.discovered(peer, addr, Instant::now())
+                            {
+                                ask_due(s, &own_resources(&raylet).await.0);
+                            }
+                        }
+                        NetEvent::Connected(peer) if !opts.head && head_peer.is_none() && search.is_none() => {
                             head_peer = Some(peer);
                             let reg = ClusterMsg::Register {
                                 node_id: node_id.clone(),
@@ -891,6 +1055,10 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     ticks_unheard: 0,
                                 });
                                 let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
+                            }
+                            Ok(ClusterMsg::Register { .. }) => {
+                                tracing::debug!(peer = %from, "a node asked this node, not the head, to register it");
+                                let _ = reply.send(encode(&ClusterMsg::NotHead));
                             }
                             Ok(ClusterMsg::Status) if opts.head => {
                                 let report = status_report(&rt, &node_id, &members, own_demand(&raylet).await);
@@ -1660,11 +1828,7 @@ fn multiaddr_of(address: &str) -> Res<libp2p::Multiaddr> {
 /// until it is up. Returns the head record.
 pub fn spawn_daemon(opts: &StartOptions, args: Vec<std::ffi::OsString>) -> Res<HeadRecord> {
     use std::os::unix::process::CommandExt;
-    let port = if opts.head {
-        opts.port
-    } else {
-        port_of(opts.address.as_deref().unwrap_or_default())?
-    };
+    let port = cluster_port(opts)?;
     let dir = ClusterDir::new(&opts.temp_dir, port);
     let logs = dir.dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(file_err(&logs))?;
@@ -1915,6 +2079,7 @@ pub fn status(dir: &ClusterDir, secret: Option<&str>) -> Res<StatusReport> {
         secret,
         dial: vec![addr],
         request_timeout: Duration::from_secs(10),
+        mdns: false,
     })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -2061,6 +2226,7 @@ mod tests {
             death_timeout: Duration::from_secs(3),
             infeasible_timeout: Duration::from_secs(60),
             fetch_executables: false,
+            mdns: false,
         }
     }
 
@@ -2090,6 +2256,69 @@ mod tests {
             with_ip(&a, "10.1.2.3".parse().expect("ip")).to_string(),
             "/ip4/10.1.2.3/tcp/4000"
         );
+    }
+
+    #[test]
+    fn the_cluster_port_comes_from_the_address_or_from_port_with_mdns() {
+        let mut o = opts("0.0.0.0", None, None);
+        o.port = 7000;
+        assert_eq!(cluster_port(&o).ok(), Some(7000));
+        let mut o = opts("0.0.0.0", None, Some("10.0.0.1:7001"));
+        o.port = 7000;
+        assert_eq!(cluster_port(&o).ok(), Some(7001));
+        o.mdns = true;
+        assert_eq!(cluster_port(&o).ok(), Some(7001));
+        o.address = None;
+        assert_eq!(cluster_port(&o).ok(), Some(7000));
+        o.mdns = false;
+        let e = cluster_port(&o).expect_err("neither --head, --address nor --mdns");
+        assert!(e.to_string().contains("--mdns"), "{e}");
+    }
+
+    #[test]
+    fn the_head_search_asks_peers_on_the_head_port_until_one_refuses() {
+        let t0 = Instant::now();
+        let mut s = HeadSearch::new(6379);
+        let (head, node, other) = (
+            libp2p::PeerId::random(),
+            libp2p::PeerId::random(),
+            libp2p::PeerId::random(),
+        );
+        let at = |a: &str| a.parse::<libp2p::Multiaddr>().expect("addr");
+        // A worker node's random port is not a candidate.
+        assert!(!s.discovered(other, at("/ip4/192.0.2.9/tcp/40123"), t0));
+        assert!(s.discovered(head, at("/ip4/192.0.2.7/tcp/6379"), t0));
+        assert!(s.discovered(node, at("/ip4/192.0.2.8/tcp/6379"), t0));
+        // The same peer at a second address stays one candidate.
+        assert!(!s.discovered(head, at("/ip4/10.0.0.7/tcp/6379"), t0));
+        let mut due = s.due(t0);
+        due.sort();
+        let mut want = vec![
+            (head, at("/ip4/192.0.2.7/tcp/6379")),
+            (node, at("/ip4/192.0.2.8/tcp/6379")),
+        ];
+        want.sort();
+        assert_eq!(due, want);
+        // One request at a time per peer.
+        assert!(s.due(t0 + Duration::from_secs(100)).is_empty());
+        // Unreachable: asked again after SEARCH_RETRY, then twice as long.
+        s.failed(&head, t0);
+        assert!(s.due(t0 + SEARCH_RETRY / 2).is_empty());
+        assert_eq!(s.due(t0 + SEARCH_RETRY).len(), 1);
+        s.failed(&head, t0);
+        assert!(s.due(t0 + SEARCH_RETRY).is_empty());
+        assert_eq!(s.due(t0 + SEARCH_RETRY * 2).len(), 1);
+        for _ in 0..20 {
+            s.failed(&head, t0);
+            s.due(t0 + SEARCH_RETRY_MAX * 2);
+        }
+        s.failed(&head, t0);
+        assert_eq!(s.due(t0 + SEARCH_RETRY_MAX).len(), 1, "the wait is capped");
+        // NotHead: never asked again, even when heard of again.
+        s.refused(node);
+        assert!(!s.discovered(node, at("/ip4/192.0.2.8/tcp/6379"), t0));
+        assert!(s.due(t0 + SEARCH_RETRY_MAX * 10).is_empty());
+        assert_eq!(s.candidates.len(), 1);
     }
 
     #[test]

@@ -6,8 +6,12 @@
 //! request/response carries direct messages. Payloads are opaque bytes here: the layers above
 //! encode them with MessagePack. A peer that sends an oversized or truncated message has that
 //! stream dropped and the event logged; the node keeps serving.
+//!
+//! With `NetConfig::mdns` the swarm also announces itself on the LAN by multicast DNS and
+//! reports the peers it hears of (`NetEvent::Discovered`); without it the mDNS behaviour is
+//! absent (`Toggle`) and nothing is sent or listened for on UDP 5353.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,8 +23,9 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, mdns, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest request or response accepted (64 MiB): larger payloads must be chunked.
@@ -64,6 +69,8 @@ pub struct NetConfig {
     pub dial: Vec<Multiaddr>,
     /// How long a request may take.
     pub request_timeout: Duration,
+    /// Announce this node and discover others on the LAN by mDNS (needs multicast).
+    pub mdns: bool,
 }
 
 impl std::fmt::Debug for NetConfig {
@@ -71,6 +78,7 @@ impl std::fmt::Debug for NetConfig {
         f.debug_struct("NetConfig")
             .field("listen", &self.listen)
             .field("dial", &self.dial)
+            .field("mdns", &self.mdns)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +94,10 @@ pub enum NetEvent {
     Disconnected(PeerId),
     /// A peer subscribed to the cluster topic (broadcasts now reach it).
     Subscribed(PeerId),
+    /// mDNS heard of a peer at an address (only with `NetConfig::mdns`). Requests to it can
+    /// dial that address; nothing is dialled by the discovery itself. A peer of another
+    /// cluster shows up here too: connecting to it fails the pre-shared-key handshake.
+    Discovered(PeerId, Multiaddr),
     /// A broadcast arrived.
     Gossip {
         /// Who published it.
@@ -282,6 +294,17 @@ impl request_response::Codec for BytesCodec {
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     rpc: request_response::Behaviour<BytesCodec>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// mDNS settings: ask again every 5 s once probing is over (libp2p's default is 5 minutes,
+/// too slow for a node waiting to find its head), and let silent records go after a minute.
+fn mdns_config() -> mdns::Config {
+    mdns::Config {
+        ttl: Duration::from_secs(60),
+        query_interval: Duration::from_secs(5),
+        enable_ipv6: false,
+    }
 }
 
 fn build(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
@@ -292,6 +315,7 @@ fn build(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
         .unwrap_or_else(Keypair::generate_ed25519);
     let psk = PreSharedKey::new(cfg.secret);
     let timeout = cfg.request_timeout;
+    let mdns_on = cfg.mdns;
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|key| {
@@ -322,7 +346,18 @@ fn build(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
                 [(StreamProtocol::new(RPC_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(timeout),
             );
-            Ok(Behaviour { gossipsub, rpc })
+            let mdns = if mdns_on {
+                let m = mdns::tokio::Behaviour::new(mdns_config(), key.public().to_peer_id())
+                    .map_err(|e| NetError::Setup(format!("cannot start mdns: {e}")))?;
+                Some(m)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                gossipsub,
+                rpc,
+                mdns: Toggle::from(mdns),
+            })
         })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
@@ -441,6 +476,9 @@ async fn run(
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>> =
         HashMap::new();
     let mut replies: FuturesUnordered<Replying> = FuturesUnordered::new();
+    // Peers heard of by mDNS: failing to reach one is expected (another cluster's secret,
+    // another program altogether), so it is logged at debug only.
+    let mut discovered: HashSet<PeerId> = HashSet::new();
     // Events go out with `try_send`: a stalled consumer loses events (counted) rather than
     // stalling the swarm, which must keep being polled.
     let mut dropped: u64 = 0;
@@ -505,8 +543,26 @@ async fn run(
                     tracing::info!(from = %send_back_addr, error = %error, "refused an incoming connection");
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                    tracing::info!(peer = ?peer_id, error = %error, "outgoing connection failed");
+                    if peer_id.is_some_and(|p| discovered.contains(&p)) {
+                        tracing::debug!(peer = ?peer_id, error = %error, "could not connect to a peer found by mdns (another cluster?)");
+                    } else {
+                        tracing::info!(peer = ?peer_id, error = %error, "outgoing connection failed");
+                    }
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(m)) => match m {
+                    mdns::Event::Discovered(found) => {
+                        for (peer, addr) in found {
+                            tracing::debug!(peer = %peer, addr = %addr, "mdns: discovered");
+                            discovered.insert(peer);
+                            emit(NetEvent::Discovered(peer, addr), &mut dropped);
+                        }
+                    }
+                    mdns::Event::Expired(gone) => {
+                        for (peer, addr) in gone {
+                            tracing::debug!(peer = %peer, addr = %addr, "mdns: expired");
+                        }
+                    }
+                },
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(g)) => match g {
                     gossipsub::Event::Message { propagation_source, message, .. } => {
                         hear(propagation_source);
@@ -596,6 +652,7 @@ mod tests {
             secret,
             dial,
             request_timeout: Duration::from_secs(30),
+            mdns: false,
         }
     }
 
