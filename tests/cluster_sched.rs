@@ -142,3 +142,65 @@ fn an_infeasible_request_waits_for_a_node_that_can_hold_it_or_fails_after_the_ti
         started.elapsed()
     );
 }
+
+/// Holds its CPU (without blocking in `get`, which would lend it) until `path` exists.
+#[mobula::remote]
+fn hold_until(path: String) {
+    while !std::path::Path::new(&path).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Where it ran, and the length of its argument.
+#[mobula::remote]
+fn where_with(data: serde_bytes::ByteBuf) -> mobula::Result<(String, usize)> {
+    Ok((mobula::runtime()?.node_id().hex(), data.len()))
+}
+
+#[test]
+fn a_task_with_large_arguments_stays_with_them_while_their_node_has_room() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let here = rt.node_id();
+    // One of the driver's node's two CPUs is taken: it counts as busy for the hybrid policy.
+    let release = c.temp.path().join("release");
+    let pin_here =
+        TaskOptions::new().scheduling_strategy(mobula::SchedulingStrategy::NodeAffinity {
+            node: here,
+            soft: false,
+        });
+    let held = hold_until::options(pin_here).remote(&rt, release.display().to_string());
+    common::eventually("the held task runs", || {
+        rt.available_resources().expect("available").get("CPU") == Some(&3.0)
+    });
+    // 8 MiB of arguments, on this node: the task runs here, where they are.
+    let big = rt
+        .put(&serde_bytes::ByteBuf::from(vec![7u8; 8 << 20]))
+        .expect("put");
+    for _ in 0..4 {
+        let (node, len) = rt
+            .get_timeout(&where_with::remote(&rt, &big), Some(common::HANG))
+            .expect("task");
+        assert_eq!(
+            (node, len),
+            (here.hex(), 8 << 20),
+            "it stayed with its data"
+        );
+    }
+    // A small argument goes to the idle node instead.
+    let small = rt
+        .put(&serde_bytes::ByteBuf::from(vec![1u8; 16]))
+        .expect("put");
+    let (node, _) = rt
+        .get_timeout(&where_with::remote(&rt, &small), Some(common::HANG))
+        .expect("task");
+    assert_ne!(
+        node,
+        here.hex(),
+        "without data to stay with, the hybrid policy spreads"
+    );
+    std::fs::write(&release, b"go").expect("release");
+    rt.get_timeout(&held, Some(common::HANG))
+        .expect("held task");
+}

@@ -172,6 +172,9 @@ pub(crate) struct Raylet {
 /// Arguments up to this size travel inside a spilled task's request; larger ones are pulled.
 pub(crate) const INLINE_ARG: usize = 1 << 20;
 
+/// A task whose arguments hold at least this many bytes prefers the node that has them.
+const LOCALITY_BYTES: usize = 1 << 20;
+
 /// A task to run on another node, with its arguments resolved and how to start its job's
 /// workers there.
 #[derive(Debug)]
@@ -494,12 +497,15 @@ impl Raylet {
                 let req = request_of(&head.spec.resources, &head.spec.strategy);
                 // The policy translates placement-group requests itself; the allocation takes
                 // the translated (group) resources.
+                let preferred = (self.spill_tx.is_some())
+                    .then(|| locality(&self.table, &head.spec, local))
+                    .flatten();
                 let decision = self.scheduler.pick_node(
                     &self.view,
                     &head.spec.resources,
                     &head.spec.strategy,
                     local,
-                    None,
+                    preferred,
                 );
                 if !matches!(decision, Decision::Infeasible(_)) {
                     self.infeasible_since.remove(&key);
@@ -1384,6 +1390,25 @@ pub(crate) fn inline_args(
         }
     }
     Ok(())
+}
+
+/// The node holding the most bytes of a DEFAULT task's arguments, when they are worth staying
+/// with (at least `LOCALITY_BYTES`): the policy takes it whenever it fits, ahead of the hybrid
+/// ranking. Arguments live in the submitting node's store (results and nested objects are
+/// brought to the node that asked for them), so that node is `here`.
+fn locality(table: &ObjectTable, spec: &TaskSpec, here: NodeId) -> Option<NodeId> {
+    if spec.strategy != SchedulingStrategy::Default {
+        return None;
+    }
+    let mut bytes = 0usize;
+    for a in &spec.args {
+        if let crate::spec::TaskArg::Ref(id) = a
+            && let Some(o) = table.get(id)
+        {
+            bytes += o.data.len();
+        }
+    }
+    (bytes >= LOCALITY_BYTES).then_some(here)
 }
 
 fn infeasible_error(
