@@ -204,3 +204,67 @@ fn a_task_with_large_arguments_stays_with_them_while_their_node_has_room() {
     rt.get_timeout(&held, Some(common::HANG))
         .expect("held task");
 }
+
+/// Makes `mb` MiB on the node it runs on; says where.
+#[mobula::remote]
+fn make_here(mb: usize) -> mobula::Result<serde_bytes::ByteBuf> {
+    Ok(serde_bytes::ByteBuf::from(vec![3u8; mb << 20]))
+}
+
+#[test]
+fn when_its_node_is_full_a_task_goes_to_the_node_that_kept_a_copy_of_its_arguments() {
+    mobula::worker_entry();
+    let c = cluster();
+    c.join(&[]);
+    let rt = common::start(
+        Config::default()
+            .address(format!("127.0.0.1:{}", c.port))
+            .cluster_root(c.temp.path()),
+    );
+    common::eventually("three nodes", || {
+        rt.cluster_resources().expect("resources").get("CPU") == Some(&6.0)
+    });
+    let here = rt.node_id();
+    let spread = TaskOptions::new().scheduling_strategy(mobula::SchedulingStrategy::Spread);
+    let mut others = std::collections::BTreeSet::new();
+    while others.len() < 2 {
+        let n = rt
+            .get(&where_am_i::options(spread.clone()).remote(&rt))
+            .expect("probe");
+        if n != here.hex() {
+            others.insert(n);
+        }
+    }
+    // The node with the larger id makes the object: ties between idle nodes go to the
+    // smaller id, so only the copy it kept can draw the task there.
+    let maker = others.iter().next_back().cloned().expect("a node");
+    let pin = |node: &str| {
+        TaskOptions::new().scheduling_strategy(mobula::SchedulingStrategy::NodeAffinity {
+            node: mobula::NodeId::parse(node).expect("node id"),
+            soft: false,
+        })
+    };
+    let big = make_here::options(pin(&maker)).remote(&rt, 8);
+    assert_eq!(
+        rt.get_timeout(&big, Some(common::HANG))
+            .expect("made")
+            .len(),
+        8 << 20
+    );
+    // The driver's node is full.
+    let release = c.temp.path().join("release");
+    let holds: Vec<_> = (0..2)
+        .map(|_| hold_until::options(pin(&here.hex())).remote(&rt, release.display().to_string()))
+        .collect();
+    common::eventually("the driver's node is full", || {
+        rt.available_resources().expect("available").get("CPU") == Some(&4.0)
+    });
+    for _ in 0..4 {
+        let (node, len) = rt
+            .get_timeout(&where_with::remote(&rt, &big), Some(common::HANG))
+            .expect("task");
+        assert_eq!((node.as_str(), len), (maker.as_str(), 8 << 20));
+    }
+    std::fs::write(&release, b"go").expect("release");
+    rt.get_all(&holds).expect("held tasks");
+}

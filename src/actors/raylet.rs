@@ -163,6 +163,11 @@ pub(crate) struct Raylet {
     forward_tx: Option<flume::Sender<ForwardedCall>>,
     /// Tasks running on other nodes.
     spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
+    /// What was counted against other nodes (work sent there) since their last heartbeat.
+    unreported: HashMap<NodeId, ResourceSet>,
+    /// Other nodes keeping copies of objects of this node's store (large results of tasks
+    /// they ran for it), until the object is freed here.
+    copies: HashMap<ObjectId, Vec<NodeId>>,
     /// Jobs whose driver left: their tasks fail instead of running or retrying.
     ended_jobs: std::collections::HashSet<crate::ids::JobId>,
     /// Since when each scheduling class (tasks) or actor has been infeasible.
@@ -203,6 +208,8 @@ pub(crate) enum Outbound {
     },
     /// A job's driver left: every other node ends the job's work too.
     JobEnded(crate::ids::JobId),
+    /// The object was freed here: `node` may drop the copy it kept.
+    Release { node: NodeId, id: ObjectId },
 }
 
 fn class_key(spec: &TaskSpec) -> String {
@@ -284,6 +291,8 @@ impl Raylet {
             spilled: HashMap::new(),
             infeasible_since: HashMap::new(),
             ended_jobs: Default::default(),
+            copies: HashMap::new(),
+            unreported: HashMap::new(),
         }
     }
 
@@ -498,7 +507,16 @@ impl Raylet {
                 // The policy translates placement-group requests itself; the allocation takes
                 // the translated (group) resources.
                 let preferred = (self.spill_tx.is_some())
-                    .then(|| locality(&self.table, &head.spec, local))
+                    .then(|| {
+                        locality(
+                            &self.table,
+                            &self.copies,
+                            &self.view,
+                            &head.spec,
+                            &req,
+                            local,
+                        )
+                    })
                     .flatten();
                 let decision = self.scheduler.pick_node(
                     &self.view,
@@ -585,6 +603,21 @@ impl Raylet {
     fn count_against(&mut self, node: NodeId, req: &ResourceSet) {
         if let Some(nv) = self.view.nodes.get_mut(&node) {
             nv.resources.force_acquire(req);
+            *self.unreported.entry(node).or_default() += req;
+        }
+    }
+
+    /// Work sent to `node` ended before its next heartbeat: what was counted for it is free
+    /// again in the view (a heartbeat since then already told the truth).
+    fn uncount(&mut self, node: NodeId, req: &ResourceSet) {
+        let Some(counted) = self.unreported.get_mut(&node) else {
+            return;
+        };
+        if req.iter().all(|(k, v)| counted.get(k) >= v) {
+            *counted -= req;
+            if let Some(nv) = self.view.nodes.get_mut(&node) {
+                nv.resources.force_release(req);
+            }
         }
     }
 
@@ -607,10 +640,12 @@ impl Raylet {
         tid: TaskId,
         result: Result<crate::worker::protocol::WireValue, Error>,
         node_lost: bool,
+        kept: bool,
     ) {
         let Some((task, node)) = self.spilled.remove(&tid) else {
             return;
         };
+        self.uncount(node, &request_of(&task.spec.resources, &task.spec.strategy));
         if node_lost {
             // Until it heartbeats again, the node gets no more work.
             if let Some(nv) = self.view.nodes.get_mut(&node) {
@@ -621,11 +656,38 @@ impl Raylet {
         }
         match result {
             Ok(v) => {
-                self.by_return.remove(&task.spec.return_id);
-                self.table
-                    .seal(task.spec.return_id, v.data, v.nested, false);
+                let id = task.spec.return_id;
+                self.by_return.remove(&id);
+                let sealed = self.table.seal(id, v.data, v.nested, false);
+                if kept {
+                    // Freed here (or never sealed): the copy there goes at the next sweep.
+                    self.copies.entry(id).or_default().push(node);
+                    if !sealed {
+                        self.sweep_copies();
+                    }
+                }
             }
             Err(e) => self.fail_task(task, &e),
+        }
+    }
+
+    /// Tells the nodes keeping copies of objects freed here to drop them.
+    fn sweep_copies(&mut self) {
+        let table = &self.table;
+        let freed: Vec<ObjectId> = self
+            .copies
+            .keys()
+            .filter(|id| matches!(table.lookup(id), crate::store::Lookup::Missing))
+            .copied()
+            .collect();
+        for id in freed {
+            for node in self.copies.remove(&id).unwrap_or_default() {
+                if let Some(tx) = &self.spill_tx
+                    && tx.try_send(Outbound::Release { node, id }).is_err()
+                {
+                    tracing::warn!(object = %id, node = %node, "could not release a copy on another node");
+                }
+            }
         }
     }
 
@@ -646,11 +708,16 @@ impl Raylet {
                 }
                 nv.resources.available = available;
                 nv.alive = true;
+                self.unreported.remove(&node);
             }
             None => {
                 if let Some(nv) = self.view.nodes.get_mut(&node) {
                     nv.alive = false;
                 }
+                for holders in self.copies.values_mut() {
+                    holders.retain(|n| *n != node);
+                }
+                self.copies.retain(|_, h| !h.is_empty());
                 let gone: Vec<ActorId> = self
                     .actors
                     .iter()
@@ -1393,22 +1460,48 @@ pub(crate) fn inline_args(
 }
 
 /// The node holding the most bytes of a DEFAULT task's arguments, when they are worth staying
-/// with (at least `LOCALITY_BYTES`): the policy takes it whenever it fits, ahead of the hybrid
-/// ranking. Arguments live in the submitting node's store (results and nested objects are
-/// brought to the node that asked for them), so that node is `here`.
-fn locality(table: &ObjectTable, spec: &TaskSpec, here: NodeId) -> Option<NodeId> {
+/// with (at least `LOCALITY_BYTES`): the policy takes it whenever the task fits there, ahead
+/// of the hybrid ranking. This node holds every argument (results are brought to the node
+/// that asked for them); other nodes hold the copies they kept of results they made
+/// (`copies`). This node wins a tie while the task fits here.
+fn locality(
+    table: &ObjectTable,
+    copies: &HashMap<ObjectId, Vec<NodeId>>,
+    view: &ClusterView,
+    spec: &TaskSpec,
+    req: &ResourceSet,
+    here: NodeId,
+) -> Option<NodeId> {
     if spec.strategy != SchedulingStrategy::Default {
         return None;
     }
-    let mut bytes = 0usize;
+    let mut bytes: HashMap<NodeId, usize> = HashMap::new();
     for a in &spec.args {
         if let crate::spec::TaskArg::Ref(id) = a
             && let Some(o) = table.get(id)
         {
-            bytes += o.data.len();
+            *bytes.entry(here).or_default() += o.data.len();
+            for n in copies.get(id).into_iter().flatten() {
+                *bytes.entry(*n).or_default() += o.data.len();
+            }
         }
     }
-    (bytes >= LOCALITY_BYTES).then_some(here)
+    let fits = |n: &NodeId| {
+        view.get(*n)
+            .is_some_and(|nv| nv.alive && nv.resources.can_fit(req))
+    };
+    let most = bytes.get(&here).copied().unwrap_or(0);
+    if most < LOCALITY_BYTES {
+        return None;
+    }
+    if fits(&here) {
+        return Some(here);
+    }
+    bytes
+        .into_iter()
+        .filter(|(n, b)| *n != here && *b >= LOCALITY_BYTES && fits(n))
+        .max_by(|(na, a), (nb, b)| a.cmp(b).then(nb.cmp(na)))
+        .map(|(n, _)| n)
 }
 
 fn infeasible_error(
@@ -1474,6 +1567,11 @@ impl Actor for Raylet {
         if let Some(rx) = self.rx.take() {
             ctx.add_stream(rx.into_stream());
         }
+        ctx.run_interval(Duration::from_secs(1), |r, _| {
+            if !r.copies.is_empty() {
+                r.sweep_copies();
+            }
+        });
         if !self.cfg.infeasible_timeout.is_zero() {
             // Infeasible requests fail once their time is up, even if nothing else happens.
             ctx.run_interval(Duration::from_millis(250), |r, _| {
@@ -1652,12 +1750,14 @@ pub(crate) struct RemoteDone {
     pub result: Result<crate::worker::protocol::WireValue, Error>,
     /// The node could not be reached or dropped the connection: a system failure.
     pub node_lost: bool,
+    /// The node that ran it keeps a copy of the value (until told to `Release` it).
+    pub kept: bool,
 }
 
 impl Handler<RemoteDone> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: RemoteDone, _ctx: &mut Self::Context) {
-        self.remote_done(msg.task_id, msg.result, msg.node_lost);
+        self.remote_done(msg.task_id, msg.result, msg.node_lost, msg.kept);
         self.dispatch();
     }
 }

@@ -959,7 +959,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 // The node answers at once; the value comes later (`TaskFinished`).
                                 let msg = ClusterMsg::ExecuteRemote { spec: Box::new(req.spec), launch: req.launch };
                                 if let (Err((e, node_lost)), Some(r)) = (hand_over(&net, req.node, peer, msg).await, raylet) {
-                                    r.do_send(RemoteDone { task_id, result: Err(e), node_lost });
+                                    r.do_send(RemoteDone { task_id, result: Err(e), node_lost, kept: false });
                                 }
                             });
                         }
@@ -975,6 +975,16 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result: Err(e) });
                                 }
                             });
+                        }
+                        Outbound::Release { node, id } => {
+                            if let Some(peer) = peers.get(&node.hex()).copied() {
+                                let net = net.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = net.request(peer, encode(&ClusterMsg::Release(id))).await {
+                                        tracing::debug!(object = %id, node = %node, error = %e, "could not release a copy");
+                                    }
+                                });
+                            }
                         }
                         Outbound::JobEnded(job) => {
                             for peer in peers.values().copied() {
@@ -1159,11 +1169,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let outgoing = outgoing.clone();
                                 let table = table.clone();
                                 tokio::spawn(async move {
-                                    let (result, node_lost, refs) = receive_result(&net, from, &table, return_id, answer).await;
-                                    if let Some(q) = outgoing.take(&return_id) {
+                                    // A task's large value stays there too (the raylet records the copy).
+                                    let call = outgoing.take(&return_id);
+                                    let keep = call.is_none() && raylet.is_some();
+                                    let (result, node_lost, refs, kept) = receive_result(&net, from, &table, return_id, answer, keep).await;
+                                    if let Some(q) = call {
                                         actors::seal_forwarded(&table, q, result);
                                     } else if let Some(r) = raylet {
-                                        r.do_send(RemoteDone { task_id, result, node_lost });
+                                        r.do_send(RemoteDone { task_id, result, node_lost, kept });
                                         if !refs.is_empty() {
                                             // Sealing counts the value's references; ours can go after.
                                             crate::store::sealed(&table, return_id).await;
@@ -1585,49 +1598,58 @@ async fn pull_args(
 }
 
 /// Takes in the value of a task or call that `from` ran: pulls a large value, and the objects
-/// the value refers to that this node lacks, then lets `from` free its copies. Returns the
-/// value, whether the node was lost, and the pulled references to release once the value is
-/// sealed.
+/// the value refers to that this node lacks, then lets `from` free its copies, except (with
+/// `keep`) its copy of a large value, which it keeps until this node releases it. Returns the
+/// value, whether the node was lost, the pulled references to release once the value is
+/// sealed, and whether `from` kept its copy.
 async fn receive_result(
     net: &net::NetHandle,
     from: libp2p::PeerId,
     table: &crate::store::ObjectTable,
     return_id: crate::ObjectId,
     answer: ClusterMsg,
+    keep: bool,
 ) -> (
     Result<crate::worker::protocol::WireValue, crate::Error>,
     bool,
     Vec<crate::ObjectId>,
+    bool,
 ) {
-    let (value, nested) = match answer {
-        ClusterMsg::TaskResult(Ok(v)) if v.nested.is_empty() => return (Ok(v), false, Vec::new()),
+    let (value, nested, large) = match answer {
+        ClusterMsg::TaskResult(Ok(v)) if v.nested.is_empty() => {
+            return (Ok(v), false, Vec::new(), false);
+        }
         ClusterMsg::TaskResult(Ok(v)) => {
             let nested = v.nested.clone();
-            (Ok(v.data), nested)
+            (Ok(v.data), nested, false)
         }
-        ClusterMsg::TaskResult(Err(e)) => return (Err(e), false, Vec::new()),
+        ClusterMsg::TaskResult(Err(e)) => return (Err(e), false, Vec::new(), false),
         ClusterMsg::TaskResultAt { size, nested } => {
-            (pull(net, from, return_id, size).await, nested)
+            (pull(net, from, return_id, size).await, nested, true)
         }
         other => {
             let e = crate::Error::runtime(format!("unexpected answer {other:?}"));
-            return (Err(e), false, Vec::new());
+            return (Err(e), false, Vec::new(), false);
         }
     };
     let refs = match &value {
         Ok(_) => pull_args(net, from, table, nested.iter().copied()).await,
         Err(_) => Ok(Vec::new()),
     };
-    let _ = net
-        .request(from, encode(&ClusterMsg::Release(return_id)))
-        .await;
+    let kept = keep && large && value.is_ok() && refs.is_ok();
+    if !kept {
+        let _ = net
+            .request(from, encode(&ClusterMsg::Release(return_id)))
+            .await;
+    }
     match (value, refs) {
         (Ok(data), Ok(refs)) => (
             Ok(crate::worker::protocol::WireValue { data, nested }),
             false,
             refs,
+            kept,
         ),
-        (Err(e), _) | (_, Err(e)) => (Err(e), true, Vec::new()),
+        (Err(e), _) | (_, Err(e)) => (Err(e), true, Vec::new(), false),
     }
 }
 
