@@ -224,6 +224,9 @@ pub(crate) enum ClusterMsg {
         /// What its queued work waits for.
         #[serde(default)]
         pending: Vec<crate::sched::Demand>,
+        /// Where its data plane listens (`ip:port`).
+        #[serde(default)]
+        data: Option<String>,
     },
     /// Asks the head for the cluster's status (request).
     Status,
@@ -762,6 +765,27 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     }
     std::fs::write(&pid_file, std::process::id().to_string()).map_err(file_err(&pid_file))?;
     let ip = advertised_ip(&opts)?;
+    // Object values travel over a data plane of their own (see `net::data`).
+    let provider_table = table.clone();
+    let provider: net::data::Provider = std::sync::Arc::new(move |id: &crate::ObjectId| {
+        provider_table
+            .get(id)
+            .filter(|o| !o.is_error)
+            .map(|o| o.data)
+    });
+    let data_bind: std::net::SocketAddr = format!("{}:0", opts.bind)
+        .parse()
+        .map_err(|e| ClusterError::Usage(format!("bad --bind {}: {e}", opts.bind)))?;
+    let (plane, data_addr) = match net::data::DataPlane::start(data_bind, secret, provider) {
+        Ok((p, bound)) => {
+            net.set_data(p.clone());
+            (Some(p), Some(format!("{ip}:{}", bound.port())))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no data plane: objects move over the control connection");
+            (None, None)
+        }
+    };
     let my_addr = bound
         .as_ref()
         .map(|a| format!("{}/p2p/{}", with_ip(a, ip), net.peer_id()))
@@ -871,6 +895,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         total,
                         available,
                         pending: own_demand(&raylet).await,
+                        data: data_addr.clone(),
                     };
                     // Fails until some peer's subscription is known; the next tick retries.
                     let _ = net.publish(encode(&hb)).await;
@@ -1236,9 +1261,12 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         }
                         }
                         NetEvent::Gossip { from, data } => match decode(&data) {
-                            Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available, pending }) => {
+                            Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available, pending, data }) => {
                                 if n == node_id {
                                     continue;
+                                }
+                                if let (Some(plane), Some(a)) = (&plane, data.and_then(|d| d.parse().ok())) {
+                                    plane.set_addr(from, a);
                                 }
                                 if !peers.contains_key(&n) {
                                     if let Ok(a) = addr.parse::<libp2p::Multiaddr>() {
@@ -1478,7 +1506,37 @@ async fn pull(
     id: crate::ObjectId,
     size: u64,
 ) -> Result<bytes::Bytes, crate::Error> {
-    pull_rest(net, peer, id, size, Vec::new()).await
+    match fetch_direct(net, peer, id).await {
+        Some(Ok(b)) if b.len() as u64 == size => Ok(b),
+        Some(Ok(b)) => Err(crate::Error::ObjectLost {
+            id: id.hex(),
+            reason: format!("got {} of {size} bytes", b.len()),
+        }),
+        Some(Err(e)) => Err(e),
+        None => pull_rest(net, peer, id, size, Vec::new()).await,
+    }
+}
+
+/// Fetches object `id` from `peer` over the data plane; `None` when there is no data plane
+/// to it or the transfer failed for a reason the control connection may not share (then
+/// the caller pulls in parts over it).
+async fn fetch_direct(
+    net: &net::NetHandle,
+    peer: libp2p::PeerId,
+    id: crate::ObjectId,
+) -> Option<Result<bytes::Bytes, crate::Error>> {
+    let (plane, addr) = net.data_to(&peer)?;
+    match plane.fetch(addr, id).await {
+        Ok(Some(b)) => Some(Ok(b)),
+        Ok(None) => Some(Err(crate::Error::ObjectLost {
+            id: id.hex(),
+            reason: format!("node {peer} no longer has it"),
+        })),
+        Err(e) => {
+            tracing::warn!(object = %id, peer = %peer, error = %e, "data plane transfer failed; pulling over the control connection");
+            None
+        }
+    }
 }
 
 /// Asks `peer` for the part of object `id` that starts at `offset`: the object's size and the
@@ -1661,6 +1719,14 @@ async fn pull_object(
     table: &crate::store::ObjectTable,
     id: crate::ObjectId,
 ) -> Result<(), crate::Error> {
+    if let Some(got) = fetch_direct(net, origin, id).await {
+        let data = got?;
+        if matches!(table.lookup(&id), crate::store::Lookup::Pending) {
+            table.seal(id, data, Vec::new(), false);
+            return Ok(());
+        }
+        return table.put(id, data, Vec::new(), false).map_err(Into::into);
+    }
     // The first part also tells the size.
     let (size, first) =
         fetch_part(net, origin, id, 0, None)

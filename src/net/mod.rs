@@ -11,6 +11,8 @@
 //! reports the peers it hears of (`NetEvent::Discovered`); without it the mDNS behaviour is
 //! absent (`Toggle`) and nothing is sent or listened for on UDP 5353.
 
+pub mod data;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -138,6 +140,8 @@ pub struct NetHandle {
     cmd: mpsc::Sender<Cmd>,
     heard: Heard,
     limits: Limits,
+    /// The bulk data plane, once the daemon started it.
+    data: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<data::DataPlane>>>,
 }
 
 /// Requests to one peer in flight at once, at most: yamux refuses more outbound streams than
@@ -151,6 +155,20 @@ type Limits =
 type Heard = std::sync::Arc<parking_lot::Mutex<HashMap<PeerId, std::time::Instant>>>;
 
 impl NetHandle {
+    /// Attaches the data plane that object transfers use.
+    pub fn set_data(&self, plane: std::sync::Arc<data::DataPlane>) {
+        let _ = self.data.set(plane);
+    }
+
+    /// The data plane and where `peer`'s listens, when both are known.
+    pub fn data_to(
+        &self,
+        peer: &PeerId,
+    ) -> Option<(std::sync::Arc<data::DataPlane>, std::net::SocketAddr)> {
+        let plane = self.data.get()?;
+        Some((plane.clone(), plane.addr_of(peer)?))
+    }
+
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
@@ -453,6 +471,7 @@ pub fn start(
             cmd: cmd_tx,
             heard,
             limits: Default::default(),
+            data: Default::default(),
         },
         ev_rx,
         addr,
