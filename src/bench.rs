@@ -476,6 +476,21 @@ fn not_remote(what: &str, node: &str) -> crate::error::Error {
 fn run_cross_node(rt: &Runtime, cfg: &ClusterBenchConfig, t: &mut Timer<'_>) -> Result<()> {
     use crate::api::TaskOptions;
     let driver_node = rt.node_id().hex();
+    // A node that just joined is known to the head after its first heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt
+        .cluster_resources()?
+        .get(&cfg.resource)
+        .is_none_or(|a| *a <= 0.0)
+    {
+        if Instant::now() > deadline {
+            return Err(crate::error::Error::runtime(format!(
+                "no node of the cluster offers the resource {}: start the other node with --resources '{{\"{}\": 1000}}'",
+                cfg.resource, cfg.resource
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let task = TaskOptions::new().resource(cfg.resource.as_str(), 0.001);
     let actor = || zero_cpu().resource(cfg.resource.as_str(), 0.001);
     let node = rt.get(&node_of_task::options(task.clone()).remote(rt))?;
