@@ -37,12 +37,12 @@ stop_mobula() {
   "$mobula" stop --temp-dir "$mtmp" --port "$mport" --grace-period 5 >&2 || true
 }
 
-# Ray's processes of this benchmark only: those naming its temp dir on their command line
-# (GCS, raylets, monitors) and their descendants (workers, agents rename themselves
+# Ray's processes of this benchmark only: those naming its temp dir or its head's address on
+# their command line (GCS, raylets, monitors, the client server) and their descendants (workers, agents rename themselves
 # `ray::...`). `ray stop` would stop every Ray cluster of the machine.
 ray_pids() {
   local roots
-  roots=$(pgrep -f -- "$rtmp" || true)
+  roots=$( (pgrep -f -- "$rtmp"; pgrep -f -- "--address=[0-9.]*:$rport( |\$)") || true)
   [ -z "$roots" ] && return 0
   ps -e -o pid=,ppid= | awk -v roots="$roots" '
     BEGIN { n = split(roots, r, /[ \n]+/); for (i = 1; i <= n; i++) if (r[i] != "") keep[r[i]] = 1 }
