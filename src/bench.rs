@@ -2,6 +2,10 @@
 //! the way Ray times them (a warm-up second, then rounds of at least two seconds; the mean and
 //! standard deviation of the per-round rates), printed in Ray's line format
 //! `<name> per second <mean> +- <std>`.
+//!
+//! `mobula cluster-benchmark` ([`run_cluster`]) times the same kinds of calls, and object
+//! transfer, between the two nodes of a running cluster: the driver sits on the head and every
+//! task and actor is forced onto the other node by a custom resource only that node offers.
 
 use std::time::{Duration, Instant};
 
@@ -134,6 +138,74 @@ impl BenchClient {
         }
         rt.get_all(&refs)?;
         Ok(())
+    }
+}
+
+/// A node's id, asked from a task or actor running there.
+fn here() -> Result<String> {
+    Ok(crate::runtime()?.node_id().hex())
+}
+
+#[crate::remote]
+fn node_of_task() -> Result<String> {
+    here()
+}
+
+/// `len` bytes made on the node the task runs on (touched, as `np.ones` is).
+#[crate::remote]
+fn make_bytes(len: usize) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(vec![1u8; len])
+}
+
+/// The length of a buffer argument.
+#[crate::remote]
+fn byte_len(data: serde_bytes::ByteBuf) -> usize {
+    data.len()
+}
+
+/// The actor of the cross-node benchmarks (`num_cpus=0`, placed by a custom resource).
+#[crate::actor]
+#[derive(Default)]
+pub struct RemoteBenchActor;
+
+#[crate::actor]
+impl RemoteBenchActor {
+    /// Constructor.
+    pub fn new() -> Self {
+        RemoteBenchActor
+    }
+
+    /// Returns a small value.
+    pub fn small_value(&self) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+
+    /// The id of the node the actor runs on.
+    pub fn node(&self) -> Result<String> {
+        here()
+    }
+}
+
+/// The async actor of the cross-node benchmarks (Ray's `async def` actor).
+#[crate::actor]
+#[derive(Default)]
+pub struct RemoteAsyncBenchActor;
+
+#[crate::actor]
+impl RemoteAsyncBenchActor {
+    /// Constructor.
+    pub fn new() -> Self {
+        RemoteAsyncBenchActor
+    }
+
+    /// Returns a small value.
+    pub async fn small_value(&self) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+
+    /// The id of the node the actor runs on.
+    pub async fn node(&self) -> Result<String> {
+        here()
     }
 }
 
@@ -358,5 +430,137 @@ fn run_mode(rt: &Runtime, t: &mut Timer<'_>) -> Result<()> {
         }
         Ok(())
     })?;
+    Ok(())
+}
+
+/// Settings of `mobula cluster-benchmark`.
+#[derive(Debug, Clone)]
+pub struct ClusterBenchConfig {
+    /// Timing and filters (`modes` is ignored: a connected driver always has worker
+    /// processes).
+    pub timing: BenchConfig,
+    /// `HOST:PORT` of the cluster's head.
+    pub address: String,
+    /// The cluster's `--temp-dir`.
+    pub cluster_root: std::path::PathBuf,
+    /// The custom resource that only the other node offers (every task and actor asks for
+    /// 0.001 of it).
+    pub resource: String,
+    /// Size of the objects of the transfer benchmarks, in bytes.
+    pub object_bytes: usize,
+}
+
+/// Runs the cross-node benchmarks against a running cluster, calling `out` with each result.
+/// Fails unless the tasks and actors really run on a node other than the driver's.
+pub fn run_cluster(cfg: &ClusterBenchConfig, out: &mut dyn FnMut(BenchResult)) -> Result<()> {
+    let config = Config::from_env()
+        .address(cfg.address.clone())
+        .cluster_root(cfg.cluster_root.clone());
+    let rt = crate::init_with(config)?;
+    let mut t = Timer {
+        cfg: &cfg.timing,
+        suffix: "",
+        out,
+    };
+    let res = run_cross_node(&rt, cfg, &mut t);
+    crate::shutdown();
+    res
+}
+
+fn not_remote(what: &str, node: &str) -> crate::error::Error {
+    crate::error::Error::runtime(format!(
+        "the {what} ran on node {node}, the driver's own: the benchmark needs another node offering the custom resource"
+    ))
+}
+
+fn run_cross_node(rt: &Runtime, cfg: &ClusterBenchConfig, t: &mut Timer<'_>) -> Result<()> {
+    use crate::api::TaskOptions;
+    let driver_node = rt.node_id().hex();
+    // A node that just joined is known to the head after its first heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt
+        .cluster_resources()?
+        .get(&cfg.resource)
+        .is_none_or(|a| *a <= 0.0)
+    {
+        if Instant::now() > deadline {
+            return Err(crate::error::Error::runtime(format!(
+                "no node of the cluster offers the resource {}: start the other node with --resources '{{\"{}\": 1000}}'",
+                cfg.resource, cfg.resource
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let task = TaskOptions::new().resource(cfg.resource.as_str(), 0.001);
+    let actor = || zero_cpu().resource(cfg.resource.as_str(), 0.001);
+    let node = rt.get(&node_of_task::options(task.clone()).remote(rt))?;
+    if node == driver_node {
+        return Err(not_remote("task", &node));
+    }
+    tracing::info!(driver = %driver_node, remote = %node, "cross-node benchmarks");
+
+    t.timeit("cross-node tasks sync", 1.0, || {
+        rt.get(&small_value::options(task.clone()).remote(rt))
+            .map(|_| ())
+    })?;
+    t.timeit("cross-node tasks async", 1000.0, || {
+        let refs: Vec<_> = (0..1000)
+            .map(|_| small_value::options(task.clone()).remote(rt))
+            .collect();
+        rt.get_all(&refs).map(|_| ())
+    })?;
+    if t.wanted("cross-node 1:1 actor calls") {
+        let a = RemoteBenchActor::options(actor()).remote(rt)?;
+        let at = rt.get(&a.node())?;
+        if at == driver_node {
+            return Err(not_remote("actor", &at));
+        }
+        t.timeit("cross-node 1:1 actor calls sync", 1.0, || {
+            rt.get(&a.small_value()).map(|_| ())
+        })?;
+        t.timeit("cross-node 1:1 actor calls async", 1000.0, || {
+            let refs: Vec<_> = (0..1000).map(|_| a.small_value()).collect();
+            rt.get_all(&refs).map(|_| ())
+        })?;
+        rt.kill(&a)?;
+    }
+    if t.wanted("cross-node 1:1 async-actor calls") {
+        let a = RemoteAsyncBenchActor::options(actor()).remote(rt)?;
+        let at = rt.get(&a.node())?;
+        if at == driver_node {
+            return Err(not_remote("async actor", &at));
+        }
+        t.timeit("cross-node 1:1 async-actor calls sync", 1.0, || {
+            rt.get(&a.small_value()).map(|_| ())
+        })?;
+        t.timeit("cross-node 1:1 async-actor calls async", 1000.0, || {
+            let refs: Vec<_> = (0..1000).map(|_| a.small_value()).collect();
+            rt.get_all(&refs).map(|_| ())
+        })?;
+        rt.kill(&a)?;
+    }
+    let gb = cfg.object_bytes as f64 / 1e9;
+    // Every round trip makes a fresh object, so each one crosses the nodes (a node keeps the
+    // copies it pulled while they are referenced).
+    t.timeit("cross-node get gigabytes", gb, || {
+        let r = make_bytes::options(task.clone()).remote(rt, cfg.object_bytes);
+        let got = rt.get(&r)?;
+        std::hint::black_box(&got);
+        Ok(())
+    })?;
+    if t.wanted("cross-node task arg gigabytes") {
+        let data = serde_bytes::ByteBuf::from(vec![1u8; cfg.object_bytes]);
+        t.timeit("cross-node task arg gigabytes", gb, || {
+            let arg = rt.put(&data)?;
+            let n = rt.get(&byte_len::options(task.clone()).remote(rt, &arg))?;
+            if n != cfg.object_bytes {
+                return Err(crate::error::Error::runtime(format!(
+                    "the task saw {n} bytes of {}",
+                    cfg.object_bytes
+                )));
+            }
+            Ok(())
+        })?;
+    }
     Ok(())
 }

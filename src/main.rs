@@ -126,6 +126,35 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         warmup_secs: f64,
     },
+    /// Times cross-node tasks, actor calls and object transfer on a running cluster: this
+    /// process is a driver on the head, every task and actor runs on the node that offers
+    /// `--resource` (start it with `--resources '{"bench_remote": 1000}'`).
+    ClusterBenchmark {
+        /// `HOST:PORT` of the cluster's head.
+        #[arg(long)]
+        address: String,
+        /// Root of the cluster directories (the cluster's `--temp-dir`).
+        #[arg(long, default_value = "/tmp/mobula")]
+        temp_dir: std::path::PathBuf,
+        /// The custom resource only the other node offers.
+        #[arg(long, default_value = "bench_remote")]
+        resource: String,
+        /// Size of the transferred objects, in MiB.
+        #[arg(long, default_value_t = 256)]
+        object_mib: usize,
+        /// Only benchmarks whose name contains this (repeatable).
+        #[arg(long = "filter")]
+        filters: Vec<String>,
+        /// Seconds of each timed round (Ray: 2).
+        #[arg(long, default_value_t = 2.0)]
+        round_secs: f64,
+        /// Timed rounds (Ray: 4).
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Warm-up seconds (Ray: 1).
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+    },
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -306,6 +335,37 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mobula microbenchmark: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ClusterBenchmark {
+            address,
+            temp_dir,
+            resource,
+            object_mib,
+            filters,
+            round_secs,
+            rounds,
+            warmup_secs,
+        } => {
+            let cfg = mobula::bench::ClusterBenchConfig {
+                timing: mobula::bench::BenchConfig {
+                    warmup: Duration::from_secs_f64(warmup_secs),
+                    round: Duration::from_secs_f64(round_secs),
+                    rounds,
+                    filters,
+                    modes: Vec::new(),
+                },
+                address,
+                cluster_root: temp_dir,
+                resource,
+                object_bytes: object_mib << 20,
+            };
+            match mobula::bench::run_cluster(&cfg, &mut |r| println!("{r}")) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mobula cluster-benchmark: {e}");
                     ExitCode::FAILURE
                 }
             }
