@@ -616,20 +616,11 @@ impl Raylet {
         if req.iter().all(|(k, v)| counted.get(k) >= v) {
             *counted -= req;
             if let Some(nv) = self.view.nodes.get_mut(&node) {
-                nv.resources.force_release(req);
-            }
-        }
-    }
-
-    /// A task spilled to `node` finished there: what [`Raylet::count_against`] took is free
-    /// again (up to the node's total), without waiting for the next heartbeat, so that a
-    /// stream of tasks for that node is not paced by the heartbeat period.
-    fn credit_back(&mut self, node: NodeId, req: &ResourceSet) {
-        if let Some(nv) = self.view.nodes.get_mut(&node) {
-            let r = &mut nv.resources;
-            for (name, amount) in req.iter() {
-                let v = (r.available.get(name) + amount).min(r.total.get(name));
-                r.available.set(name, v);
+                let r = &mut nv.resources;
+                for (name, amount) in req.iter() {
+                    let v = (r.available.get(name) + amount).min(r.total.get(name));
+                    r.available.set(name, v);
+                }
             }
         }
     }
@@ -667,8 +658,6 @@ impl Raylet {
             self.node_lost(task, node, "was lost");
             return;
         }
-        let req = request_of(&task.spec.resources, &task.spec.strategy);
-        self.credit_back(node, &req);
         match result {
             Ok(v) => {
                 let id = task.spec.return_id;
