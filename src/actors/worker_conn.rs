@@ -70,8 +70,10 @@ pub(crate) struct WorkerConn {
     driver_job: Option<crate::ids::JobId>,
 }
 
-fn frame<T: serde::Serialize>(msg: &T) -> Option<Bytes> {
-    match protocol::encode_frame(msg) {
+/// Encodes a frame for the process `pid` (its large values go through shared memory named
+/// for it).
+fn frame<T: serde::Serialize>(pid: u32, msg: &T) -> Option<Bytes> {
+    match crate::worker::shm::to_reader(pid, || protocol::encode_frame(msg)) {
         Ok(f) => Some(Bytes::from(f)),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a frame for a worker");
@@ -244,7 +246,7 @@ impl WorkerConn {
     }
 
     fn reply(&self, ctx: &mut Context<Self>, req: u64, body: Reply) {
-        if let Some(f) = frame(&ToWorker::Reply { req, body }) {
+        if let Some(f) = frame(self.pid, &ToWorker::Reply { req, body }) {
             let out = self.out.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
                 let _ = out.send_async(f).await;
@@ -259,12 +261,13 @@ impl WorkerConn {
     {
         let client = self.client();
         let out = self.out.clone();
+        let pid = self.pid;
         ctx.spawn(actix::fut::wrap_future(async move {
             let body = match tokio::task::spawn_blocking(move || f(client)).await {
                 Ok(b) => b,
                 Err(e) => Reply::Unit(Err(Error::runtime(format!("request failed: {e}")))),
             };
-            if let Some(fr) = frame(&ToWorker::Reply { req, body }) {
+            if let Some(fr) = frame(pid, &ToWorker::Reply { req, body }) {
                 let _ = out.send_async(fr).await;
             }
         }));
@@ -280,6 +283,7 @@ impl WorkerConn {
         let table = self.ctx.table.clone();
         let out = self.out.clone();
         let inflight = self.inflight.clone();
+        let pid = self.pid;
         let forward = move |q: QueuedCall| {
             let table = table.clone();
             let out = out.clone();
@@ -297,10 +301,13 @@ impl WorkerConn {
                         return;
                     }
                 };
-                let Some(f) = frame(&ToWorker::Call {
-                    call: q.call.clone(),
-                    args,
-                }) else {
+                let Some(f) = frame(
+                    pid,
+                    &ToWorker::Call {
+                        call: q.call.clone(),
+                        args,
+                    },
+                ) else {
                     seal_error(
                         &table,
                         q.call.return_id,
@@ -481,14 +488,18 @@ impl WorkerConn {
                 let raylet_tx = self.ctx.raylet_tx.clone();
                 let wid = self.wid;
                 let out = self.out.clone();
+                let pid = self.pid;
                 let _ = raylet_tx.try_send(RayletMsg::Blocked(wid));
                 ctx.spawn(actix::fut::wrap_future(async move {
                     let r = NodeClient::get_async_many(table, ids, timeout).await;
                     let _ = raylet_tx.send_async(RayletMsg::Unblocked(wid)).await;
-                    if let Some(f) = frame(&ToWorker::Reply {
-                        req,
-                        body: to_reply(r),
-                    }) {
+                    if let Some(f) = frame(
+                        pid,
+                        &ToWorker::Reply {
+                            req,
+                            body: to_reply(r),
+                        },
+                    ) {
                         let _ = out.send_async(f).await;
                     }
                 }));
@@ -565,18 +576,24 @@ impl Actor for WorkerConn {
     fn started(&mut self, _ctx: &mut Self::Context) {
         tracing::debug!(worker = %self.wid, pid = self.pid, "worker connected");
         if let (Some(h), Some(args)) = (self.actor.as_ref(), self.actor_args.take())
-            && let Some(f) = frame(&ToWorker::CreateActor {
-                spec: h.spec.clone(),
-                args,
-            })
+            && let Some(f) = frame(
+                self.pid,
+                &ToWorker::CreateActor {
+                    spec: h.spec.clone(),
+                    args,
+                },
+            )
             && self.out.try_send(f).is_err()
         {
             tracing::error!(worker = %self.wid, "cannot send the actor to its worker");
         }
         if self.shared.is_none() {
-            if let Some(f) = frame(&ToWorker::Welcome {
-                node_id: self.ctx.node_id,
-            }) && self.out.try_send(f).is_err()
+            if let Some(f) = frame(
+                self.pid,
+                &ToWorker::Welcome {
+                    node_id: self.ctx.node_id,
+                },
+            ) && self.out.try_send(f).is_err()
             {
                 tracing::error!("cannot greet a driver");
             }
@@ -586,6 +603,14 @@ impl Actor for WorkerConn {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let removed = crate::worker::shm::remove_of(self.pid);
+        if removed > 0 {
+            tracing::debug!(
+                pid = self.pid,
+                removed,
+                "removed unread shared-memory values"
+            );
+        }
         if let Some(s) = &self.shared {
             s.detach();
         } else {

@@ -4,6 +4,7 @@
 
 pub(crate) mod process;
 pub(crate) mod protocol;
+pub(crate) mod shm;
 pub(crate) mod thread;
 
 use std::cell::RefCell;

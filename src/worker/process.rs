@@ -168,10 +168,13 @@ impl ProcessWorker {
         args: Vec<Bytes>,
         gpu_ids: Vec<usize>,
     ) -> std::result::Result<(), ()> {
-        let frame = protocol::encode_frame(&ToWorker::Execute {
-            spec: spec.clone(),
-            args,
-            gpu_ids,
+        let pid = self.shared.pid();
+        let frame = crate::worker::shm::to_reader(pid, || {
+            protocol::encode_frame(&ToWorker::Execute {
+                spec: spec.clone(),
+                args,
+                gpu_ids,
+            })
         })
         .map_err(|e| tracing::error!(worker = %self.id, error = %e, "cannot encode a task"))?;
         let conn = self.shared.conn.lock().clone();

@@ -40,7 +40,8 @@ pub enum ProtoError {
 /// A value produced by user code, as it travels back to the raylet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireValue {
-    /// Encoded value.
+    /// Encoded value (large ones through shared memory, in worker frames).
+    #[serde(with = "crate::worker::shm")]
     pub data: Bytes,
     /// Nested references.
     pub nested: Vec<ObjectId>,
@@ -54,6 +55,7 @@ pub enum ToWorker {
         /// The task.
         spec: TaskSpec,
         /// Its argument values.
+        #[serde(with = "crate::worker::shm::vec")]
         args: Vec<Bytes>,
         /// GPU instances assigned to it.
         gpu_ids: Vec<usize>,
@@ -63,6 +65,7 @@ pub enum ToWorker {
         /// The actor.
         spec: ActorSpec,
         /// Constructor argument values.
+        #[serde(with = "crate::worker::shm::vec")]
         args: Vec<Bytes>,
     },
     /// Run a method call on the hosted actor.
@@ -70,6 +73,7 @@ pub enum ToWorker {
         /// The call.
         call: ActorCall,
         /// Its argument values.
+        #[serde(with = "crate::worker::shm::vec")]
         args: Vec<Bytes>,
     },
     /// First frame to a driver: the node it is connected to.
@@ -268,7 +272,7 @@ pub enum Reply {
     /// Done, or failed.
     Unit(Result<(), Error>),
     /// Objects: (data, is_error) in request order.
-    Objects(Result<Vec<(Bytes, bool)>, Error>),
+    Objects(#[serde(with = "crate::worker::shm::objects")] Result<Vec<(Bytes, bool)>, Error>),
     /// Readiness flags.
     Ready(Result<Vec<bool>, Error>),
     /// A named actor.
@@ -298,18 +302,21 @@ pub struct WorkerEnv {
 
 /// Encodes a message as one frame (length prefix included).
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
-    let body = rmp_serde::to_vec(msg).map_err(|e| ProtoError::Encode(e.to_string()))?;
-    if body.len() > MAX_FRAME {
-        return Err(ProtoError::TooLarge(body.len()));
+    // The body is written after room for its length: one pass over large values.
+    let mut out = vec![0u8; 4];
+    let _shm = crate::worker::shm::Scope::enter();
+    rmp_serde::encode::write(&mut out, msg).map_err(|e| ProtoError::Encode(e.to_string()))?;
+    let body = out.len() - 4;
+    if body > MAX_FRAME {
+        return Err(ProtoError::TooLarge(body));
     }
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    out[..4].copy_from_slice(&(body as u32).to_be_bytes());
     Ok(out)
 }
 
 /// Decodes one frame body.
 pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ProtoError> {
+    let _shm = crate::worker::shm::Scope::enter();
     rmp_serde::from_slice(body).map_err(|e| ProtoError::Malformed(e.to_string()))
 }
 
