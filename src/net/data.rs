@@ -400,6 +400,29 @@ impl DataPlane {
 mod tests {
     use super::*;
 
+    /// `cargo test --release --lib throughput_probe -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a throughput probe, not a check"]
+    fn throughput_probe() {
+        let big: Bytes = vec![5u8; 256 << 20].into();
+        let id = ObjectId::new();
+        let served = big.clone();
+        let p: Provider = Arc::new(move |_: &ObjectId| Some(served.clone()));
+        let (plane, addr) =
+            DataPlane::start("127.0.0.1:0".parse().expect("addr"), [1u8; 32], p).expect("start");
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        for _ in 0..4 {
+            let t = std::time::Instant::now();
+            let got = rt.block_on(plane.fetch(addr, id)).expect("fetch");
+            let s = t.elapsed().as_secs_f64();
+            eprintln!(
+                "256 MiB in {s:.3} s = {:.2} GB/s",
+                big.len() as f64 / 1e9 / s
+            );
+            assert_eq!(got.map(|b| b.len()), Some(big.len()));
+        }
+    }
+
     #[test]
     fn objects_cross_and_strangers_are_refused() {
         let secret = [7u8; 32];
