@@ -169,7 +169,7 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
             std::ptr::null_mut(),
             n,
             libc::PROT_READ,
-            libc::MAP_PRIVATE,
+            libc::MAP_PRIVATE | libc::MAP_POPULATE,
             f.as_raw_fd(),
             0,
         )
