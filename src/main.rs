@@ -273,10 +273,12 @@ fn main() -> ExitCode {
                     match &opts.address {
                         Some(a) => println!("mobula node started and joined {a}"),
                         None => println!(
-                            "mobula node started; it joins the head on port {} that it finds over mDNS (see {})",
+                            "mobula node started; it joins the head on port {} that it finds over mDNS (logs in {})",
                             opts.port,
                             mobula::cluster::ClusterDir::new(&opts.temp_dir, opts.port)
                                 .log("node")
+                                .parent()
+                                .unwrap_or(std::path::Path::new("."))
                                 .display()
                         ),
                     }

@@ -1925,8 +1925,30 @@ pub fn spawn_daemon(opts: &StartOptions, args: Vec<std::ffi::OsString>) -> Res<H
             "a head is already running on port {port} (stop it with `mobula stop --port {port}` or pick another --port)"
         )));
     }
-    let log_path = dir.log(if opts.head { "head" } else { "node" });
-    let log = std::fs::File::create(&log_path).map_err(file_err(&log_path))?;
+    let (log_path, log) = if opts.head {
+        let p = dir.log("head");
+        let f = std::fs::File::create(&p).map_err(file_err(&p))?;
+        (p, f)
+    } else {
+        // Several nodes of one cluster can run on one machine: each gets a log of its own.
+        let mut i = 1;
+        loop {
+            let p = dir.log(&if i == 1 {
+                "node".to_string()
+            } else {
+                format!("node-{i}")
+            });
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
+                Ok(f) => break (p, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 10_000 => i += 1,
+                Err(e) => return Err(file_err(&p)(e)),
+            }
+        }
+    };
     let log2 = log.try_clone().map_err(file_err(&log_path))?;
     let exe = std::env::current_exe().map_err(file_err(Path::new("current executable")))?;
     let mut child = std::process::Command::new(exe)

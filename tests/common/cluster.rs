@@ -79,10 +79,14 @@ impl Cluster {
             .path()
             .join(format!("cluster-{}", self.port))
             .join("logs");
-        for f in ["head.log", "node.log"] {
-            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for f in logs {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
             let kept: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
-            eprintln!("==== {f}\n{}", kept.join("\n"));
+            eprintln!("==== {}\n{}", f.display(), kept.join("\n"));
         }
     }
 }
