@@ -628,6 +628,9 @@ impl Actor for WorkerConn {
             }
         }
         if let Some(h) = self.actor.take() {
+            // Calls submitted from now on queue in the route (the GCS restarts or kills it);
+            // sent to this channel they would wait there for a process that is gone.
+            h.route.restarting();
             let mut unfinished: Vec<QueuedCall> =
                 std::mem::take(&mut self.inflight.borrow_mut().order)
                     .into_values()
