@@ -548,6 +548,13 @@ fn object_store_limit(config: &Config) -> u64 {
 
 /// Starts an embedded node and returns its client.
 pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
+    let orphans = crate::worker::shm::remove_orphans();
+    if orphans > 0 {
+        tracing::info!(
+            removed = orphans,
+            "removed shared-memory values of processes that are gone"
+        );
+    }
     let node_id = NodeId::new();
     let job_id = JobId::new();
     let table = Arc::new(ObjectTable::new(object_store_limit(&config)));

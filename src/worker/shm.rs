@@ -95,6 +95,41 @@ fn on() -> bool {
     ON.with(Cell::get)
 }
 
+fn alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// Removes shared-memory values whose writer and reader are both gone (left behind by
+/// processes that were killed); run when a node starts. Returns how many.
+pub(crate) fn remove_orphans() -> usize {
+    if !available() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(DIR) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|s| s.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        // `<writer>-<reader>-<uuid>`
+        let mut parts = rest.splitn(3, '-');
+        let (Some(w), Some(r)) = (
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        if !alive(w) && !alive(r) && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Writes `data` to a new shared-memory file; returns its name.
 fn write(data: &[u8]) -> std::io::Result<String> {
     let name = format!(
@@ -322,6 +357,25 @@ mod tests {
         });
         assert!(orphan.len() < 200);
         assert_eq!(remove_of(4_000_001), 1);
+        // One whose writer and reader are both gone is an orphan; a live writer's is not.
+        let name = format!("{PREFIX}4000002-4000003-{}", uuid::Uuid::new_v4().simple());
+        std::fs::write(Path::new(DIR).join(&name), b"x").expect("orphan");
+        let live = format!(
+            "{PREFIX}{}-4000003-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        std::fs::write(Path::new(DIR).join(&live), b"x").expect("live");
+        remove_orphans();
+        assert!(
+            !Path::new(DIR).join(&name).exists(),
+            "the orphan is removed"
+        );
+        assert!(
+            Path::new(DIR).join(&live).exists(),
+            "a live writer's value stays"
+        );
+        let _ = std::fs::remove_file(Path::new(DIR).join(&live));
         assert!(rmp_serde::from_slice::<V>(&orphan).is_err(), "removed");
         // Names outside the pattern are refused.
         let evil = rmp_serde::to_vec(&("../etc/passwd", 10u64)).expect("encode");
