@@ -23,6 +23,35 @@ enum Mode {
     Both,
 }
 
+/// Which benchmarks run and how they are timed (Ray's timing by default).
+#[derive(clap::Args)]
+struct Timing {
+    /// Only benchmarks whose name contains this (repeatable).
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    /// Seconds of each timed round (Ray: 2).
+    #[arg(long, default_value_t = 2.0)]
+    round_secs: f64,
+    /// Timed rounds (Ray: 4).
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// Warm-up seconds (Ray: 1).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+}
+
+impl Timing {
+    fn config(self, modes: Vec<mobula::WorkerMode>) -> mobula::bench::BenchConfig {
+        mobula::bench::BenchConfig {
+            warmup: Duration::from_secs_f64(self.warmup_secs),
+            round: Duration::from_secs_f64(self.round_secs),
+            rounds: self.rounds,
+            filters: self.filters,
+            modes,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Starts a node daemon: a head (`--head`) or a node joining one (`--address`, or
@@ -110,21 +139,11 @@ enum Command {
     },
     /// Runs the workloads of `ray microbenchmark`, printed in Ray's format.
     Microbenchmark {
-        /// Only benchmarks whose name contains this (repeatable).
-        #[arg(long = "filter")]
-        filters: Vec<String>,
         /// Worker mode(s) to measure.
         #[arg(long, value_enum, default_value = "both")]
         mode: Mode,
-        /// Seconds of each timed round (Ray: 2).
-        #[arg(long, default_value_t = 2.0)]
-        round_secs: f64,
-        /// Timed rounds (Ray: 4).
-        #[arg(long, default_value_t = 4)]
-        rounds: usize,
-        /// Warm-up seconds (Ray: 1).
-        #[arg(long, default_value_t = 1.0)]
-        warmup_secs: f64,
+        #[command(flatten)]
+        timing: Timing,
     },
     /// Times cross-node tasks, actor calls and object transfer on a running cluster: this
     /// process is a driver on the head, every task and actor runs on the node that offers
@@ -142,18 +161,8 @@ enum Command {
         /// Size of the transferred objects, in MiB.
         #[arg(long, default_value_t = 256)]
         object_mib: usize,
-        /// Only benchmarks whose name contains this (repeatable).
-        #[arg(long = "filter")]
-        filters: Vec<String>,
-        /// Seconds of each timed round (Ray: 2).
-        #[arg(long, default_value_t = 2.0)]
-        round_secs: f64,
-        /// Timed rounds (Ray: 4).
-        #[arg(long, default_value_t = 4)]
-        rounds: usize,
-        /// Warm-up seconds (Ray: 1).
-        #[arg(long, default_value_t = 1.0)]
-        warmup_secs: f64,
+        #[command(flatten)]
+        timing: Timing,
     },
 }
 
@@ -314,24 +323,12 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
-        Command::Microbenchmark {
-            filters,
-            mode,
-            round_secs,
-            rounds,
-            warmup_secs,
-        } => {
-            let cfg = mobula::bench::BenchConfig {
-                warmup: Duration::from_secs_f64(warmup_secs),
-                round: Duration::from_secs_f64(round_secs),
-                rounds,
-                filters,
-                modes: match mode {
-                    Mode::Thread => vec![mobula::WorkerMode::Thread],
-                    Mode::Process => vec![mobula::WorkerMode::Process],
-                    Mode::Both => vec![mobula::WorkerMode::Thread, mobula::WorkerMode::Process],
-                },
-            };
+        Command::Microbenchmark { mode, timing } => {
+            let cfg = timing.config(match mode {
+                Mode::Thread => vec![mobula::WorkerMode::Thread],
+                Mode::Process => vec![mobula::WorkerMode::Process],
+                Mode::Both => vec![mobula::WorkerMode::Thread, mobula::WorkerMode::Process],
+            });
             let res = mobula::bench::run(&cfg, &mut |r| println!("{r}"));
             match res {
                 Ok(()) => ExitCode::SUCCESS,
@@ -346,19 +343,10 @@ fn main() -> ExitCode {
             temp_dir,
             resource,
             object_mib,
-            filters,
-            round_secs,
-            rounds,
-            warmup_secs,
+            timing,
         } => {
             let cfg = mobula::bench::ClusterBenchConfig {
-                timing: mobula::bench::BenchConfig {
-                    warmup: Duration::from_secs_f64(warmup_secs),
-                    round: Duration::from_secs_f64(round_secs),
-                    rounds,
-                    filters,
-                    modes: Vec::new(),
-                },
+                timing: timing.config(Vec::new()),
                 address,
                 cluster_root: temp_dir,
                 resource,
