@@ -319,10 +319,7 @@ impl Raylet {
 
     fn submit(&mut self, task: QueuedTask) {
         if self.ended_jobs.contains(&task.spec.job_id) {
-            let e = Error::Cancelled {
-                task: format!("{} (its job's driver exited)", task.spec.name),
-            };
-            seal_error(&self.table, task.spec.return_id, &e);
+            seal_error(&self.table, task.spec.return_id, &job_gone(&task.spec.name));
             return;
         }
         self.by_return
@@ -398,18 +395,7 @@ impl Raylet {
     fn demands(&self) -> Vec<Demand> {
         let mut out: Vec<Demand> = Vec::new();
         let mut add = |req: ResourceSet, infeasible: bool| {
-            let shape = req.positive_part().to_f64_map();
-            match out
-                .iter_mut()
-                .find(|d| d.shape == shape && d.infeasible == infeasible)
-            {
-                Some(d) => d.count += 1,
-                None => out.push(Demand {
-                    shape,
-                    count: 1,
-                    infeasible,
-                }),
-            }
+            Demand::add_to(&mut out, &req.positive_part().to_f64_map(), 1, infeasible);
         };
         for (key, q) in &self.queues {
             let infeasible = self.infeasible_since.contains_key(key);
@@ -419,7 +405,7 @@ impl Raylet {
         }
         for aid in &self.actor_queue {
             if let Some(ActorPlace::Queued(spec, _)) = self.actors.get(aid) {
-                let infeasible = self.infeasible_since.contains_key(&format!("actor:{aid}"));
+                let infeasible = self.infeasible_since.contains_key(&actor_key(*aid));
                 add(
                     request_of(&spec.placement_resources, &spec.strategy),
                     infeasible,
@@ -436,9 +422,7 @@ impl Raylet {
         if !self.ended_jobs.insert(job) {
             return;
         }
-        let err = |name: &str| Error::Cancelled {
-            task: format!("{name} (its job's driver exited)"),
-        };
+        let err = job_gone;
         let waiting: Vec<TaskId> = self
             .waiting
             .iter()
@@ -663,12 +647,11 @@ impl Raylet {
                 let id = task.spec.return_id;
                 self.by_return.remove(&id);
                 let sealed = self.table.seal(id, v.data, v.nested, false);
-                if kept {
-                    // Freed here (or never sealed): the copy there goes at the next sweep.
+                if kept && sealed {
                     self.copies.entry(id).or_default().push(node);
-                    if !sealed {
-                        self.sweep_copies();
-                    }
+                } else if kept {
+                    // Nobody here holds it any more: the copy there can go now.
+                    self.release_copy(node, id);
                 }
             }
             Err(e) => self.fail_task(task, &e),
@@ -686,12 +669,17 @@ impl Raylet {
             .collect();
         for id in freed {
             for node in self.copies.remove(&id).unwrap_or_default() {
-                if let Some(tx) = &self.spill_tx
-                    && tx.try_send(Outbound::Release { node, id }).is_err()
-                {
-                    tracing::warn!(object = %id, node = %node, "could not release a copy on another node");
-                }
+                self.release_copy(node, id);
             }
+        }
+    }
+
+    /// Tells `node` to drop the copy it kept of object `id`.
+    fn release_copy(&self, node: NodeId, id: ObjectId) {
+        if let Some(tx) = &self.spill_tx
+            && tx.try_send(Outbound::Release { node, id }).is_err()
+        {
+            tracing::warn!(object = %id, node = %node, "could not release a copy on another node");
         }
     }
 
@@ -923,9 +911,7 @@ impl Raylet {
 
     fn retry(&mut self, mut task: QueuedTask) {
         if self.ended_jobs.contains(&task.spec.job_id) {
-            let e = Error::Cancelled {
-                task: format!("{} (its job's driver exited)", task.spec.name),
-            };
+            let e = job_gone(&task.spec.name);
             self.fail_task(task, &e);
             return;
         }
@@ -1101,7 +1087,7 @@ impl Raylet {
                 .scheduler
                 .pick_node(&self.view, &placement, &strategy, local, None);
             if !self.infeasible_since.is_empty() && !matches!(decision, Decision::Infeasible(_)) {
-                self.infeasible_since.remove(&format!("actor:{aid}"));
+                self.infeasible_since.remove(&actor_key(aid));
             }
             match decision {
                 Decision::Node(n) if n == local => {
@@ -1126,11 +1112,9 @@ impl Raylet {
                     }
                 }
                 Decision::Node(_) | Decision::Wait => i += 1,
-                Decision::Infeasible(_) if !self.infeasible_expired(&format!("actor:{aid}")) => {
-                    i += 1
-                }
+                Decision::Infeasible(_) if !self.infeasible_expired(&actor_key(aid)) => i += 1,
                 Decision::Infeasible(e) => {
-                    self.infeasible_since.remove(&format!("actor:{aid}"));
+                    self.infeasible_since.remove(&actor_key(aid));
                     self.actor_queue.remove(i);
                     if let Some(ActorPlace::Queued(spec, _)) = self.actors.remove(&aid) {
                         let err = infeasible_error(&spec.display(), &req, self.local_ref(), &e);
@@ -1506,6 +1490,19 @@ fn locality(
         .filter(|(n, b)| *n != here && *b >= LOCALITY_BYTES && fits(n))
         .max_by(|(na, a), (nb, b)| a.cmp(b).then(nb.cmp(na)))
         .map(|(n, _)| n)
+}
+
+/// Why a task of a job whose driver left does not run.
+fn job_gone(task: &str) -> Error {
+    Error::Cancelled {
+        task: format!("{task} (its job's driver exited)"),
+    }
+}
+
+/// The key under which an actor's creation is clocked in `infeasible_since` (tasks use their
+/// class key).
+fn actor_key(aid: ActorId) -> String {
+    format!("actor:{aid}")
 }
 
 fn infeasible_error(

@@ -1833,13 +1833,7 @@ fn status_report(
     nodes.extend(members.values().map(|m| m.status.clone()));
     let mut pending: Vec<crate::sched::Demand> = Vec::new();
     for d in nodes.iter().filter(|n| n.alive).flat_map(|n| &n.pending) {
-        match pending
-            .iter_mut()
-            .find(|p| p.shape == d.shape && p.infeasible == d.infeasible)
-        {
-            Some(p) => p.count += d.count,
-            None => pending.push(d.clone()),
-        }
+        crate::sched::Demand::add_to(&mut pending, &d.shape, d.count, d.infeasible);
     }
     StatusReport { nodes, pending }
 }

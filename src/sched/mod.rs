@@ -187,6 +187,28 @@ pub struct Demand {
     pub infeasible: bool,
 }
 
+impl Demand {
+    /// Adds `count` requests of `shape` to `demands`, merged with its like.
+    pub fn add_to(
+        demands: &mut Vec<Demand>,
+        shape: &std::collections::HashMap<String, f64>,
+        count: usize,
+        infeasible: bool,
+    ) {
+        match demands
+            .iter_mut()
+            .find(|d| d.shape == *shape && d.infeasible == infeasible)
+        {
+            Some(d) => d.count += count,
+            None => demands.push(Demand {
+                shape: shape.clone(),
+                count,
+                infeasible,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
