@@ -17,7 +17,7 @@ use crate::actors::raylet::{self, Raylet};
 use crate::core::ActorLookup;
 use crate::error::Error;
 use crate::ids::{ActorId, JobId, NodeId, PlacementGroupId};
-use crate::sched::{ClusterView, NodeView, PlaceError, PlacementStrategy, ResourceSet};
+use crate::sched::{ClusterView, PlaceError, PlacementStrategy, ResourceSet};
 use crate::spec::ActorSpec;
 use crate::store::GcsStorage;
 
@@ -439,22 +439,13 @@ impl Gcs {
 /// resources come from their heartbeats), or, without a raylet, none.
 async fn pg_view(raylets: &[(NodeId, Addr<Raylet>)]) -> ClusterView {
     let mut view = ClusterView::default();
-    for (node, addr) in raylets {
+    for (_, addr) in raylets {
         if let Ok(cluster) = addr.send(raylet::GetClusterView).await {
             for (id, nv) in cluster.nodes {
                 if nv.alive && !view.nodes.contains_key(&id) {
                     view.nodes.insert(id, nv);
                 }
             }
-        } else if let Ok(res) = addr.send(raylet::GetResources).await {
-            view.nodes.insert(
-                *node,
-                NodeView {
-                    resources: res,
-                    alive: true,
-                    draining: false,
-                },
-            );
         }
     }
     view

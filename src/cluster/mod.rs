@@ -1719,23 +1719,19 @@ async fn pull_object(
     table: &crate::store::ObjectTable,
     id: crate::ObjectId,
 ) -> Result<(), crate::Error> {
-    if let Some(got) = fetch_direct(net, origin, id).await {
-        let data = got?;
-        if matches!(table.lookup(&id), crate::store::Lookup::Pending) {
-            table.seal(id, data, Vec::new(), false);
-            return Ok(());
-        }
-        return table.put(id, data, Vec::new(), false).map_err(Into::into);
-    }
-    // The first part also tells the size.
-    let (size, first) =
-        fetch_part(net, origin, id, 0, None)
-            .await
-            .map_err(|_| crate::Error::ObjectLost {
-                id: id.hex(),
-                reason: "the submitting node no longer has it".to_string(),
+    let data = match fetch_direct(net, origin, id).await {
+        Some(got) => got?,
+        None => {
+            // The first part also tells the size.
+            let (size, first) = fetch_part(net, origin, id, 0, None).await.map_err(|_| {
+                crate::Error::ObjectLost {
+                    id: id.hex(),
+                    reason: "the submitting node no longer has it".to_string(),
+                }
             })?;
-    let data = pull_rest(net, origin, id, size, first).await?;
+            pull_rest(net, origin, id, size, first).await?
+        }
+    };
     if matches!(table.lookup(&id), crate::store::Lookup::Pending) {
         table.seal(id, data, Vec::new(), false);
         return Ok(());
