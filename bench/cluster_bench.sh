@@ -83,7 +83,7 @@ header() {
 
 if [ "${ONLY:-mobula}" != ray ]; then
   echo "== mobula: $("$mobula" --version)" >&2
-  "$mobula" start --head --port "$mport" --bind 127.0.0.1 --temp-dir "$mtmp" --num-cpus "$cpus" >&2
+  "$mobula" start --head --dashboard-port 0 --port "$mport" --bind 127.0.0.1 --temp-dir "$mtmp" --num-cpus "$cpus" >&2
   "$mobula" start --address "127.0.0.1:$mport" --bind 127.0.0.1 --temp-dir "$mtmp" \
     --num-cpus "$cpus" --resources '{"bench_remote": 1000}' >&2
   {

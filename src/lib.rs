@@ -39,6 +39,7 @@ pub mod registry;
 pub mod sched;
 pub mod spec;
 pub mod store;
+pub mod web;
 pub(crate) mod worker;
 
 pub use api::{

@@ -109,6 +109,20 @@ enum Command {
         /// accepts it. The cluster secret is still needed (--secret, or the head's machine).
         #[arg(long)]
         mdns: bool,
+        /// Interface the head serves its dashboard and jobs API on (a non-loopback address
+        /// requires a token: one is generated when --auth-token is not given).
+        #[arg(long, default_value = "127.0.0.1")]
+        dashboard_host: String,
+        /// Port of the head's dashboard and jobs API.
+        #[arg(long, default_value_t = 8265)]
+        dashboard_port: u16,
+        /// Do not serve the dashboard and jobs API.
+        #[arg(long)]
+        no_dashboard: bool,
+        /// The token clients of the dashboard and jobs API must send (`Authorization: Bearer`);
+        /// also read from MOBULA_AUTH_TOKEN or RAY_AUTH_TOKEN.
+        #[arg(long)]
+        auth_token: Option<String>,
         /// Run in the foreground.
         #[arg(long)]
         block: bool,
@@ -221,6 +235,10 @@ fn main() -> ExitCode {
             infeasible_timeout,
             fetch_executables,
             mdns,
+            dashboard_host,
+            dashboard_port,
+            no_dashboard,
+            auth_token,
             block,
         } => {
             let resources = match resources.as_deref().map(parse_resources).transpose() {
@@ -243,6 +261,11 @@ fn main() -> ExitCode {
                 infeasible_timeout: Duration::from_secs_f64(infeasible_timeout.max(0.0)),
                 fetch_executables,
                 mdns,
+                dashboard: (!no_dashboard).then_some(mobula::cluster::DashboardOptions {
+                    host: dashboard_host,
+                    port: dashboard_port,
+                    token: auth_token,
+                }),
             };
             if block {
                 init_logs();
@@ -271,6 +294,17 @@ fn main() -> ExitCode {
                                 "To join from another machine of this LAN (mDNS, needs multicast):\n  mobula start --mdns --port {} --secret {}",
                                 opts.port,
                                 s.trim()
+                            );
+                        }
+                    }
+                    if let Some(url) = &h.dashboard {
+                        println!(
+                            "Dashboard and jobs API (also for `ray job submit --address {url}`):\n  {url}"
+                        );
+                        if dir.dir.join("auth_token").exists() {
+                            println!(
+                                "  clients send the token in {} (Authorization: Bearer <token>)",
+                                dir.dir.join("auth_token").display()
                             );
                         }
                     }

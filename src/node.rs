@@ -56,6 +56,10 @@ pub(crate) struct ClusterLink {
 /// which keeps the cluster-wide names and actor owners).
 #[derive(Debug)]
 pub(crate) enum ClusterAsk {
+    /// The cluster's status as the head sees it (the web server's view of the nodes).
+    Status {
+        done: flume::Sender<crate::cluster::StatusReport>,
+    },
     /// Claims a name for an actor this node owns.
     ClaimName {
         namespace: String,

@@ -42,6 +42,8 @@ impl Cluster {
         let o = mobula(&[
             "start",
             "--head",
+            "--dashboard-port",
+            "0",
             "--port",
             &c.port(),
             "--temp-dir",
@@ -184,12 +186,11 @@ fn nodes_join_show_in_status_and_a_killed_node_is_declared_dead() {
 
     let pids = c.node_pids();
     assert_eq!(pids.len(), 2, "a pid file per node");
-    let head_pid: u32 = std::fs::read_to_string(c.cluster_dir().join("head.json"))
-        .expect("head record")
-        .split("\"pid\":")
-        .nth(1)
-        .and_then(|p| p.trim_end_matches(['}', '\n']).parse().ok())
-        .expect("head pid");
+    let head: mobula::cluster::HeadRecord = serde_json::from_str(
+        &std::fs::read_to_string(c.cluster_dir().join("head.json")).expect("head record"),
+    )
+    .expect("head record json");
+    let head_pid = head.pid;
     let worker = *pids
         .iter()
         .find(|p| **p != head_pid)
@@ -227,6 +228,8 @@ fn a_taken_port_is_a_loud_error_and_stop_is_scoped() {
     let o = mobula(&[
         "start",
         "--head",
+        "--dashboard-port",
+        "0",
         "--port",
         &a.port(),
         "--temp-dir",
@@ -246,6 +249,8 @@ fn a_taken_port_is_a_loud_error_and_stop_is_scoped() {
     let o = mobula(&[
         "start",
         "--head",
+        "--dashboard-port",
+        "0",
         "--port",
         &port_b,
         "--temp-dir",

@@ -137,7 +137,13 @@ fn a_node_without_an_address_finds_the_head_by_mdns() {
         "1",
         "--mdns",
     ];
-    let o = mobula(&[&["start", "--head"][..], &common[..]].concat());
+    let o = mobula(
+        &[
+            &["start", "--head", "--dashboard-port", "0"][..],
+            &common[..],
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     let o = mobula(&[&["start"][..], &common[..]].concat());
     assert!(o.status.success(), "{}", text(&o));

@@ -433,7 +433,7 @@ impl Names {
             A::CommitBundles { done, .. } => {
                 let _ = done.send(Err(Error::runtime("bundles are the daemon's to place")));
             }
-            A::ReturnBundles { .. } => {}
+            A::ReturnBundles { .. } | A::Status { .. } => {}
             A::Kill { done, .. } => {
                 let _ = done.send(Err(Error::runtime("kills are the daemon's to route")));
             }

@@ -111,7 +111,7 @@ impl ClusterDir {
     pub fn read_head(&self) -> Res<HeadRecord> {
         let path = self.head();
         let text = std::fs::read_to_string(&path).map_err(file_err(&path))?;
-        serde_json_lite::from_str(&text).map_err(ClusterError::Malformed)
+        serde_json::from_str(&text).map_err(|e| ClusterError::Malformed(e.to_string()))
     }
 }
 
@@ -146,54 +146,9 @@ pub struct HeadRecord {
     pub node_id: String,
     /// The head daemon's pid.
     pub pid: u32,
-}
-
-/// A tiny JSON codec for the head record (keeps the dependency set small).
-mod serde_json_lite {
-    use super::HeadRecord;
-
-    fn esc(s: &str) -> String {
-        s.replace('\\', "\\\\").replace('"', "\\\"")
-    }
-
-    pub fn to_string(h: &HeadRecord) -> String {
-        format!(
-            "{{\"address\":\"{}\",\"multiaddr\":\"{}\",\"node_id\":\"{}\",\"pid\":{}}}\n",
-            esc(&h.address),
-            esc(&h.multiaddr),
-            esc(&h.node_id),
-            h.pid
-        )
-    }
-
-    fn field<'a>(text: &'a str, key: &str) -> Result<&'a str, String> {
-        let pat = format!("\"{key}\":");
-        let start = text
-            .find(&pat)
-            .ok_or_else(|| format!("head record has no {key}"))?
-            + pat.len();
-        let rest = &text[start..];
-        if let Some(r) = rest.strip_prefix('"') {
-            let end = r.find('"').ok_or_else(|| format!("unterminated {key}"))?;
-            Ok(&r[..end])
-        } else {
-            let end = rest
-                .find([',', '}'])
-                .ok_or_else(|| format!("unterminated {key}"))?;
-            Ok(rest[..end].trim())
-        }
-    }
-
-    pub fn from_str(text: &str) -> Result<HeadRecord, String> {
-        Ok(HeadRecord {
-            address: field(text, "address")?.to_string(),
-            multiaddr: field(text, "multiaddr")?.to_string(),
-            node_id: field(text, "node_id")?.to_string(),
-            pid: field(text, "pid")?
-                .parse()
-                .map_err(|e| format!("bad pid: {e}"))?,
-        })
-    }
+    /// `http://host:port` of the dashboard and jobs API, when the head serves them.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
 
 /// Messages between nodes and the head.
@@ -552,6 +507,19 @@ pub struct StartOptions {
     /// Announce this node on the LAN by mDNS, and (a node without `address`) find the head
     /// there: the peer listening on `port` that answers `Register` with `Welcome`.
     pub mdns: bool,
+    /// The head's dashboard and jobs API (`None`: not served).
+    pub dashboard: Option<DashboardOptions>,
+}
+
+/// Where the head serves its web face.
+#[derive(Debug, Clone)]
+pub struct DashboardOptions {
+    /// Interface (`--dashboard-host`, default 127.0.0.1).
+    pub host: String,
+    /// Port (`--dashboard-port`, default 8265).
+    pub port: u16,
+    /// The token clients must send (`--auth-token`); generated for a non-loopback host.
+    pub token: Option<String>,
 }
 
 /// The head's port, which names the cluster directory: `--port` for a head and for a node
@@ -790,6 +758,37 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         .as_ref()
         .map(|a| format!("{}/p2p/{}", with_ip(a, ip), net.peer_id()))
         .unwrap_or_default();
+    let (asks_tx, asks_rx) = flume::bounded::<crate::node::ClusterAsk>(4096);
+    // The head's web face: bound before head.json is written, so a taken port fails the start.
+    let web = match (&opts.dashboard, opts.head) {
+        (Some(d), true) => {
+            let token = crate::web::auth::resolve_token(&d.host, d.token.clone(), &dir.dir)
+                .map_err(|e| ClusterError::Usage(e.to_string()))?;
+            let state = crate::web::WebState {
+                rt: rt.clone(),
+                dir: dir.clone(),
+                head_address: format!("{ip}:{port}"),
+                temp_root: opts.temp_dir.clone(),
+                asks: asks_tx.clone(),
+                token,
+                started: std::time::SystemTime::now(),
+                session_name: format!("session_{}_{}", now_ms(), std::process::id()),
+                addr: Default::default(),
+            };
+            let opts = crate::web::WebOptions {
+                host: d.host.clone(),
+                port: d.port,
+            };
+            match crate::web::start(state, &opts) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    crate::shutdown();
+                    return Err(ClusterError::Usage(e.to_string()));
+                }
+            }
+        }
+        _ => None,
+    };
     if opts.head {
         let host = ip.to_string();
         let multiaddr = my_addr.clone();
@@ -798,9 +797,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             multiaddr,
             node_id: node_id.clone(),
             pid: std::process::id(),
+            dashboard: web.as_ref().map(|w| format!("http://{}", w.addr)),
         };
         let path = dir.head();
-        std::fs::write(&path, serde_json_lite::to_string(&rec)).map_err(file_err(&path))?;
+        std::fs::write(&path, serde_json::to_string(&rec).unwrap_or_default())
+            .map_err(file_err(&path))?;
         let current = opts.temp_dir.join(CURRENT);
         std::fs::write(&current, &rec.address).map_err(file_err(&current))?;
     }
@@ -820,7 +821,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         });
     }
     let outgoing: std::sync::Arc<actors::Outgoing> = Default::default();
-    let (asks_tx, asks_rx) = flume::bounded::<crate::node::ClusterAsk>(4096);
     let names = rt.core().node().map(|n| {
         n.link_cluster(crate::node::ClusterLink {
             asks: asks_tx,
@@ -924,6 +924,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                 ask = asks_rx.recv_async() => {
                     let Ok(ask) = ask else { break };
                     match ask {
+                        crate::node::ClusterAsk::Status { done } => {
+                            let _ = done.send(status_report(&rt, &node_id, &members, own_demand(&raylet).await));
+                        }
                         crate::node::ClusterAsk::CommitBundles { node, pg, bundles, done } => {
                             let peer = peers.get(&node.hex()).copied();
                             let net = net.clone();
@@ -1305,6 +1308,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         }
         Ok::<(), ClusterError>(())
     });
+    if let Some(w) = &web {
+        w.stop();
+    }
     runtime.block_on(net.shutdown());
     crate::shutdown();
     let _ = std::fs::remove_file(&pid_file);
@@ -1978,6 +1984,7 @@ pub fn spawn_daemon(opts: &StartOptions, args: Vec<std::ffi::OsString>) -> Res<H
                     multiaddr: String::new(),
                     node_id: String::new(),
                     pid: child.id(),
+                    dashboard: None,
                 })
             });
         }
@@ -2327,6 +2334,7 @@ mod tests {
             infeasible_timeout: Duration::from_secs(60),
             fetch_executables: false,
             mdns: false,
+            dashboard: None,
         }
     }
 
@@ -2431,10 +2439,17 @@ mod tests {
             multiaddr: "/ip4/127.0.0.1/tcp/6379/p2p/12D3Koo".into(),
             node_id: "abc".into(),
             pid: 42,
+            dashboard: Some("http://127.0.0.1:8265".into()),
         };
+        let text = serde_json::to_string(&h).expect("encode");
+        assert_eq!(serde_json::from_str::<HeadRecord>(&text).expect("parse"), h);
+        // Records written before the dashboard existed still parse.
+        let old = r#"{"address":"a:1","multiaddr":"m","node_id":"n","pid":7}"#;
         assert_eq!(
-            serde_json_lite::from_str(&serde_json_lite::to_string(&h)).expect("parse"),
-            h
+            serde_json::from_str::<HeadRecord>(old)
+                .expect("parse")
+                .dashboard,
+            None
         );
     }
 

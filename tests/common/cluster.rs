@@ -56,13 +56,8 @@ impl Cluster {
 
     /// The pid of the worker node's daemon.
     pub fn worker_daemon_pid(&self) -> u32 {
-        let dir = self.temp.path().join(format!("cluster-{}", self.port));
-        let head = std::fs::read_to_string(dir.join("head.json")).expect("head record");
-        let head_pid: u32 = head
-            .split("\"pid\":")
-            .nth(1)
-            .and_then(|p| p.trim_end_matches(['}', '\n']).parse().ok())
-            .expect("head pid");
+        let dir = self.dir();
+        let head_pid = self.head_record().pid;
         std::fs::read_dir(dir.join("nodes"))
             .expect("nodes")
             .filter_map(|e| e.ok())
@@ -70,6 +65,31 @@ impl Cluster {
             .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
             .find(|p| *p != head_pid)
             .expect("the worker node's pid")
+    }
+
+    /// `<temp>/cluster-<port>`.
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.temp.path().join(format!("cluster-{}", self.port))
+    }
+
+    /// The head's `head.json`.
+    pub fn head_record(&self) -> mobula::cluster::HeadRecord {
+        let text = std::fs::read_to_string(self.dir().join("head.json")).expect("head record");
+        serde_json::from_str(&text).expect("head record json")
+    }
+
+    /// `http://host:port` of the head's dashboard and jobs API.
+    pub fn dashboard(&self) -> String {
+        self.head_record()
+            .dashboard
+            .expect("the head serves a dashboard")
+    }
+
+    /// The dashboard's token, when the head uses one.
+    pub fn token(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir().join("auth_token"))
+            .ok()
+            .map(|t| t.trim().to_string())
     }
 
     /// Prints the daemons' logs (without debug lines) to help diagnose a failure.
@@ -109,7 +129,7 @@ pub fn head_with(flags: &[&str]) -> Cluster {
         .expect("port");
     let c = Cluster { temp, port };
     let p = port.to_string();
-    let mut role = vec!["--head", "--port", &p];
+    let mut role = vec!["--head", "--dashboard-port", "0", "--port", &p];
     role.extend_from_slice(flags);
     c.start_node(&role);
     c
