@@ -116,6 +116,10 @@ enum Command {
         /// Port of the head's dashboard and jobs API.
         #[arg(long, default_value_t = 8265)]
         dashboard_port: u16,
+        /// Where the head's GCS keeps its tables on disk (default: `gcs` in the cluster
+        /// directory); a head restarted with the same storage and port gets them back.
+        #[arg(long)]
+        storage: Option<std::path::PathBuf>,
         /// Do not serve the dashboard and jobs API.
         #[arg(long)]
         no_dashboard: bool,
@@ -239,6 +243,7 @@ fn main() -> ExitCode {
             dashboard_port,
             no_dashboard,
             auth_token,
+            storage,
             block,
         } => {
             let resources = match resources.as_deref().map(parse_resources).transpose() {
@@ -266,6 +271,7 @@ fn main() -> ExitCode {
                     port: dashboard_port,
                     token: auth_token,
                 }),
+                storage,
             };
             if block {
                 init_logs();

@@ -593,6 +593,10 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         infeasible_timeout: config.infeasible_timeout,
     };
 
+    let storage: Arc<dyn crate::store::GcsStorage> = match &config.gcs_storage {
+        Some(dir) => Arc::new(crate::store::open_durable(dir).map_err(Error::runtime)?),
+        None => Arc::new(MemoryStorage::default()),
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let t2 = table.clone();
     let d2 = directory.clone();
@@ -602,7 +606,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         .spawn(move || {
             let sys = actix::System::new();
             sys.block_on(async move {
-                let gcs = Gcs::new(Arc::new(MemoryStorage::default()), d2.clone()).start();
+                let gcs = Gcs::new(storage, d2.clone()).start();
                 let arb = Arbiter::new();
                 let g2 = gcs.clone();
                 let raylet = Raylet::start_in_arbiter(&arb.handle(), move |_| {

@@ -149,27 +149,19 @@ fn a_taken_dashboard_port_is_a_loud_error() {
         .map(|a| a.port())
         .expect("port")
         .to_string();
-    let o = std::process::Command::new(common::cluster::BIN)
-        .args([
-            "start",
-            "--head",
-            "--port",
-            &head_port,
-            "--bind",
-            "127.0.0.1",
-            "--dashboard-port",
-            &port,
-            "--temp-dir",
-            temp.path().to_str().expect("path"),
-        ])
-        .output()
-        .expect("mobula");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(!o.status.success(), "{text}");
+    let (ok, text) = common::cluster::output(&[
+        "start",
+        "--head",
+        "--port",
+        &head_port,
+        "--bind",
+        "127.0.0.1",
+        "--dashboard-port",
+        &port,
+        "--temp-dir",
+        temp.path().to_str().expect("path"),
+    ]);
+    assert!(!ok, "{text}");
     assert!(
         text.contains(&port) && text.contains("--dashboard-port"),
         "{text}"

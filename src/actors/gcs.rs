@@ -147,6 +147,22 @@ impl Gcs {
         }
     }
 
+    /// The answer to a client's write, given once the storage holds it durably (the GCS
+    /// itself goes on serving meanwhile).
+    fn acknowledged<T: Send + 'static>(
+        &self,
+        result: Result<T, crate::store::StorageError>,
+    ) -> ResponseFuture<Result<T, Error>> {
+        let synced = self.storage.synced();
+        Box::pin(async move {
+            let value = result.map_err(Error::runtime)?;
+            synced
+                .await
+                .map_err(|_| Error::runtime("gcs storage: the write is not known to be durable"))?;
+            Ok(value)
+        })
+    }
+
     fn persist<T: Serialize>(&self, table: &str, key: &[u8], value: &T) {
         match rmp_serde::to_vec(value) {
             Ok(v) => {
@@ -927,17 +943,15 @@ pub(crate) struct KvPut {
 }
 
 impl Handler<KvPut> for Gcs {
-    type Result = Result<bool, Error>;
+    type Result = ResponseFuture<Result<bool, Error>>;
     fn handle(&mut self, msg: KvPut, _ctx: &mut Self::Context) -> Self::Result {
         let k = kv_key(&msg.ns, &msg.key);
-        let storage_err = |e: crate::store::StorageError| Error::runtime(e);
-        if !msg.overwrite && self.storage.get("kv", &k).map_err(storage_err)?.is_some() {
-            return Ok(false);
-        }
-        self.storage
-            .put("kv", &k, &msg.value)
-            .map_err(storage_err)?;
-        Ok(true)
+        let written = match self.storage.get("kv", &k) {
+            Ok(Some(_)) if !msg.overwrite => Ok(false),
+            Ok(_) => self.storage.put("kv", &k, &msg.value).map(|()| true),
+            Err(e) => Err(e),
+        };
+        self.acknowledged(written)
     }
 }
 
@@ -967,11 +981,10 @@ pub(crate) struct KvDel {
 }
 
 impl Handler<KvDel> for Gcs {
-    type Result = Result<bool, Error>;
+    type Result = ResponseFuture<Result<bool, Error>>;
     fn handle(&mut self, msg: KvDel, _ctx: &mut Self::Context) -> Self::Result {
-        self.storage
-            .delete("kv", &kv_key(&msg.ns, &msg.key))
-            .map_err(Error::runtime)
+        let deleted = self.storage.delete("kv", &kv_key(&msg.ns, &msg.key));
+        self.acknowledged(deleted)
     }
 }
 

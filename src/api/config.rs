@@ -44,6 +44,10 @@ pub struct Config {
     /// fails with `Error::Infeasible`. Zero (the default of an embedded cluster, which
     /// cannot grow) fails it at once; node daemons take `mobula start --infeasible-timeout`.
     pub infeasible_timeout: Duration,
+    /// Where the GCS keeps its tables on disk (sled; see `store::gcs_storage` for when it
+    /// flushes). `None` (the default of an embedded cluster) keeps them in memory only;
+    /// `mobula start --head` uses `--storage`, by default `<cluster dir>/gcs`.
+    pub gcs_storage: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             address: None,
             cluster_root: std::path::PathBuf::from("/tmp/mobula"),
             infeasible_timeout: Duration::ZERO,
+            gcs_storage: None,
         }
     }
 }

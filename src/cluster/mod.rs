@@ -509,6 +509,9 @@ pub struct StartOptions {
     pub mdns: bool,
     /// The head's dashboard and jobs API (`None`: not served).
     pub dashboard: Option<DashboardOptions>,
+    /// Where the head's GCS keeps its tables (default `<cluster dir>/gcs`); other nodes keep
+    /// theirs in memory.
+    pub storage: Option<PathBuf>,
 }
 
 /// Where the head serves its web face.
@@ -684,6 +687,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         worker_mode: crate::WorkerMode::Process,
         prestart_workers: Some(0),
         infeasible_timeout: opts.infeasible_timeout,
+        gcs_storage: opts
+            .head
+            .then(|| opts.storage.clone().unwrap_or_else(|| dir.dir.join("gcs"))),
         ..Default::default()
     };
     let rt = crate::init_with(config)?;
@@ -2335,6 +2341,7 @@ mod tests {
             fetch_executables: false,
             mdns: false,
             dashboard: None,
+            storage: None,
         }
     }
 

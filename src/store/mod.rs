@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-pub use gcs_storage::{GcsStorage, MemoryStorage, StorageError};
+pub use gcs_storage::{
+    GcsStorage, MemoryStorage, SledStorage, StorageError, WriteBehind, open_durable,
+};
 pub use object_table::{Lookup, Object, ObjectTable, StoreError, StoreStats, Waiter};
 
 use crate::ids::ObjectId;

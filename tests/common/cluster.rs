@@ -34,6 +34,17 @@ impl Drop for Cluster {
     }
 }
 
+/// Runs `mobula ARGS`: whether it succeeded, and its stdout and stderr.
+pub fn output(args: &[&str]) -> (bool, String) {
+    let o = Command::new(BIN).args(args).output().expect("mobula");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
 pub fn run(args: &[&str]) {
     let o = Command::new(BIN).args(args).output().expect("mobula");
     assert!(
