@@ -129,6 +129,43 @@ pub(crate) struct Gcs {
 
 impl Gcs {
     pub fn new(storage: Arc<dyn GcsStorage>, directory: Arc<ActorDirectory>) -> Self {
+        let mut gcs = Self::empty(storage, directory);
+        gcs.restore_jobs();
+        gcs
+    }
+
+    /// Job records of an earlier life of this GCS (a head restarted on its storage). Their
+    /// drivers were connected to the process that died, so every job still open then has
+    /// ended: it gets the restart as its end time.
+    fn restore_jobs(&mut self) {
+        let rows = match self.storage.scan("jobs") {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored jobs");
+                return;
+            }
+        };
+        let now = now_ms();
+        for (_, v) in rows {
+            match rmp_serde::from_slice::<JobRecord>(&v) {
+                Ok(mut rec) => {
+                    if rec.end_time_ms.is_none() {
+                        rec.end_time_ms = Some(now);
+                        self.persist("jobs", rec.job_id.0.as_bytes(), &rec);
+                    }
+                    self.jobs.insert(rec.job_id, rec);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a stored job record does not decode: skipped")
+                }
+            }
+        }
+        if !self.jobs.is_empty() {
+            tracing::info!(jobs = self.jobs.len(), "job records restored from storage");
+        }
+    }
+
+    fn empty(storage: Arc<dyn GcsStorage>, directory: Arc<ActorDirectory>) -> Self {
         Self {
             storage,
             directory,
@@ -1127,5 +1164,37 @@ impl Handler<FindOwner> for Gcs {
             class: String::new(),
             owner: Some(*owner),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStorage, ObjectTable};
+
+    #[test]
+    fn a_restarted_gcs_restores_its_jobs_as_ended() {
+        let storage: Arc<dyn GcsStorage> = Arc::new(MemoryStorage::default());
+        let (open, done) = (JobId::new(), JobId::new());
+        for (job, end) in [(open, None), (done, Some(7))] {
+            let rec = JobRecord {
+                job_id: job,
+                namespace: "ns".into(),
+                driver_pid: 1,
+                start_time_ms: 5,
+                end_time_ms: end,
+            };
+            let bytes = rmp_serde::to_vec(&rec).expect("encode");
+            storage.put("jobs", job.0.as_bytes(), &bytes).expect("put");
+        }
+        let directory = Arc::new(ActorDirectory::new(Arc::new(ObjectTable::new(1 << 20))));
+        let gcs = Gcs::new(storage.clone(), directory);
+        assert_eq!(gcs.jobs.len(), 2);
+        assert!(gcs.jobs[&open].end_time_ms.is_some_and(|t| t >= 5));
+        assert_eq!(gcs.jobs[&done].end_time_ms, Some(7));
+        // The end time given at the restart is stored too.
+        let stored = storage.get("jobs", open.0.as_bytes()).expect("get").expect("row");
+        let rec: JobRecord = rmp_serde::from_slice(&stored).expect("decode");
+        assert!(rec.end_time_ms.is_some());
     }
 }
