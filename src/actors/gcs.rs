@@ -1193,7 +1193,10 @@ mod tests {
         assert!(gcs.jobs[&open].end_time_ms.is_some_and(|t| t >= 5));
         assert_eq!(gcs.jobs[&done].end_time_ms, Some(7));
         // The end time given at the restart is stored too.
-        let stored = storage.get("jobs", open.0.as_bytes()).expect("get").expect("row");
+        let stored = storage
+            .get("jobs", open.0.as_bytes())
+            .expect("get")
+            .expect("row");
         let rec: JobRecord = rmp_serde::from_slice(&stored).expect("decode");
         assert!(rec.end_time_ms.is_some());
     }

@@ -63,6 +63,37 @@ pub(crate) enum RayletMsg {
     WorkerReady(WorkerId),
 }
 
+/// The jobs whose drivers left, most recent `ENDED_JOBS` of them: a long-lived node that
+/// sees many drivers does not grow without end (a task of a job ended that long ago has
+/// long been refused).
+#[derive(Default)]
+struct EndedJobs {
+    set: std::collections::HashSet<crate::ids::JobId>,
+    order: std::collections::VecDeque<crate::ids::JobId>,
+}
+
+const ENDED_JOBS: usize = 65_536;
+
+impl EndedJobs {
+    /// Records `job`; false if it was already recorded.
+    fn insert(&mut self, job: crate::ids::JobId) -> bool {
+        if !self.set.insert(job) {
+            return false;
+        }
+        self.order.push_back(job);
+        if self.order.len() > ENDED_JOBS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+
+    fn contains(&self, job: &crate::ids::JobId) -> bool {
+        self.set.contains(job)
+    }
+}
+
 /// Static settings of a raylet.
 #[derive(Debug, Clone)]
 pub(crate) struct RayletConfig {
@@ -169,7 +200,7 @@ pub(crate) struct Raylet {
     /// they ran for it), until the object is freed here.
     copies: HashMap<ObjectId, Vec<NodeId>>,
     /// Jobs whose driver left: their tasks fail instead of running or retrying.
-    ended_jobs: std::collections::HashSet<crate::ids::JobId>,
+    ended_jobs: EndedJobs,
     /// Since when each scheduling class (tasks) or actor has been infeasible.
     infeasible_since: HashMap<String, std::time::Instant>,
 }
@@ -422,6 +453,7 @@ impl Raylet {
         if !self.ended_jobs.insert(job) {
             return;
         }
+
         let err = job_gone;
         let waiting: Vec<TaskId> = self
             .waiting
@@ -2018,5 +2050,24 @@ impl Handler<Shutdown> for Raylet {
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
         self.shutdown_all();
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ended_jobs_stay_bounded() {
+        let mut ended = EndedJobs::default();
+        let first = crate::ids::JobId::new();
+        assert!(ended.insert(first));
+        assert!(!ended.insert(first));
+        for _ in 0..ENDED_JOBS {
+            ended.insert(crate::ids::JobId::new());
+        }
+        assert_eq!(ended.set.len(), ENDED_JOBS);
+        assert_eq!(ended.order.len(), ENDED_JOBS);
+        assert!(!ended.contains(&first), "the oldest is forgotten first");
     }
 }
