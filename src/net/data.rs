@@ -356,18 +356,41 @@ impl DataPlane {
 
     async fn fetch_here(&self, addr: SocketAddr, id: ObjectId) -> Res<Option<Bytes>> {
         let pooled = self.idle.lock().get_mut(&addr).and_then(Vec::pop);
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => {
-                let stream = timed(HANDSHAKE_TIMEOUT, async {
-                    Ok(TcpStream::connect(addr).await?)
-                })
-                .await?;
-                timed(HANDSHAKE_TIMEOUT, client_handshake(stream, &self.secret)).await?
+        if let Some(conn) = pooled {
+            match self.fetch_on(addr, conn, id).await {
+                // A pooled connection can have gone stale (its peer restarted, or closed it
+                // while idle): a request it fails before any of the value arrived is tried
+                // again on a fresh connection.
+                Err(Attempt::Unanswered(e)) => {
+                    tracing::debug!(addr = %addr, error = %e, "a pooled data connection failed: reconnecting");
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+                Ok(v) => return Ok(v),
             }
-        };
-        conn.write_message(&Request::Get(id)).await?;
-        let header: Header = timed(FRAME_TIMEOUT, conn.read_message()).await?;
+        }
+        let stream = timed(HANDSHAKE_TIMEOUT, async {
+            Ok(TcpStream::connect(addr).await?)
+        })
+        .await?;
+        let conn = timed(HANDSHAKE_TIMEOUT, client_handshake(stream, &self.secret)).await?;
+        self.fetch_on(addr, conn, id)
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    /// One request on one connection.
+    async fn fetch_on(
+        &self,
+        addr: SocketAddr,
+        mut conn: Conn,
+        id: ObjectId,
+    ) -> Result<Option<Bytes>, Attempt> {
+        conn.write_message(&Request::Get(id))
+            .await
+            .map_err(Attempt::Unanswered)?;
+        let header: Header = timed(FRAME_TIMEOUT, conn.read_message())
+            .await
+            .map_err(Attempt::Unanswered)?;
         let size = match header {
             Header::Missing => {
                 self.give_back(addr, conn);
@@ -378,9 +401,13 @@ impl DataPlane {
         let mut out = Vec::with_capacity(size + TAG);
         while out.len() < size {
             let want = (size - out.len()).min(FRAME);
-            let got = timed(FRAME_TIMEOUT, conn.read_frame_into(&mut out, want)).await?;
+            let got = timed(FRAME_TIMEOUT, conn.read_frame_into(&mut out, want))
+                .await
+                .map_err(Attempt::Failed)?;
             if got == 0 && want > 0 {
-                return Err(DataError::Malformed("an empty frame".to_string()));
+                return Err(Attempt::Failed(DataError::Malformed(
+                    "an empty frame".to_string(),
+                )));
             }
         }
         self.give_back(addr, conn);
@@ -392,6 +419,21 @@ impl DataPlane {
         let v = idle.entry(addr).or_default();
         if v.len() < POOLED {
             v.push(conn);
+        }
+    }
+}
+
+/// How a request on one connection failed: before the peer answered (worth one more try on
+/// a fresh connection), or midway.
+enum Attempt {
+    Unanswered(DataError),
+    Failed(DataError),
+}
+
+impl Attempt {
+    fn into_error(self) -> DataError {
+        match self {
+            Attempt::Unanswered(e) | Attempt::Failed(e) => e,
         }
     }
 }
@@ -461,5 +503,36 @@ mod tests {
             .block_on(server.fetch(addr, id))
             .expect("fetch after garbage");
         assert_eq!(got.map(|b| b.len()), Some(big.len()));
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_replaced() {
+        let secret = [9u8; 32];
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        // A server that answers one request per connection, then closes it.
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        rt.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(mut conn) = server_handshake(stream, &secret).await else {
+                    continue;
+                };
+                if conn.read_message::<Request>().await.is_ok() {
+                    let _ = conn.write_message(&Header::Missing).await;
+                }
+            }
+        });
+        let nothing: Provider = Arc::new(|_: &ObjectId| None);
+        let (client, _) =
+            DataPlane::start("127.0.0.1:0".parse().expect("addr"), secret, nothing).expect("start");
+        for round in 0..3 {
+            let got = rt.block_on(client.fetch(addr, ObjectId::new()));
+            assert!(
+                matches!(got, Ok(None)),
+                "request {round} on a closed pooled connection: {got:?}"
+            );
+        }
     }
 }
