@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod job_cli;
+
 #[derive(Parser)]
 #[command(
     name = "mobula",
@@ -154,6 +156,11 @@ enum Command {
         /// Seconds to wait after SIGTERM before SIGKILL.
         #[arg(long, default_value_t = 10.0)]
         grace_period: f64,
+    },
+    /// Submits and manages jobs through the head's Jobs API (like `ray job`).
+    Job {
+        #[command(subcommand)]
+        command: job_cli::JobCommand,
     },
     /// Runs the workloads of `ray microbenchmark`, printed in Ray's format.
     Microbenchmark {
@@ -363,6 +370,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
+        Command::Job { command } => job_cli::run(command),
         Command::Microbenchmark { mode, timing } => {
             let cfg = timing.config(match mode {
                 Mode::Thread => vec![mobula::WorkerMode::Thread],

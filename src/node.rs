@@ -644,6 +644,8 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
     gcs.do_send(gcs::RegisterJob {
         job_id,
         namespace: config.namespace.clone(),
+        driver_pid: std::process::id(),
+        submission_id: None,
     });
     gcs.do_send(gcs::RegisterFunctions {
         job_id,

@@ -4,35 +4,7 @@
 mod common;
 
 use common::cluster::head_with;
-
-/// A GET with optional headers; returns (status, body).
-fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let mut req = agent.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut r = req.call().expect("http");
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_to_string().unwrap_or_default())
-}
-
-fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let mut req = agent.post(url).header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut r = req.send(body).expect("http");
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_to_string().unwrap_or_default())
-}
+use common::http::{get, post};
 
 #[test]
 fn version_and_health_answer_like_ray() {

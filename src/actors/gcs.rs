@@ -96,6 +96,9 @@ pub struct JobRecord {
     pub start_time_ms: u64,
     /// End time (Unix ms), once it ended.
     pub end_time_ms: Option<u64>,
+    /// The Jobs API submission whose entrypoint started this driver, if any.
+    #[serde(default)]
+    pub submission_id: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -594,6 +597,10 @@ impl Handler<RegisterNode> for Gcs {
 pub(crate) struct RegisterJob {
     pub job_id: JobId,
     pub namespace: String,
+    /// The driver's process id.
+    pub driver_pid: u32,
+    /// The Jobs API submission that started the driver (`MOBULA_SUBMISSION_ID`).
+    pub submission_id: Option<String>,
 }
 
 impl Handler<RegisterJob> for Gcs {
@@ -602,12 +609,27 @@ impl Handler<RegisterJob> for Gcs {
         let rec = JobRecord {
             job_id: msg.job_id,
             namespace: msg.namespace,
-            driver_pid: std::process::id(),
+            driver_pid: msg.driver_pid,
             start_time_ms: now_ms(),
             end_time_ms: None,
+            submission_id: msg.submission_id,
         };
         self.persist("jobs", msg.job_id.0.as_bytes(), &rec);
         self.jobs.insert(msg.job_id, rec);
+    }
+}
+
+/// Every job this GCS knows.
+#[derive(Message)]
+#[rtype(result = "Vec<JobRecord>")]
+pub(crate) struct ListJobs;
+
+impl Handler<ListJobs> for Gcs {
+    type Result = MessageResult<ListJobs>;
+    fn handle(&mut self, _msg: ListJobs, _ctx: &mut Self::Context) -> Self::Result {
+        let mut jobs: Vec<JobRecord> = self.jobs.values().cloned().collect();
+        jobs.sort_by_key(|j| j.start_time_ms);
+        MessageResult(jobs)
     }
 }
 
@@ -1009,6 +1031,30 @@ impl Handler<KvGet> for Gcs {
     }
 }
 
+/// Every KV entry of a namespace whose key starts with a prefix.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, Vec<u8>)>, Error>")]
+pub(crate) struct KvList {
+    pub ns: String,
+    pub prefix: String,
+}
+
+impl Handler<KvList> for Gcs {
+    type Result = Result<Vec<(String, Vec<u8>)>, Error>;
+    fn handle(&mut self, msg: KvList, _ctx: &mut Self::Context) -> Self::Result {
+        let start = kv_key(&msg.ns, &msg.prefix);
+        let ns_len = kv_key(&msg.ns, "").len();
+        Ok(self
+            .storage
+            .scan("kv")
+            .map_err(Error::runtime)?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&start))
+            .filter_map(|(k, v)| Some((String::from_utf8(k[ns_len..].to_vec()).ok()?, v)))
+            .collect())
+    }
+}
+
 /// Delete a KV entry.
 #[derive(Message)]
 #[rtype(result = "Result<bool, Error>")]
@@ -1183,6 +1229,7 @@ mod tests {
                 driver_pid: 1,
                 start_time_ms: 5,
                 end_time_ms: end,
+                submission_id: None,
             };
             let bytes = rmp_serde::to_vec(&rec).expect("encode");
             storage.put("jobs", job.0.as_bytes(), &bytes).expect("put");

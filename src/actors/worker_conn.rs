@@ -109,7 +109,14 @@ impl WorkerConn {
                     quiet,
                     exe_hash,
                     pid,
+                    submission_id,
                 }) => {
+                    ctx.client.gcs.do_send(crate::actors::gcs::RegisterJob {
+                        job_id,
+                        namespace: namespace.clone(),
+                        driver_pid: pid,
+                        submission_id,
+                    });
                     ctx.jobs.lock().insert(
                         job_id,
                         crate::worker::process::JobLaunch {

@@ -780,6 +780,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                 started: std::time::SystemTime::now(),
                 session_name: format!("session_{}_{}", now_ms(), std::process::id()),
                 addr: Default::default(),
+                jobs: Default::default(),
             };
             let opts = crate::web::WebOptions {
                 host: d.host.clone(),

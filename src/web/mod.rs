@@ -7,6 +7,7 @@
 //! (`ClusterAsk`), and run disk work on `web::block`.
 
 pub mod auth;
+pub mod client;
 pub mod dashboard;
 pub mod jobs;
 pub mod metrics;
@@ -84,6 +85,8 @@ pub struct WebState {
     pub session_name: String,
     /// The dashboard's own address, once bound.
     pub addr: parking_lot::Mutex<Option<SocketAddr>>,
+    /// Submitted jobs being supervised.
+    pub jobs: jobs::JobManager,
 }
 
 impl WebState {

@@ -866,6 +866,7 @@ pub(crate) fn connect_driver(socket: &std::path::Path, namespace: &str) -> Resul
             quiet: command.quiet,
             exe_hash: command.hash.clone(),
             pid: std::process::id(),
+            submission_id: std::env::var("MOBULA_SUBMISSION_ID").ok(),
         },
     )
     .map_err(|e| fail(&e))?;

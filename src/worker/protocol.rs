@@ -117,6 +117,9 @@ pub enum FromWorker {
         exe_hash: Option<(String, u64)>,
         /// Its process id.
         pid: u32,
+        /// The Jobs API submission that started it (`MOBULA_SUBMISSION_ID`).
+        #[serde(default)]
+        submission_id: Option<String>,
     },
     /// A task ended.
     TaskDone {
