@@ -7,17 +7,8 @@ use common::cluster::head_with;
 
 /// A GET with optional headers; returns (status, body).
 fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let mut req = agent.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut r = req.call().expect("http");
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_to_string().unwrap_or_default())
+    let (status, _, body) = common::web::get(url, headers);
+    (status, body)
 }
 
 fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mobula::{Config, Runtime, WorkerMode};
 
 pub mod cluster;
+pub mod web;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
