@@ -286,6 +286,7 @@ impl Core for NodeClient {
         let task = QueuedTask {
             spec: Arc::new(spec),
             _pins: pins,
+            submitted: std::time::Instant::now(),
         };
         self.raylet_tx
             .send(RayletMsg::Submit(task))

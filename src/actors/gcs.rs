@@ -1213,6 +1213,38 @@ impl Handler<FindOwner> for Gcs {
     }
 }
 
+/// Actors by state and jobs by status (Ray's names), for `/metrics`.
+#[derive(Message)]
+#[rtype(result = "(crate::actors::metrics::Counts, crate::actors::metrics::Counts)")]
+pub(crate) struct CountStates;
+
+impl Handler<CountStates> for Gcs {
+    type Result = MessageResult<CountStates>;
+    fn handle(&mut self, _msg: CountStates, _ctx: &mut Self::Context) -> Self::Result {
+        let mut actors = crate::actors::metrics::Counts::new();
+        for r in self.actors.values() {
+            let state = match r.state {
+                ActorState::PendingCreation => "PENDING_CREATION",
+                ActorState::Alive => "ALIVE",
+                ActorState::Restarting => "RESTARTING",
+                ActorState::Dead => "DEAD",
+            };
+            *actors.entry(state.to_string()).or_default() += 1;
+        }
+        let mut jobs = crate::actors::metrics::Counts::new();
+        for j in self.jobs.values() {
+            // Ray's rule for driver jobs: SUCCEEDED once the driver is gone.
+            let status = if j.end_time_ms.is_some() {
+                "SUCCEEDED"
+            } else {
+                "RUNNING"
+            };
+            *jobs.entry(status.to_string()).or_default() += 1;
+        }
+        MessageResult((actors, jobs))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,5 +5,6 @@
 pub(crate) mod actor_host;
 pub(crate) mod directory;
 pub mod gcs;
+pub mod metrics;
 pub(crate) mod raylet;
 pub(crate) mod worker_conn;

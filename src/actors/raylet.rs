@@ -16,6 +16,7 @@ use actix::prelude::*;
 use crate::actors::actor_host::{self, HostControl};
 use crate::actors::directory::{ActorDirectory, Endpoint, ForwardedCall, QueuedCall, seal_error};
 use crate::actors::gcs::{self, Gcs};
+use crate::actors::metrics::{NodeMetrics, RayletMetrics};
 use crate::api::WorkerMode;
 use crate::error::Error;
 use crate::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
@@ -35,6 +36,8 @@ pub(crate) struct QueuedTask {
     pub spec: Arc<TaskSpec>,
     /// Held until the task is done: keeps its dependencies alive.
     pub _pins: Pins,
+    /// When it was submitted (or last retried): scheduling latency counts from here.
+    pub submitted: std::time::Instant,
 }
 
 /// Hot-path messages.
@@ -203,6 +206,8 @@ pub(crate) struct Raylet {
     ended_jobs: EndedJobs,
     /// Since when each scheduling class (tasks) or actor has been infeasible.
     infeasible_since: HashMap<String, std::time::Instant>,
+    /// Task counters and scheduling latency (`/metrics`).
+    metrics: RayletMetrics,
 }
 
 /// Arguments up to this size travel inside a spilled task's request; larger ones are pulled.
@@ -324,6 +329,7 @@ impl Raylet {
             ended_jobs: Default::default(),
             copies: HashMap::new(),
             unreported: HashMap::new(),
+            metrics: RayletMetrics::default(),
         }
     }
 
@@ -349,7 +355,9 @@ impl Raylet {
     // ---- tasks ----------------------------------------------------------------------------
 
     fn submit(&mut self, task: QueuedTask) {
+        self.metrics.submitted += 1;
         if self.ended_jobs.contains(&task.spec.job_id) {
+            self.metrics.failed += 1;
             seal_error(&self.table, task.spec.return_id, &job_gone(&task.spec.name));
             return;
         }
@@ -505,6 +513,12 @@ impl Raylet {
     }
 
     fn fail_task(&mut self, task: QueuedTask, err: &Error) {
+        self.metrics.failed += 1;
+        self.seal_failure(task, err);
+    }
+
+    /// Seals a task's error without counting it (the node that ran it counted it).
+    fn seal_failure(&mut self, task: QueuedTask, err: &Error) {
         self.by_return.remove(&task.spec.return_id);
         seal_error(&self.table, task.spec.return_id, err);
     }
@@ -610,6 +624,7 @@ impl Raylet {
             return Err(Box::new(task));
         }
         self.count_against(node, req);
+        self.metrics.spilled += 1;
         tracing::debug!(task = %task.spec.name, node = %node, "spilled a task to another node");
         self.spilled.insert(tid, (task, node));
         Ok(())
@@ -686,7 +701,7 @@ impl Raylet {
                     self.release_copy(node, id);
                 }
             }
-            Err(e) => self.fail_task(task, &e),
+            Err(e) => self.seal_failure(task, &e),
         }
     }
 
@@ -786,6 +801,7 @@ impl Raylet {
             );
             return;
         };
+        self.metrics.sched_latency.observe(task.submitted.elapsed());
         self.running.insert(
             tid,
             Running {
@@ -915,6 +931,7 @@ impl Raylet {
         self.release_running(&run);
         match outcome {
             TaskOutcome::Sealed => {
+                self.metrics.finished += 1;
                 self.by_return.remove(&run.task.spec.return_id);
             }
             TaskOutcome::Failed { error, user } => {
@@ -950,6 +967,7 @@ impl Raylet {
         let mut spec = (*task.spec).clone();
         spec.attempt += 1;
         task.spec = Arc::new(spec);
+        task.submitted = std::time::Instant::now();
         self.enqueue(task);
     }
 
@@ -2050,6 +2068,32 @@ impl Handler<Shutdown> for Raylet {
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
         self.shutdown_all();
         ctx.stop();
+    }
+}
+
+/// This node's task counters, gauges, scheduling latency and object-store numbers
+/// (heartbeats, `/metrics`); actors and jobs are the GCS's to add.
+#[derive(Message)]
+#[rtype(result = "NodeMetrics")]
+pub(crate) struct GetMetrics;
+
+impl Handler<GetMetrics> for Raylet {
+    type Result = MessageResult<GetMetrics>;
+    fn handle(&mut self, _msg: GetMetrics, _ctx: &mut Self::Context) -> Self::Result {
+        let m = &self.metrics;
+        let mut out = NodeMetrics {
+            tasks_submitted: m.submitted,
+            tasks_spilled: m.spilled,
+            tasks_finished: m.finished,
+            tasks_failed: m.failed,
+            tasks_running: self.running.len() as u64,
+            tasks_queued: self.queues.values().map(|q| q.len() as u64).sum(),
+            tasks_waiting_args: self.waiting.len() as u64,
+            sched_latency: m.sched_latency.clone(),
+            ..NodeMetrics::default()
+        };
+        crate::actors::metrics::store_metrics(&mut out, &self.table);
+        MessageResult(out)
     }
 }
 

@@ -182,6 +182,9 @@ pub(crate) enum ClusterMsg {
         /// Where its data plane listens (`ip:port`).
         #[serde(default)]
         data: Option<String>,
+        /// Its counters and gauges (`/metrics`).
+        #[serde(default)]
+        metrics: Box<crate::actors::metrics::NodeMetrics>,
     },
     /// Asks the head for the cluster's status (request).
     Status,
@@ -453,6 +456,9 @@ pub struct NodeStatus {
     /// What its queued work waits for.
     #[serde(default)]
     pub pending: Vec<crate::sched::Demand>,
+    /// Its counters and gauges, from its last heartbeat (`/metrics`).
+    #[serde(default)]
+    pub metrics: crate::actors::metrics::NodeMetrics,
 }
 
 /// The cluster's status.
@@ -903,6 +909,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         available,
                         pending: own_demand(&raylet).await,
                         data: data_addr.clone(),
+                        metrics: Box::new(crate::actors::metrics::snapshot(&rt).await),
                     };
                     // Fails until some peer's subscription is known; the next tick retries.
                     let _ = net.publish(encode(&hb)).await;
@@ -932,7 +939,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     let Ok(ask) = ask else { break };
                     match ask {
                         crate::node::ClusterAsk::Status { done } => {
-                            let _ = done.send(status_report(&rt, &node_id, &members, own_demand(&raylet).await));
+                            let _ = done.send(status_report(&rt, &node_id, &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await));
                         }
                         crate::node::ClusterAsk::CommitBundles { node, pg, bundles, done } => {
                             let peer = peers.get(&node.hex()).copied();
@@ -1095,7 +1102,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
                                 tracing::info!(node = %n, peer = %from, "node registered");
                                 members.insert(n.clone(), Member {
-                                    status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total, pending: Vec::new() },
+                                    status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total, pending: Vec::new(), metrics: Default::default() },
                                     last_seen: Instant::now(),
                                     ticks_unheard: 0,
                                 });
@@ -1106,7 +1113,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let _ = reply.send(encode(&ClusterMsg::NotHead));
                             }
                             Ok(ClusterMsg::Status) if opts.head => {
-                                let report = status_report(&rt, &node_id, &members, own_demand(&raylet).await);
+                                let report = status_report(&rt, &node_id, &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await);
                                 let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
                             }
                             Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
@@ -1271,7 +1278,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         }
                         }
                         NetEvent::Gossip { from, data } => match decode(&data) {
-                            Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available, pending, data }) => {
+                            Ok(ClusterMsg::Heartbeat { node_id: n, addr, total, available, pending, data, metrics }) => {
                                 if n == node_id {
                                     continue;
                                 }
@@ -1285,13 +1292,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     peers.insert(n.clone(), from);
                                 }
                                 let e = members.entry(n.clone()).or_insert_with(|| Member {
-                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, total: total.clone(), available: available.clone(), pending: Vec::new() },
+                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, total: total.clone(), available: available.clone(), pending: Vec::new(), metrics: Default::default() },
                                     last_seen: Instant::now(),
                                     ticks_unheard: 0,
                                 });
                                 e.status.total = total.clone();
                                 e.status.available = available.clone();
                                 e.status.pending = pending;
+                                e.status.metrics = *metrics;
                                 e.status.alive = true;
                                 e.last_seen = Instant::now();
                                 e.ticks_unheard = 0;
@@ -1828,6 +1836,7 @@ fn status_report(
     head_id: &str,
     members: &HashMap<String, Member>,
     own_pending: Vec<crate::sched::Demand>,
+    own_metrics: crate::actors::metrics::NodeMetrics,
 ) -> StatusReport {
     let own = rt.node_resources().ok();
     let mut nodes = vec![NodeStatus {
@@ -1837,6 +1846,7 @@ fn status_report(
         total: own.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         available: own.map(|n| n.1).unwrap_or_default(),
         pending: own_pending,
+        metrics: own_metrics,
     }];
     // Liveness is decided by the heartbeat ticks (`status.alive`).
     nodes.extend(members.values().map(|m| m.status.clone()));
@@ -2477,6 +2487,7 @@ mod tests {
                     total: total.clone(),
                     available,
                     pending: Vec::new(),
+                    metrics: Default::default(),
                 },
                 NodeStatus {
                     node_id: "bb".into(),
@@ -2485,6 +2496,7 @@ mod tests {
                     total,
                     available: HashMap::new(),
                     pending: Vec::new(),
+                    metrics: Default::default(),
                 },
             ],
             pending: Vec::new(),

@@ -25,6 +25,27 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
     read(req.call())
 }
 
+/// `GET url` with headers; returns (status, content type, body).
+pub fn get_typed(url: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.call().expect("http");
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (
+        status,
+        ctype,
+        r.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
 /// `DELETE url`.
 pub fn delete(url: &str) -> Answer {
     read(agent().delete(url).call())
