@@ -153,6 +153,16 @@ fn jobs_run_and_report_like_rays() {
         (200, Value::Bool(true))
     );
     assert_eq!(get(&format!("{url}/api/jobs/{long}"), &[]).0, 404);
+
+    // Prometheus counts submissions by status.
+    let (status, metrics) = get(&format!("{url}/metrics"), &[]);
+    assert_eq!(status, 200);
+    for line in [
+        "mobula_jobs{type=\"submission\",status=\"SUCCEEDED\"} 1",
+        "mobula_jobs{type=\"submission\",status=\"FAILED\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[test]

@@ -240,6 +240,15 @@ async fn submissions(st: &WebState) -> Res<Vec<JobInfo>> {
     Ok(out)
 }
 
+/// Submissions by status (for `/metrics`); empty when the GCS does not answer.
+pub async fn status_counts(st: &WebState) -> crate::actors::metrics::Counts {
+    let mut out = crate::actors::metrics::Counts::new();
+    for j in submissions(st).await.unwrap_or_default() {
+        *out.entry(j.status.name().to_string()).or_default() += 1;
+    }
+    out
+}
+
 async fn drivers(st: &WebState) -> Res<Vec<crate::actors::gcs::JobRecord>> {
     let jobs = node(st)?
         .gcs

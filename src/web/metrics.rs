@@ -22,6 +22,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const ACTOR_STATES: [&str; 4] = ["PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"];
 /// Driver job statuses always shown.
 const DRIVER_JOB_STATUSES: [&str; 2] = ["RUNNING", "SUCCEEDED"];
+/// Statuses of Jobs API submissions.
+const SUBMISSION_STATUSES: [&str; 5] = ["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"];
 
 /// Registers this area's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -35,9 +37,10 @@ async fn metrics(st: web::Data<WebState>) -> HttpResponse {
             "the head's daemon did not report the cluster's status in time",
         );
     };
+    let submissions = super::jobs::status_counts(&st).await;
     HttpResponse::Ok()
         .content_type(CONTENT_TYPE)
-        .body(render(&report))
+        .body(render(&report, &submissions))
 }
 
 /// Escapes a label value: backslash, double quote and line feed.
@@ -127,7 +130,7 @@ impl Exposition {
 }
 
 /// Every family for a cluster's status.
-pub fn render(report: &StatusReport) -> String {
+pub fn render(report: &StatusReport, submissions: &Counts) -> String {
     let mut e = Exposition::default();
     let nodes = &report.nodes;
     let each = |e: &mut Exposition, name: &str, f: &dyn Fn(&NodeMetrics) -> u64| {
@@ -200,7 +203,7 @@ pub fn render(report: &StatusReport) -> String {
     e.family(
         "mobula_jobs",
         "gauge",
-        "Jobs by status: type driver from the nodes' GCS job tables (SUCCEEDED once the driver is gone).",
+        "Jobs by status: type driver from the nodes' GCS job tables (SUCCEEDED once the driver is gone), type submission from the Jobs API.",
     );
     let mut driver = Counts::new();
     for n in nodes {
@@ -212,6 +215,13 @@ pub fn render(report: &StatusReport) -> String {
         e.sample(
             "mobula_jobs",
             &[("type", "driver"), ("status", &status)],
+            v as f64,
+        );
+    }
+    for (status, v) in with_names(submissions, &SUBMISSION_STATUSES) {
+        e.sample(
+            "mobula_jobs",
+            &[("type", "submission"), ("status", &status)],
             v as f64,
         );
     }
@@ -428,7 +438,7 @@ mod tests {
             nodes: vec![node("aa", true), node("bb", false)],
             pending: Vec::new(),
         };
-        let t = render(&r);
+        let t = render(&r, &Counts::new());
         assert!(
             t.contains("mobula_node_alive{node_id=\"bb\",is_head=\"false\"} 0\n"),
             "{t}"
