@@ -327,8 +327,23 @@ fn metrics_cover_the_whole_cluster() {
     }
     assert_eq!(dispatched, TASKS as f64);
 
-    // Jobs by status and task gauges are there; nothing runs any more.
-    assert!(!p.of("mobula_jobs").is_empty());
+    // Jobs by status: this test's driver runs; no job was submitted. Nothing runs any more.
+    let jobs = |kind: &str, status: &str| -> f64 {
+        p.of("mobula_jobs")
+            .iter()
+            .filter(|s| s.labels["type"] == kind && s.labels["status"] == status)
+            .map(|s| s.value)
+            .sum()
+    };
+    assert!(jobs("driver", "RUNNING") >= 1.0, "the driver's job");
+    assert_eq!(jobs("submission", "RUNNING"), 0.0);
+    assert_eq!(
+        p.of("mobula_jobs")
+            .iter()
+            .filter(|s| s.labels["type"] == "submission")
+            .count(),
+        5
+    );
     assert_eq!(p.sum("mobula_tasks", "state", "running"), 0.0);
     drop(rt);
 }

@@ -1232,7 +1232,11 @@ impl Handler<CountStates> for Gcs {
             *actors.entry(state.to_string()).or_default() += 1;
         }
         let mut jobs = crate::actors::metrics::Counts::new();
-        for j in self.jobs.values() {
+        // The daemon's own job and internal namespaces are not users' jobs.
+        let users = self.jobs.values().filter(|j| {
+            !j.namespace.starts_with("_mobula") && !j.namespace.starts_with("_ray_internal")
+        });
+        for j in users {
             // Ray's rule for driver jobs: SUCCEEDED once the driver is gone.
             let status = if j.end_time_ms.is_some() {
                 "SUCCEEDED"
