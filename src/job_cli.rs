@@ -206,11 +206,28 @@ fn parse_json(flag: &str, text: &Option<String>) -> Result<Option<Value>, String
         .transpose()
 }
 
+impl JobCommand {
+    fn target(&self) -> &Target {
+        match self {
+            Self::Submit { target, .. }
+            | Self::Status { target, .. }
+            | Self::Logs { target, .. }
+            | Self::Stop { target, .. }
+            | Self::List { target }
+            | Self::Delete { target, .. } => target,
+        }
+    }
+}
+
 /// Runs one `mobula job` command.
 pub fn run(cmd: JobCommand) -> ExitCode {
+    let c = match cmd.target().client() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     match cmd {
         JobCommand::Submit {
-            target,
+            target: _,
             working_dir,
             submission_id,
             metadata_json,
@@ -222,10 +239,6 @@ pub fn run(cmd: JobCommand) -> ExitCode {
             no_wait,
             entrypoint,
         } => {
-            let c = match target.client() {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
             let (metadata, mut runtime_env, resources) = match (
                 parse_json("--metadata-json", &metadata_json),
                 parse_json("--runtime-env-json", &runtime_env_json),
@@ -273,34 +286,24 @@ pub fn run(cmd: JobCommand) -> ExitCode {
             }
             report_end(&c, &sid)
         }
-        JobCommand::Status { target, id } => {
-            let c = match target.client() {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            match c.job(&id) {
-                Ok(v) => {
-                    println!(
-                        "Status for job '{id}': {}",
-                        v["status"].as_str().unwrap_or("?")
-                    );
-                    if let Some(m) = v["message"].as_str() {
-                        println!("Status message: {m}");
-                    }
-                    ExitCode::SUCCESS
+        JobCommand::Status { target: _, id } => match c.job(&id) {
+            Ok(v) => {
+                println!(
+                    "Status for job '{id}': {}",
+                    v["status"].as_str().unwrap_or("?")
+                );
+                if let Some(m) = v["message"].as_str() {
+                    println!("Status message: {m}");
                 }
-                Err(e) => fail(e),
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(e),
+        },
         JobCommand::Logs {
-            target,
+            target: _,
             id,
             follow: f,
         } => {
-            let c = match target.client() {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
             let r = if f {
                 follow(&c, &id)
             } else {
@@ -312,14 +315,10 @@ pub fn run(cmd: JobCommand) -> ExitCode {
             }
         }
         JobCommand::Stop {
-            target,
+            target: _,
             id,
             no_wait,
         } => {
-            let c = match target.client() {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
             match c.stop(&id) {
                 Ok(true) => println!("Attempting to stop job '{id}'"),
                 Ok(false) => {
@@ -345,45 +344,33 @@ pub fn run(cmd: JobCommand) -> ExitCode {
                 }
             }
         }
-        JobCommand::List { target } => {
-            let c = match target.client() {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            match c.list() {
-                Ok(jobs) => {
+        JobCommand::List { target: _ } => match c.list() {
+            Ok(jobs) => {
+                println!(
+                    "{:<28} {:<34} {:<10} {:<14} ENTRYPOINT",
+                    "SUBMISSION_ID", "JOB_ID", "TYPE", "STATUS"
+                );
+                for j in jobs {
                     println!(
-                        "{:<28} {:<34} {:<10} {:<14} ENTRYPOINT",
-                        "SUBMISSION_ID", "JOB_ID", "TYPE", "STATUS"
+                        "{:<28} {:<34} {:<10} {:<14} {}",
+                        j["submission_id"].as_str().unwrap_or("-"),
+                        j["job_id"].as_str().unwrap_or("-"),
+                        j["type"].as_str().unwrap_or("-"),
+                        j["status"].as_str().unwrap_or("-"),
+                        j["entrypoint"].as_str().unwrap_or("")
                     );
-                    for j in jobs {
-                        println!(
-                            "{:<28} {:<34} {:<10} {:<14} {}",
-                            j["submission_id"].as_str().unwrap_or("-"),
-                            j["job_id"].as_str().unwrap_or("-"),
-                            j["type"].as_str().unwrap_or("-"),
-                            j["status"].as_str().unwrap_or("-"),
-                            j["entrypoint"].as_str().unwrap_or("")
-                        );
-                    }
-                    ExitCode::SUCCESS
                 }
-                Err(e) => fail(e),
+                ExitCode::SUCCESS
             }
-        }
-        JobCommand::Delete { target, id } => {
-            let c = match target.client() {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            match c.delete(&id) {
-                Ok(_) => {
-                    println!("Job '{id}' deleted successfully");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
+            Err(e) => fail(e),
+        },
+        JobCommand::Delete { target: _, id } => match c.delete(&id) {
+            Ok(_) => {
+                println!("Job '{id}' deleted successfully");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(e),
+        },
     }
 }
 
