@@ -104,6 +104,9 @@ fn the_state_api_lists_nodes_actors_groups_and_jobs() {
     );
     assert_eq!(status, 400, "{body}");
 
+    let (status, body) = get(&format!("{url}/api/v0/no_such_list"), &[]);
+    assert_eq!(status, 404, "{body}");
+
     let (status, body) = get(&format!("{url}/api/v0/actors/summarize"), &[]);
     assert_eq!(status, 200, "{body}");
     let s = json(&body);

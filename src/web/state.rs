@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, guard, web};
 use serde_json::{Value, json};
 
 use super::{WebState, text};
@@ -18,6 +18,8 @@ use crate::sched::ResourceSet;
 
 /// Largest `limit` accepted (Ray's `RAY_MAX_LIMIT_FROM_API_SERVER`).
 pub const MAX_LIMIT: usize = 10_000;
+/// The resources `/api/v0/{what}` lists.
+const LISTS: &[&str] = &["nodes", "actors", "placement_groups", "jobs"];
 /// `limit` when none is given.
 pub const DEFAULT_LIMIT: usize = 100;
 
@@ -394,7 +396,19 @@ async fn cluster_summary(st: web::Data<WebState>) -> HttpResponse {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v0/cluster_summary", web::get().to(cluster_summary))
         .route("/api/v0/actors/summarize", web::get().to(summarize_actors))
-        .route("/api/v0/{what}", web::get().to(list_route));
+        .route(
+            "/api/v0/{what}",
+            web::get().to(list_route).guard(guard::fn_guard(listed)),
+        );
+}
+
+/// The lists served here: other `/api/v0/*` paths stay free for other areas (and 404).
+fn listed(ctx: &guard::GuardContext<'_>) -> bool {
+    ctx.head()
+        .uri
+        .path()
+        .strip_prefix("/api/v0/")
+        .is_some_and(|w| LISTS.contains(&w))
 }
 
 #[cfg(test)]
