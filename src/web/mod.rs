@@ -90,6 +90,11 @@ pub struct WebState {
 }
 
 impl WebState {
+    /// The head's embedded node (its GCS and raylet addresses), if it has one.
+    pub(crate) fn node(&self) -> Option<&crate::node::NodeClient> {
+        self.rt.core().node()
+    }
+
     /// The cluster's status from the daemon loop, or `None` if it did not answer in time.
     pub async fn status(&self) -> Option<StatusReport> {
         let (tx, rx) = flume::bounded(1);
