@@ -19,6 +19,8 @@ use crate::actors::raylet::{Outbound, RegisterJob, RemoteDone, RemoteNode, SetSp
 use crate::net::{self, NetConfig, NetEvent};
 
 mod actors;
+#[cfg(test)]
+mod fuzz_tests;
 
 /// Errors of the cluster commands.
 #[derive(Debug, thiserror::Error)]

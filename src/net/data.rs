@@ -301,6 +301,7 @@ impl DataPlane {
             .build()?;
         let listener = rt.block_on(TcpListener::bind(bind))?;
         let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "data plane listening");
         let handle = rt.handle().clone();
         std::thread::Builder::new()
             .name("mobula-data-accept".to_string())
@@ -398,7 +399,8 @@ impl DataPlane {
             }
             Header::Value(n) => n as usize,
         };
-        let mut out = Vec::with_capacity(size + TAG);
+        // The size is the peer's word: reserve at most one frame ahead, grow as frames arrive.
+        let mut out = Vec::with_capacity(size.min(FRAME) + TAG);
         while out.len() < size {
             let want = (size - out.len()).min(FRAME);
             let got = timed(FRAME_TIMEOUT, conn.read_frame_into(&mut out, want))
@@ -533,6 +535,111 @@ mod tests {
                 matches!(got, Ok(None)),
                 "request {round} on a closed pooled connection: {got:?}"
             );
+        }
+    }
+
+    mod fuzz {
+        //! Property tests: garbage before or after the handshake, truncated and oversized frames
+        //! end the connection with an error (or a clean close), never a panic or a hang.
+        use super::*;
+        use proptest::prelude::*;
+
+        const SECRET: [u8; 32] = [3u8; 32];
+
+        /// Serves one connection on which `client` writes, then closes its sending half;
+        /// returns how the server side ended.
+        fn serve_one<F, Fut>(client: F) -> Res<()>
+        where
+            F: FnOnce(TcpStream) -> Fut + Send + 'static,
+            Fut: std::future::Future<Output = ()> + Send + 'static,
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let c = tokio::spawn(async move {
+                    let stream = TcpStream::connect(addr).await.expect("connect");
+                    client(stream).await;
+                });
+                let (stream, _) = listener.accept().await.expect("accept");
+                let nothing: Provider = Arc::new(|_: &ObjectId| None);
+                let out = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    serve_conn(stream, SECRET, nothing),
+                )
+                .await
+                .expect("the server hung on bad input");
+                let _ = c.await;
+                out
+            })
+        }
+
+        async fn send_raw(mut s: TcpStream, bytes: Vec<u8>) {
+            let _ = s.write_all(&bytes).await;
+            let _ = s.shutdown().await;
+        }
+
+        /// Completes a real handshake, then writes `bytes` raw on the connection.
+        async fn send_after_handshake(s: TcpStream, bytes: Vec<u8>) {
+            let Ok(conn) = client_handshake(s, &SECRET).await else {
+                return;
+            };
+            send_raw(conn.stream, bytes).await;
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn garbage_before_the_handshake_is_refused(
+                data in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                prop_assert!(serve_one(move |s| send_raw(s, data)).is_err());
+            }
+
+            #[test]
+            fn garbage_frames_after_the_handshake_never_panic(
+                data in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let out = serve_one(move |s| send_after_handshake(s, data));
+                prop_assert!(
+                    !matches!(out, Err(DataError::Timeout)),
+                    "unexpected {out:?}"
+                );
+            }
+
+            #[test]
+            fn oversized_length_prefixes_are_errors(
+                n in (4096u32 + TAG as u32 + 1)..=u32::MAX,
+                tail in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut data = n.to_be_bytes().to_vec();
+                data.extend_from_slice(&tail);
+                let out = serve_one(move |s| send_after_handshake(s, data));
+                prop_assert!(matches!(out, Err(DataError::Malformed(_))), "got {out:?}");
+            }
+
+            #[test]
+            fn tampered_frames_fail_authentication(at in 0usize..64, flip in 1u8..=255) {
+                let out = serve_one(move |s| async move {
+                    let Ok(mut conn) = client_handshake(s, &SECRET).await else {
+                        return;
+                    };
+                    let b = rmp_serde::to_vec(&Request::Get(ObjectId::new())).expect("encode");
+                    conn.out.clear();
+                    let _ = conn.write_frame(&b).await;
+                    // Re-send the same frame with one byte flipped: its counter is spent, and
+                    // the flip breaks its tag.
+                    let mut frame = conn.out.clone();
+                    let i = 4 + at % (frame.len() - 4);
+                    frame[i] ^= flip;
+                    send_raw(conn.stream, frame).await;
+                });
+                prop_assert!(matches!(out, Err(DataError::Auth(_))), "got {out:?}");
+            }
         }
     }
 }

@@ -385,4 +385,61 @@ mod tests {
         let mut truncated = std::io::Cursor::new(vec![0, 0, 0, 10, 1, 2]);
         assert!(matches!(read_frame(&mut truncated), Err(ProtoError::Io(_))));
     }
+
+    mod fuzz {
+        //! Property tests: whatever bytes a peer sends, the decoders return an error, never panic.
+        use super::*;
+        use proptest::prelude::*;
+        use tokio_util::codec::Decoder;
+
+        fn valid_frame() -> Vec<u8> {
+            encode_frame(&FromWorker::Hello {
+                worker_id: WorkerId::new(),
+                pid: 42,
+            })
+            .expect("encode")
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let mut cur = std::io::Cursor::new(data.clone());
+                while let Ok(Some(body)) = read_frame(&mut cur) {
+                    let _ = decode_body::<FromWorker>(&body);
+                    let _ = decode_body::<ToWorker>(&body);
+                }
+                let _ = decode_body::<FromWorker>(&data);
+                let _ = decode_body::<ToWorker>(&data);
+                let mut buf = bytes::BytesMut::from(&data[..]);
+                let mut codec = codec();
+                while let Ok(Some(body)) = codec.decode(&mut buf) {
+                    let _ = decode_body::<FromWorker>(&body);
+                }
+            }
+
+            #[test]
+            fn truncated_frames_are_errors(cut in 0usize..64) {
+                let f = valid_frame();
+                let cut = cut % f.len();
+                let mut cur = std::io::Cursor::new(f[..cut].to_vec());
+                match read_frame(&mut cur) {
+                    Ok(None) => prop_assert!(cut < 4),
+                    Ok(Some(_)) => prop_assert!(false, "a truncated frame was read whole"),
+                    Err(_) => {}
+                }
+                prop_assert!(decode_body::<FromWorker>(&f[4..cut.max(4)]).is_err());
+            }
+
+            #[test]
+            fn oversized_length_prefixes_are_errors(n in (MAX_FRAME as u32 + 1)..=u32::MAX,
+                                                    tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let mut data = n.to_be_bytes().to_vec();
+                data.extend_from_slice(&tail);
+                let mut cur = std::io::Cursor::new(data.clone());
+                prop_assert!(matches!(read_frame(&mut cur), Err(ProtoError::TooLarge(_))));
+                let mut buf = bytes::BytesMut::from(&data[..]);
+                prop_assert!(codec().decode(&mut buf).is_err());
+            }
+        }
+    }
 }
