@@ -15,6 +15,7 @@ fn heartbeat() -> Vec<u8> {
         available: HashMap::from([("CPU".to_string(), 1.0)]),
         pending: Vec::new(),
         data: Some("127.0.0.1:2".to_string()),
+        metrics: Box::default(),
     })
 }
 
