@@ -107,6 +107,10 @@ pub struct ActorSpec {
     pub strategy: SchedulingStrategy,
     /// Whether the class runs on an event loop.
     pub is_async: bool,
+    /// Set by the node that hosts an actor another node owns: the owner's GCS keeps the
+    /// record users see (this node's copy drives the local host and its restarts).
+    #[serde(default)]
+    pub owned_elsewhere: bool,
 }
 
 impl ActorSpec {

@@ -1222,7 +1222,8 @@ impl Handler<CountStates> for Gcs {
     type Result = MessageResult<CountStates>;
     fn handle(&mut self, _msg: CountStates, _ctx: &mut Self::Context) -> Self::Result {
         let mut actors = crate::actors::metrics::Counts::new();
-        for r in self.actors.values() {
+        // An actor hosted here for another node is counted by its owner.
+        for r in self.actors.values().filter(|r| !r.spec.owned_elsewhere) {
             let state = match r.state {
                 ActorState::PendingCreation => "PENDING_CREATION",
                 ActorState::Alive => "ALIVE",

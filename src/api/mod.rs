@@ -504,6 +504,7 @@ pub mod __private {
             placement_resources,
             strategy: opts.strategy.clone(),
             is_async: A::IS_ASYNC,
+            owned_elsewhere: false,
         };
         core.create_actor(spec)?;
         Ok(ActorHandle::from_raw(RawActorHandle::new(

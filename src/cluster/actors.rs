@@ -252,6 +252,7 @@ pub(super) async fn create_here(
     // name is the owner's business.
     super::pin_here(&mut spec.strategy, rt.node_id());
     spec.name = None;
+    spec.owned_elsewhere = true;
     let core = rt.core().clone();
     let created = tokio::task::spawn_blocking(move || core.create_actor(spec))
         .await

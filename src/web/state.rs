@@ -201,8 +201,10 @@ async fn node_rows(st: &WebState) -> Res<Vec<Value>> {
 
 async fn actor_rows(st: &WebState) -> Res<Vec<Value>> {
     let actors = node(st)?.gcs.send(ListActors).await.map_err(unavailable)?;
+    // An actor the head hosts for another node is that node's to list.
     let mut rows: Vec<Value> = actors
         .iter()
+        .filter(|a| !a.spec.owned_elsewhere)
         .map(|a| {
             json!({
                 "actor_id": a.spec.actor_id.hex(),
