@@ -186,7 +186,17 @@ fn metrics_cover_the_whole_cluster() {
         .collect();
     let ran: BTreeSet<String> = rt.get_all(&refs).expect("tasks").into_iter().collect();
     assert_eq!(ran.len(), 2, "SPREAD uses both nodes: {ran:?}");
-    let counter = Counter::remote(&rt).expect("actor");
+    // The actor runs on the other node: its owner (the driver's node) counts it, its host
+    // does not count it again.
+    let other = ran
+        .iter()
+        .find(|n| **n != rt.node_id().hex())
+        .expect("the other node");
+    let pin = mobula::ActorOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: mobula::NodeId::parse(other).expect("node id"),
+        soft: false,
+    });
+    let counter = Counter::options(pin).remote(&rt).expect("actor");
     assert_eq!(
         rt.get_timeout(&counter.bump(), Some(common::HANG))
             .expect("call"),
