@@ -37,6 +37,8 @@ pub(crate) struct NodeClient {
     pub(crate) raylet: Addr<Raylet>,
     pub(crate) gcs: Addr<Gcs>,
     pub(crate) directory: Arc<ActorDirectory>,
+    /// The node's recent task history (the state API's tasks).
+    pub(crate) history: Arc<crate::actors::history::TaskLog>,
     system: Mutex<Option<(actix::System, std::thread::JoinHandle<()>)>>,
     temp_dir: Option<PathBuf>,
     /// The Unix socket where this node accepts worker processes and drivers (process mode).
@@ -59,6 +61,12 @@ pub(crate) enum ClusterAsk {
     /// The cluster's status as the head sees it (the web server's view of the nodes).
     Status {
         done: flume::Sender<crate::cluster::StatusReport>,
+    },
+    /// A state-API query, asked of every alive node (or only `node`) and gathered.
+    State {
+        query: crate::cluster::state::StateQuery,
+        node: Option<String>,
+        done: flume::Sender<Vec<crate::cluster::state::NodeAnswer>>,
     },
     /// Claims a name for an actor this node owns.
     ClaimName {
@@ -592,7 +600,9 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         temp_dir: temp_dir.clone(),
         worker_start_timeout: config.worker_start_timeout,
         infeasible_timeout: config.infeasible_timeout,
+        history: Arc::new(crate::actors::history::TaskLog::from_env(node_id)),
     };
+    let history = rcfg.history.clone();
 
     let storage: Arc<dyn crate::store::GcsStorage> = match &config.gcs_storage {
         Some(dir) => Arc::new(crate::store::open_durable(dir).map_err(Error::runtime)?),
@@ -635,6 +645,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         raylet: raylet.clone(),
         gcs: gcs.clone(),
         directory,
+        history,
         system: Mutex::new(Some((system, thread))),
         socket: command
             .as_ref()

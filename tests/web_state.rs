@@ -1,6 +1,7 @@
 //! The state API over real HTTP against a real 2-node cluster: nodes, actors (a named one, a
 //! killed one), placement groups, jobs, Ray's envelope, `limit` / `detail` / filters, 400s,
-//! the actors summary and the cluster summary.
+//! the actors summary and the cluster summary; tasks (merged across nodes), workers, objects,
+//! their summaries, the timeline and the node-log routes.
 
 mod common;
 
@@ -121,4 +122,168 @@ fn the_state_api_lists_nodes_actors_groups_and_jobs() {
     assert_eq!(s["data"]["nodes"]["alive"], 2, "{body}");
     assert_eq!(s["data"]["resources"]["total"]["CPU"], 4.0, "{body}");
     assert_eq!(s["data"]["actors"]["ALIVE"], 1, "{body}");
+}
+
+#[mobula::remote]
+fn where_am_i() -> mobula::Result<String> {
+    Ok(mobula::runtime()?.node_id().hex())
+}
+
+#[mobula::remote]
+fn broken() -> Result<u64, String> {
+    Err("broken on purpose".to_string())
+}
+
+fn node_of(row: &serde_json::Value) -> String {
+    row["node_id"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn tasks_workers_objects_logs_and_the_timeline_span_both_nodes() {
+    mobula::worker_entry();
+    let c = cluster();
+    let url = c.dashboard();
+    let rt = connect(&c);
+    let spread = mobula::TaskOptions::new().scheduling_strategy(mobula::SchedulingStrategy::Spread);
+    let refs: Vec<_> = (0..10)
+        .map(|_| where_am_i::options(spread.clone()).remote(&rt))
+        .collect();
+    let ran: std::collections::BTreeSet<String> =
+        rt.get_all(&refs).expect("tasks").into_iter().collect();
+    assert_eq!(ran.len(), 2, "SPREAD used both nodes: {ran:?}");
+    let failed = broken::remote(&rt);
+    assert!(rt.get(&failed).is_err());
+    let counter = Counter::remote(&rt).expect("actor");
+    assert_eq!(rt.get(&counter.add(5)).expect("call"), 5);
+    let big = rt.put(&vec![7u8; 2 << 20]).expect("put");
+
+    // Tasks: one row per attempt, each on the node that ran it, merged across nodes.
+    common::eventually("every task is listed as ended", || {
+        let t = rows(&format!(
+            "{url}/api/v0/tasks?filter_keys=func_or_class_name&filter_predicates=%3D&filter_values=where_am_i&detail=true"
+        ));
+        t["num_filtered"] == 10
+            && t["result"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|t| t["state"] == "FINISHED"))
+    });
+    let t = rows(&format!(
+        "{url}/api/v0/tasks?filter_keys=func_or_class_name&filter_predicates=%3D&filter_values=where_am_i&detail=true"
+    ));
+    let list = t["result"].as_array().expect("rows");
+    let on: std::collections::BTreeSet<String> = list.iter().map(node_of).collect();
+    assert_eq!(on, ran, "each task is listed on the node that ran it: {t}");
+    for row in list {
+        assert_eq!(row["type"], "NORMAL_TASK");
+        assert!(row["worker_pid"].is_u64(), "{row}");
+        assert!(row["start_time_ms"].as_u64() <= row["end_time_ms"].as_u64());
+    }
+    let f = rows(&format!(
+        "{url}/api/v0/tasks?filter_keys=state&filter_predicates=%3D&filter_values=FAILED&detail=true"
+    ));
+    assert_eq!(f["num_filtered"], 1, "{f}");
+    assert_eq!(
+        f["result"][0]["error_type"], "TASK_EXECUTION_EXCEPTION",
+        "{f}"
+    );
+    assert!(
+        f["result"][0]["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("broken on purpose")),
+        "{f}"
+    );
+    let brief = rows(&format!("{url}/api/v0/tasks?limit=1"));
+    assert!(brief["result"][0].get("events").is_none(), "detail only");
+
+    let (status, body) = get(&format!("{url}/api/v0/tasks/summarize"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let s = json(&body);
+    let cl = &s["data"]["result"]["result"]["node_id_to_summary"]["cluster"];
+    assert_eq!(
+        cl["summary"]["where_am_i"]["state_counts"]["FINISHED"], 10,
+        "{body}"
+    );
+    assert_eq!(
+        cl["summary"]["broken"]["state_counts"]["FAILED"], 1,
+        "{body}"
+    );
+    assert_eq!(cl["total_actor_scheduled"], 1, "{body}");
+    assert!(cl["total_actor_tasks"].as_u64() >= Some(1), "{body}");
+    assert_eq!(cl["summary_by"], "func_name");
+
+    // The timeline: a complete event per task that ran, on its node's track.
+    let (status, body) = get(&format!("{url}/api/v0/tasks/timeline?download=1"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let trace = json(&body);
+    let events = trace.as_array().expect("events");
+    let mine: Vec<_> = events
+        .iter()
+        .filter(|e| e["name"] == "where_am_i")
+        .collect();
+    assert_eq!(mine.len(), 10, "{body}");
+    assert!(mine.iter().all(|e| e["ph"] == "X" && e["ts"].is_u64()));
+
+    // Workers of both nodes, with their pids.
+    let w = rows(&format!("{url}/api/v0/workers?limit=1000"));
+    let wn: std::collections::BTreeSet<String> = w["result"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(node_of)
+        .collect();
+    assert_eq!(wn.len(), 2, "workers on both nodes: {w}");
+
+    // Objects: the 2 MiB put is in the driver's node's store.
+    let o = rows(&format!("{url}/api/v0/objects?limit=10000"));
+    let put_row = o["result"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["object_id"] == big.id().hex())
+        .cloned()
+        .unwrap_or_else(|| panic!("the put object is listed: {o}"));
+    assert!(
+        put_row["object_size"].as_u64() >= Some(2 << 20),
+        "{put_row}"
+    );
+    let (status, body) = get(&format!("{url}/api/v0/objects/summarize"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let s = json(&body);
+    assert!(
+        s["data"]["result"]["result"]["node_id_to_summary"]["cluster"]["total_objects"].as_u64()
+            >= Some(1),
+        "{body}"
+    );
+
+    // Logs: each node lists its own log; the other node's is read through the head.
+    let nodes = rows(&format!("{url}/api/v0/nodes"));
+    let worker_node = nodes["result"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|n| n["is_head_node"] == false)
+        .and_then(|n| n["node_id"].as_str())
+        .expect("the worker node")
+        .to_string();
+    let (status, body) = get(&format!("{url}/api/v0/logs?node_id={worker_node}"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let cats = json(&body)["data"]["result"].clone();
+    let files = cats["node"].as_array().expect("node logs");
+    assert_eq!(files.len(), 1, "{body}");
+    let file = files[0].as_str().expect("name").to_string();
+    let (status, text) = get(
+        &format!("{url}/api/v0/logs/file?node_id={worker_node}&filename={file}&lines=5"),
+        &[],
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.lines().count() <= 5 && !text.is_empty(), "{text}");
+    let (status, body) = get(&format!("{url}/api/v0/logs"), &[]);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get(
+        &format!("{url}/api/v0/logs/file?node_id={worker_node}&filename=..%2Fsecret"),
+        &[],
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&format!("{url}/api/v0/logs?node_id=ffff"), &[]);
+    assert_eq!(status, 404, "{body}");
 }

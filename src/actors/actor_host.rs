@@ -13,6 +13,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use crate::actors::directory::{ActorRoute, Endpoint, HostMsg, QueuedCall, seal_error};
+use crate::actors::history::TaskLog;
 use crate::error::Error;
 use crate::registry::{ActorInstance, UserError};
 use crate::spec::ActorSpec;
@@ -75,14 +76,25 @@ struct Launch {
     args: Vec<Bytes>,
     table: Arc<ObjectTable>,
     route: Arc<ActorRoute>,
+    history: Arc<TaskLog>,
 }
 
-fn seal_result(table: &ObjectTable, q: &QueuedCall, r: Result<crate::codec::Encoded, UserError>) {
+fn seal_result(
+    table: &ObjectTable,
+    history: &TaskLog,
+    q: &QueuedCall,
+    r: Result<crate::codec::Encoded, UserError>,
+) {
     match r {
         Ok(enc) => {
+            history.ended(q.call.task_id, q.call.attempt, Ok(()));
             table.seal(q.call.return_id, enc.data, enc.nested, false);
         }
-        Err(e) => seal_error(table, q.call.return_id, &user_error(&q.call.name, e).0),
+        Err(e) => {
+            let e = user_error(&q.call.name, e).0;
+            history.ended(q.call.task_id, q.call.attempt, Err(&e));
+            seal_error(table, q.call.return_id, &e);
+        }
     }
 }
 
@@ -110,6 +122,7 @@ enum Step {
 struct Instance {
     spec: ActorSpec,
     table: Arc<ObjectTable>,
+    history: Arc<TaskLog>,
     stop: Arc<AtomicBool>,
     rx: flume::Receiver<HostMsg>,
 }
@@ -170,8 +183,11 @@ impl Instance {
             let Some(args) = args_blocking(&self.table, &q) else {
                 continue;
             };
+            let pid = std::process::id();
+            self.history
+                .call_started(&q.call, Some(self.spec.job_id), pid);
             let r = crate::worker::call_blocking(inst.as_mut(), &q.call.method, args);
-            seal_result(&self.table, &q, r);
+            seal_result(&self.table, &self.history, &q, r);
         }
     }
 
@@ -220,8 +236,11 @@ impl Instance {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break Vec::new();
                 };
+                self.history
+                    .call_started(&q.call, Some(self.spec.job_id), std::process::id());
                 let started = start_call(&mut **inst.borrow_mut(), &q.call.method, args);
                 let table = self.table.clone();
+                let history = self.history.clone();
                 running2
                     .borrow_mut()
                     .insert(q.call.task_id, (q.call.return_id, q.call.name.clone()));
@@ -231,7 +250,7 @@ impl Instance {
                         CallStart::Done(r) => r,
                         CallStart::Running(f) => f.await,
                     };
-                    seal_result(&table, &q, r);
+                    seal_result(&table, &history, &q, r);
                     running3.borrow_mut().remove(&q.call.task_id);
                     drop(permit);
                 });
@@ -258,6 +277,7 @@ impl ActorHost {
         args: Vec<Bytes>,
         table: Arc<ObjectTable>,
         route: Arc<ActorRoute>,
+        history: Arc<TaskLog>,
         events: Box<dyn HostEvents>,
     ) -> Self {
         Self {
@@ -265,7 +285,12 @@ impl ActorHost {
             events,
             stop: Arc::new(AtomicBool::new(false)),
             wake: None,
-            launch: Some(Launch { args, table, route }),
+            launch: Some(Launch {
+                args,
+                table,
+                route,
+                history,
+            }),
         }
     }
 }
@@ -274,7 +299,13 @@ impl Actor for ActorHost {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(Launch { args, table, route }) = self.launch.take() else {
+        let Some(Launch {
+            args,
+            table,
+            route,
+            history,
+        }) = self.launch.take()
+        else {
             return;
         };
         let (tx, rx) = flume::bounded(HOST_CHANNEL);
@@ -296,6 +327,7 @@ impl Actor for ActorHost {
             let runner = Instance {
                 spec: spec.clone(),
                 table,
+                history,
                 stop,
                 rx,
             };
@@ -360,8 +392,9 @@ pub(crate) fn spawn_thread_host(
     args: Vec<Bytes>,
     table: Arc<ObjectTable>,
     route: Arc<ActorRoute>,
+    history: Arc<TaskLog>,
     raylet: Addr<crate::actors::raylet::Raylet>,
 ) -> Addr<ActorHost> {
-    let host = ActorHost::new(spec, args, table, route, Box::new(raylet));
+    let host = ActorHost::new(spec, args, table, route, history, Box::new(raylet));
     ActorHost::start_in_arbiter(arbiter, move |_| host)
 }

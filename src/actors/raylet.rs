@@ -16,6 +16,7 @@ use actix::prelude::*;
 use crate::actors::actor_host::{self, HostControl};
 use crate::actors::directory::{ActorDirectory, Endpoint, ForwardedCall, QueuedCall, seal_error};
 use crate::actors::gcs::{self, Gcs};
+use crate::actors::history::TaskState;
 use crate::actors::metrics::{NodeMetrics, RayletMetrics};
 use crate::api::WorkerMode;
 use crate::error::Error;
@@ -111,6 +112,8 @@ pub(crate) struct RayletConfig {
     /// How long a request no node can hold waits (for a node that can) before it fails;
     /// zero fails it at once.
     pub infeasible_timeout: Duration,
+    /// The node's task history, shared with its actor hosts and worker connections.
+    pub history: Arc<crate::actors::history::TaskLog>,
 }
 
 enum Worker {
@@ -125,7 +128,12 @@ struct WorkerSlot {
     starting: bool,
     job: crate::ids::JobId,
     actor: Option<ActorId>,
+    /// When it was started (unix ms).
+    started_ms: u64,
 }
+
+/// Rows of exited workers kept for the state API.
+const EXITED_WORKERS: usize = 1000;
 
 struct Running {
     task: QueuedTask,
@@ -208,6 +216,8 @@ pub(crate) struct Raylet {
     infeasible_since: HashMap<String, std::time::Instant>,
     /// Task counters and scheduling latency (`/metrics`).
     metrics: RayletMetrics,
+    /// Rows of the last exited workers (state API), at most `EXITED_WORKERS`.
+    exited_workers: VecDeque<serde_json::Value>,
 }
 
 /// Arguments up to this size travel inside a spilled task's request; larger ones are pulled.
@@ -330,6 +340,7 @@ impl Raylet {
             copies: HashMap::new(),
             unreported: HashMap::new(),
             metrics: RayletMetrics::default(),
+            exited_workers: VecDeque::new(),
         }
     }
 
@@ -383,6 +394,7 @@ impl Raylet {
                 }
             }
         }
+        self.cfg.history.submitted(&task.spec, remaining > 0);
         if remaining == 0 {
             self.enqueue(task);
         } else {
@@ -404,6 +416,10 @@ impl Raylet {
             None => false,
         };
         if done && let Some((task, _)) = self.waiting.remove(&tid) {
+            let (t, a) = (task.spec.task_id, task.spec.attempt);
+            self.cfg
+                .history
+                .state(t, a, TaskState::PendingNodeAssignment, None);
             self.enqueue(task);
         }
     }
@@ -519,6 +535,9 @@ impl Raylet {
 
     /// Seals a task's error without counting it (the node that ran it counted it).
     fn seal_failure(&mut self, task: QueuedTask, err: &Error) {
+        self.cfg
+            .history
+            .ended(task.spec.task_id, task.spec.attempt, Err(err));
         self.by_return.remove(&task.spec.return_id);
         seal_error(&self.table, task.spec.return_id, err);
     }
@@ -625,6 +644,10 @@ impl Raylet {
         }
         self.count_against(node, req);
         self.metrics.spilled += 1;
+        let attempt = task.spec.attempt;
+        self.cfg
+            .history
+            .state(tid, attempt, TaskState::SubmittedToWorker, Some(node));
         tracing::debug!(task = %task.spec.name, node = %node, "spilled a task to another node");
         self.spilled.insert(tid, (task, node));
         Ok(())
@@ -660,6 +683,13 @@ impl Raylet {
     fn node_lost(&mut self, task: QueuedTask, node: NodeId, what: &str) {
         if task.spec.can_retry() {
             tracing::warn!(task = %task.spec.name, node = %node, what, "lost the node running a task; retrying it");
+            let lost = Error::WorkerCrashed {
+                task: task.spec.name.clone(),
+                detail: format!("node {node} {what}"),
+            };
+            self.cfg
+                .history
+                .ended(task.spec.task_id, task.spec.attempt, Err(&lost));
             self.retry(task);
         } else {
             let err = Error::WorkerCrashed {
@@ -692,6 +722,9 @@ impl Raylet {
         match result {
             Ok(v) => {
                 let id = task.spec.return_id;
+                self.cfg
+                    .history
+                    .ended(task.spec.task_id, task.spec.attempt, Ok(()));
                 self.by_return.remove(&id);
                 let sealed = self.table.seal(id, v.data, v.nested, false);
                 if kept && sealed {
@@ -802,6 +835,13 @@ impl Raylet {
             return;
         };
         self.metrics.sched_latency.observe(task.submitted.elapsed());
+        let pid = match self.workers.get(&wid).map(|s| &s.worker) {
+            Some(Worker::Process(p)) => Some(p.pid()),
+            _ => Some(std::process::id()),
+        };
+        self.cfg
+            .history
+            .running(tid, spec.attempt, wid, pid.filter(|p| *p != 0));
         self.running.insert(
             tid,
             Running {
@@ -910,6 +950,7 @@ impl Raylet {
                 starting,
                 actor: None,
                 job,
+                started_ms: crate::web::now_ms(),
             },
         );
         Some(wid)
@@ -931,6 +972,7 @@ impl Raylet {
         self.release_running(&run);
         match outcome {
             TaskOutcome::Sealed => {
+                self.cfg.history.ended(tid, run.task.spec.attempt, Ok(()));
                 self.metrics.finished += 1;
                 self.by_return.remove(&run.task.spec.return_id);
             }
@@ -940,6 +982,9 @@ impl Raylet {
                 if user && !cancelled && run.task.spec.retry_exceptions && run.task.spec.can_retry()
                 {
                     tracing::info!(task = %run.task.spec.name, attempt = run.task.spec.attempt, error = %error, "retrying task after a user error");
+                    self.cfg
+                        .history
+                        .ended(tid, run.task.spec.attempt, Err(&error));
                     self.retry(run.task);
                 } else {
                     self.fail_task(run.task, &error);
@@ -968,6 +1013,7 @@ impl Raylet {
         spec.attempt += 1;
         task.spec = Arc::new(spec);
         task.submitted = std::time::Instant::now();
+        self.cfg.history.submitted(&task.spec, false);
         self.enqueue(task);
     }
 
@@ -976,6 +1022,21 @@ impl Raylet {
         let Some(slot) = self.workers.remove(&wid) else {
             return;
         };
+        let busy = slot.running.is_some() || slot.actor.is_some();
+        let mut row = worker_row(wid, &slot, self.cfg.node_id);
+        row["is_alive"] = false.into();
+        row["exit_type"] = if busy {
+            "SYSTEM_ERROR"
+        } else {
+            "INTENDED_SYSTEM_EXIT"
+        }
+        .into();
+        row["exit_detail"] = detail.clone().into();
+        row["end_time_ms"] = crate::web::now_ms().into();
+        if self.exited_workers.len() >= EXITED_WORKERS {
+            self.exited_workers.pop_front();
+        }
+        self.exited_workers.push_back(row);
         if slot.starting {
             self.starting_procs = self.starting_procs.saturating_sub(1);
         }
@@ -991,6 +1052,13 @@ impl Raylet {
                 && !self.ended_jobs.contains(&run.task.spec.job_id)
             {
                 tracing::warn!(task = %run.task.spec.name, worker = %wid, detail = %detail, "worker died; retrying its task");
+                let died = Error::WorkerCrashed {
+                    task: run.task.spec.name.clone(),
+                    detail: detail.clone(),
+                };
+                self.cfg
+                    .history
+                    .ended(tid, run.task.spec.attempt, Err(&died));
                 self.retry(run.task);
             } else {
                 let err = Error::WorkerCrashed {
@@ -1055,6 +1123,7 @@ impl Raylet {
         }
         if let Some(run) = self.running.get(&tid) {
             let e = err(&run.task.spec.name);
+            self.cfg.history.ended(tid, run.task.spec.attempt, Err(&e));
             seal_error(&self.table, return_id, &e);
             let wid = run.worker;
             if force
@@ -1071,6 +1140,9 @@ impl Raylet {
     // ---- actors ---------------------------------------------------------------------------
 
     fn create_actor(&mut self, spec: ActorSpec) {
+        if !spec.owned_elsewhere {
+            self.cfg.history.actor_submitted(&spec);
+        }
         let pins = Pins::new(&self.table, spec.deps().collect::<Vec<_>>());
         let mut remaining = 0;
         for dep in pins.ids().to_vec() {
@@ -1259,6 +1331,7 @@ impl Raylet {
                     args,
                     self.table.clone(),
                     route,
+                    self.cfg.history.clone(),
                     me,
                 );
                 ActorHostRef::Thread(h)
@@ -1285,6 +1358,9 @@ impl Raylet {
     }
 
     fn report_creation(&mut self, aid: ActorId, node: NodeId, result: Result<u32, Error>) {
+        self.cfg
+            .history
+            .actor_created(aid, node, result.as_ref().map(|p| *p));
         if let Some(g) = &self.gcs {
             g.do_send(gcs::ActorCreated {
                 actor_id: aid,
@@ -2068,6 +2144,46 @@ impl Handler<Shutdown> for Raylet {
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
         self.shutdown_all();
         ctx.stop();
+    }
+}
+
+/// A worker's state-API row (Ray's `WorkerState`; `ip` is the daemon's to add).
+fn worker_row(wid: WorkerId, slot: &WorkerSlot, node: NodeId) -> serde_json::Value {
+    let pid = match &slot.worker {
+        Worker::Process(p) => p.pid(),
+        Worker::Thread(_) => std::process::id(),
+    };
+    serde_json::json!({
+        "worker_id": wid.hex(),
+        "is_alive": true,
+        "worker_type": "WORKER",
+        "exit_type": null,
+        "node_id": node.hex(),
+        "ip": null,
+        "pid": pid,
+        "exit_detail": null,
+        "worker_launch_time_ms": slot.started_ms,
+        "worker_launched_time_ms": slot.started_ms,
+        "start_time_ms": slot.started_ms,
+        "end_time_ms": null,
+        "job_id": slot.job.hex(),
+        "actor_id": slot.actor.map(|a| a.hex()),
+        "thread": matches!(slot.worker, Worker::Thread(_)),
+    })
+}
+
+/// The node's workers, alive and recently exited, as state-API rows.
+#[derive(Message)]
+#[rtype(result = "Vec<serde_json::Value>")]
+pub(crate) struct ListWorkers;
+
+impl Handler<ListWorkers> for Raylet {
+    type Result = MessageResult<ListWorkers>;
+    fn handle(&mut self, _msg: ListWorkers, _ctx: &mut Self::Context) -> Self::Result {
+        let node = self.cfg.node_id;
+        let mut rows: Vec<serde_json::Value> = self.exited_workers.iter().cloned().collect();
+        rows.extend(self.workers.iter().map(|(w, s)| worker_row(*w, s, node)));
+        MessageResult(rows)
     }
 }
 

@@ -287,12 +287,15 @@ impl WorkerConn {
         let (tx, rx) = flume::bounded(HOST_CHANNEL);
         let pending = h.route.activate(Endpoint::Channel(tx));
         h.rx = Some(rx.clone());
+        let job = h.spec.job_id;
         let table = self.ctx.table.clone();
+        let history = self.ctx.client.history.clone();
         let out = self.out.clone();
         let inflight = self.inflight.clone();
         let pid = self.pid;
         let forward = move |q: QueuedCall| {
             let table = table.clone();
+            let history = history.clone();
             let out = out.clone();
             let inflight = inflight.clone();
             async move {
@@ -327,6 +330,7 @@ impl WorkerConn {
                     let seq = inf.next;
                     inf.next += 1;
                     inf.seq_of.insert(q.call.task_id, seq);
+                    history.call_started(&q.call, Some(job), pid);
                     inf.order.insert(seq, q);
                 }
                 let _ = out.send_async(f).await;
@@ -396,15 +400,22 @@ impl WorkerConn {
                 return_id,
                 result,
             } => {
+                let mut inf = self.inflight.borrow_mut();
+                let call = inf
+                    .seq_of
+                    .remove(&task_id)
+                    .and_then(|seq| inf.order.remove(&seq));
+                let attempt = call.map_or(0, |q| q.call.attempt);
+                let history = &self.ctx.client.history;
                 match result {
                     Ok(v) => {
+                        history.ended(task_id, attempt, Ok(()));
                         table.seal(return_id, v.data, v.nested, false);
                     }
-                    Err(e) => seal_error(&table, return_id, &e),
-                }
-                let mut inf = self.inflight.borrow_mut();
-                if let Some(seq) = inf.seq_of.remove(&task_id) {
-                    inf.order.remove(&seq);
+                    Err(e) => {
+                        history.ended(task_id, attempt, Err(&e));
+                        seal_error(&table, return_id, &e);
+                    }
                 }
             }
             FromWorker::SubmitTask(spec) => {

@@ -434,7 +434,7 @@ impl Names {
             A::CommitBundles { done, .. } => {
                 let _ = done.send(Err(Error::runtime("bundles are the daemon's to place")));
             }
-            A::ReturnBundles { .. } | A::Status { .. } => {}
+            A::ReturnBundles { .. } | A::Status { .. } | A::State { .. } => {}
             A::Kill { done, .. } => {
                 let _ = done.send(Err(Error::runtime("kills are the daemon's to route")));
             }

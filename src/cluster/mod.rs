@@ -21,6 +21,7 @@ use crate::net::{self, NetConfig, NetEvent};
 mod actors;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod state;
 
 /// Errors of the cluster commands.
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +333,10 @@ pub(crate) enum ClusterMsg {
     /// The answer of a node that is not the head to a `Register` (a node looking for its head
     /// over mDNS asks every peer it hears of that listens on the head's port).
     NotHead,
+    /// Asks a node for its part of a state-API query (request; answered `StateRows`).
+    State(state::StateQuery),
+    /// A node's answer to `State`: JSON text, or why it could not answer.
+    StateRows(Result<String, String>),
 }
 
 /// A task or call run for another node that ended.
@@ -658,6 +663,10 @@ struct Member {
     ticks_unheard: u32,
 }
 
+/// Set for a daemon started in the background: the name of its log file in the cluster
+/// directory's `logs/` (the state API lists it).
+const ENV_NODE_LOG: &str = "MOBULA_NODE_LOG";
+
 /// How often heartbeats go out.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -747,6 +756,12 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     }
     std::fs::write(&pid_file, std::process::id().to_string()).map_err(file_err(&pid_file))?;
     let ip = advertised_ip(&opts)?;
+    let here = state::Here {
+        rt: rt.clone(),
+        ip: ip.to_string(),
+        logs: Some((dir.dir.join("logs"), std::env::var(ENV_NODE_LOG).ok())),
+        is_head: opts.head,
+    };
     // Object values travel over a data plane of their own (see `net::data`).
     let provider_table = table.clone();
     let provider: net::data::Provider = std::sync::Arc::new(move |id: &crate::ObjectId| {
@@ -943,6 +958,23 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         crate::node::ClusterAsk::Status { done } => {
                             let _ = done.send(status_report(&rt, &node_id, &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await));
                         }
+                        crate::node::ClusterAsk::State { query, node, done } => {
+                            // Alive nodes only (a dead one would only time out), or the one asked for.
+                            let asked: Vec<(String, libp2p::PeerId)> = members
+                                .values()
+                                .filter(|m| m.status.alive && node.as_ref().is_none_or(|n| *n == m.status.node_id))
+                                .filter_map(|m| peers.get(&m.status.node_id).map(|p| (m.status.node_id.clone(), *p)))
+                                .collect();
+                            let (here, net, own) = (here.clone(), net.clone(), node_id.clone());
+                            let include_own = node.as_ref().is_none_or(|n| *n == own);
+                            tokio::spawn(async move {
+                                let mut all = state::gather(&here, &own, asked, &net, &query).await;
+                                if !include_own {
+                                    all.remove(0);
+                                }
+                                let _ = done.send(all);
+                            });
+                        }
                         crate::node::ClusterAsk::CommitBundles { node, pg, bundles, done } => {
                             let peer = peers.get(&node.hex()).copied();
                             let net = net.clone();
@@ -1113,6 +1145,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             Ok(ClusterMsg::Register { .. }) => {
                                 tracing::debug!(peer = %from, "a node asked this node, not the head, to register it");
                                 let _ = reply.send(encode(&ClusterMsg::NotHead));
+                            }
+                            Ok(ClusterMsg::State(q)) => {
+                                let here = here.clone();
+                                tokio::spawn(async move {
+                                    let r = here.answer(&q).await.map(|v| v.to_string());
+                                    let _ = reply.send(encode(&ClusterMsg::StateRows(r)));
+                                });
                             }
                             Ok(ClusterMsg::Status) if opts.head => {
                                 let report = status_report(&rt, &node_id, &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await);
@@ -1970,6 +2009,7 @@ pub fn spawn_daemon(opts: &StartOptions, args: Vec<std::ffi::OsString>) -> Res<H
         .args(args)
         .arg("--block")
         .stdin(std::process::Stdio::null())
+        .env(ENV_NODE_LOG, log_path.file_name().unwrap_or_default())
         .stdout(log)
         .stderr(log2)
         .process_group(0)

@@ -109,6 +109,28 @@ impl WebState {
     }
 }
 
+impl WebState {
+    /// A state query's answers from every alive node (or only `node`), or `None` if the
+    /// daemon loop did not answer in time (each node has `NODE_TIMEOUT` of its own).
+    pub async fn state(
+        &self,
+        query: crate::cluster::state::StateQuery,
+        node: Option<String>,
+    ) -> Option<Vec<crate::cluster::state::NodeAnswer>> {
+        let (tx, rx) = flume::bounded(1);
+        self.asks
+            .send_async(crate::node::ClusterAsk::State {
+                query,
+                node,
+                done: tx,
+            })
+            .await
+            .ok()?;
+        let wait = crate::cluster::state::NODE_TIMEOUT + Duration::from_secs(5);
+        tokio::time::timeout(wait, rx.recv_async()).await.ok()?.ok()
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()

@@ -161,6 +161,11 @@ pub(crate) struct ProcessWorker {
 }
 
 impl ProcessWorker {
+    /// The process id, while the process runs (0 before it started and once it exited).
+    pub fn pid(&self) -> u32 {
+        self.shared.pid()
+    }
+
     /// Sends a task with its resolved arguments.
     pub fn execute(
         &self,
