@@ -62,3 +62,14 @@ pub fn worker_entry() {
 
 #[doc(hidden)]
 pub use api::__private;
+
+/// Sends `tracing` output to stderr through `filter`, coloured only when stderr is a terminal
+/// (a daemon's log file and the state API's log routes get plain text). Does nothing if a
+/// subscriber is set already.
+pub fn log_to_stderr(filter: tracing_subscriber::EnvFilter) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

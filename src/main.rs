@@ -198,10 +198,7 @@ fn fail(msg: &str) -> ExitCode {
 
 fn init_logs() {
     let filter = std::env::var("MOBULA_LOG").unwrap_or_else(|_| "info".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+    mobula::log_to_stderr(tracing_subscriber::EnvFilter::new(filter));
 }
 
 /// Parses `{"name": amount, ...}`.

@@ -1,8 +1,9 @@
 //! The web dashboard in a real headless Chromium (driven over WebDriver's JSON wire protocol
 //! with ureq) against a real two-node cluster: the overview's nodes and charts from the live
 //! stream, the jobs list and a job's logs, a job submitted after the page loaded appearing
-//! without a reload, and — when the head serves the state API — the actors, tasks, placement
-//! groups and logs pages. Screenshots go to `$CARGO_TARGET_DIR/web-screenshots/*.png`.
+//! without a reload, and the actors, tasks (counts by function, a failure with its error),
+//! placement groups and per-node logs pages, each with what a driver of the test made.
+//! Screenshots go to `$CARGO_TARGET_DIR/web-screenshots/*.png`.
 //! Skips (with a note) when `chromium` or `chromedriver` is not installed.
 
 mod common;
@@ -11,9 +12,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::cluster;
+use common::cluster::{cluster, connect};
 use common::http::{get, post};
+use mobula::{ActorOptions, PlacementStrategy, ResourceSet};
 use serde_json::{Value, json};
+
+#[mobula::remote]
+fn dash_square(x: u64) -> u64 {
+    x * x
+}
+
+#[mobula::remote]
+fn dash_broken() -> Result<u64, String> {
+    Err("dash-broken-on-purpose".to_string())
+}
+
+#[mobula::actor]
+pub struct Gauge {
+    v: u64,
+}
+
+#[mobula::actor]
+impl Gauge {
+    pub fn new() -> Self {
+        Gauge { v: 7 }
+    }
+
+    pub fn read(&self) -> u64 {
+        self.v
+    }
+}
 
 /// A program on PATH (or in /usr/bin).
 fn which(name: &str) -> Option<PathBuf> {
@@ -186,6 +214,7 @@ fn submit(url: &str, entrypoint: &str) -> String {
 
 #[test]
 fn the_dashboard_shows_the_live_cluster_in_a_browser() {
+    mobula::worker_entry();
     let (Some(chromium), Some(chromedriver)) = (which("chromium"), which("chromedriver")) else {
         eprintln!("note: chromium or chromedriver not installed; skipping the browser test");
         return;
@@ -267,25 +296,60 @@ fn the_dashboard_shows_the_live_cluster_in_a_browser() {
     assert!(text.contains(&job), "{text}");
     b.screenshot("job-detail");
 
-    // The state API's pages, each when the head serves the route it reads.
-    let pages: [(&str, &str, &str, &str); 4] = [
-        ("/api/v0/actors", "#/actors", "Class", "actors"),
-        ("/api/v0/tasks/summarize", "#/tasks", "By function", "tasks"),
-        (
-            "/api/v0/placement_groups",
-            "#/placement_groups",
-            "Strategy",
-            "placement-groups",
-        ),
-        ("/api/v0/logs", "#/logs/NODE", ".log", "node-logs"),
-    ];
-    for (route, page, shows, shot) in pages {
-        if get(&format!("{url}{route}"), &[]).0 == 404 {
-            eprintln!("note: the head does not serve {route}: the {shot} page is not tested");
-            continue;
-        }
-        b.goto(&format!("{url}/{}", page.replace("NODE", &ids[0])));
-        b.await_text(shot, |t| t.contains(shows));
-        b.screenshot(shot);
-    }
+    // A driver's work, for the state API's pages.
+    let rt = connect(&c);
+    let refs: Vec<_> = (0..6u64).map(|i| dash_square::remote(&rt, i)).collect();
+    assert_eq!(rt.get_all(&refs).expect("tasks"), vec![0, 1, 4, 9, 16, 25]);
+    assert!(rt.get(&dash_broken::remote(&rt)).is_err());
+    let gauge = Gauge::options(ActorOptions::new().name("dash-gauge"))
+        .remote(&rt)
+        .expect("actor");
+    assert_eq!(rt.get(&gauge.read()).expect("call"), 7);
+    let pg = rt
+        .placement_group_named(
+            vec![ResourceSet::new().with("CPU", 1.0)],
+            PlacementStrategy::Pack,
+            Some("dash-group".to_string()),
+        )
+        .expect("pg");
+    assert!(pg.wait(Some(common::HANG)).expect("placed"));
+
+    b.goto(&format!("{url}/#/actors"));
+    b.await_text("the actor", |t| {
+        t.contains("Gauge") && t.contains("dash-gauge") && t.contains("ALIVE")
+    });
+    b.screenshot("actors");
+    b.goto(&format!("{url}/#/tasks"));
+    let text = b.await_text("tasks by function and the failure", |t| {
+        t.contains("dash_square") && t.contains("dash-broken-on-purpose")
+    });
+    assert!(
+        text.contains("FINISHED") && text.contains("FAILED"),
+        "{text}"
+    );
+    assert!(text.contains("TASK_EXECUTION_EXCEPTION"), "{text}");
+    b.screenshot("tasks");
+    b.goto(&format!("{url}/#/placement_groups"));
+    b.await_text("the group", |t| {
+        t.contains("dash-group") && t.contains("CREATED")
+    });
+    b.screenshot("placement-groups");
+
+    // Logs: the worker node's files, then one of them opened from its link.
+    let (_, nodes) = get(&format!("{url}/api/v0/nodes"), &[]);
+    let nodes = common::http::json(&nodes);
+    let worker = nodes["data"]["result"]["result"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["is_head_node"] == false))
+        .and_then(|n| n["node_id"].as_str())
+        .expect("the worker node")
+        .to_string();
+    b.goto(&format!("{url}/#/logs/{worker}"));
+    b.await_text("the node's log file", |t| t.contains("node.log"));
+    b.screenshot("node-logs");
+    b.js("document.querySelector('a.log-file').click(); return true");
+    let text = b.await_text("the log's lines", |t| t.contains("joined the cluster"));
+    assert!(text.contains("node daemon up"), "{text}");
+    b.screenshot("node-log-file");
+    drop(rt);
 }

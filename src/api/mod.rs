@@ -62,10 +62,7 @@ pub fn init() -> Result<Runtime> {
 pub fn init_with(config: Config) -> Result<Runtime> {
     crate::worker::process::enter_if_worker();
     if let Ok(filter) = std::env::var("MOBULA_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
+        crate::log_to_stderr(tracing_subscriber::EnvFilter::new(filter));
     }
     let mut g = GLOBAL.write();
     if g.is_some() {

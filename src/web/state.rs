@@ -652,6 +652,26 @@ struct LogFileQuery {
     filename: Option<String>,
     submission_id: Option<String>,
     lines: Option<i64>,
+    filter_ansi_code: Option<String>,
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`), as Ray's `filter_ansi_code`.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn log_file(
@@ -704,9 +724,16 @@ async fn log_file(
         Err(e) => return e.response(),
     };
     match answers.into_iter().next().map(|a| a.result) {
-        Some(Ok(Value::String(t))) => HttpResponse::Ok()
-            .content_type("text/plain; charset=utf-8")
-            .body(t),
+        Some(Ok(Value::String(t))) => {
+            let plain = q
+                .filter_ansi_code
+                .as_deref()
+                .is_some_and(|f| f.eq_ignore_ascii_case("true"));
+            let t = if plain { strip_ansi(&t) } else { t };
+            HttpResponse::Ok()
+                .content_type("text/plain; charset=utf-8")
+                .body(t)
+        }
         Some(Ok(other)) => StateError::Unavailable(format!("not a log: {other}")).response(),
         Some(Err(e)) if e.contains("not found") => text(StatusCode::NOT_FOUND, e),
         Some(Err(e)) => StateError::Unavailable(e).response(),
@@ -809,5 +836,50 @@ mod tests {
         assert_eq!(r["num_filtered"], 2);
         assert_eq!(r["num_after_truncation"], 1);
         assert_eq!(r["result"][0]["x"], 1);
+    }
+
+    #[test]
+    fn ansi_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m up"),
+            "2026  INFO up"
+        );
+        assert_eq!(strip_ansi("plain [text]"), "plain [text]");
+    }
+
+    #[test]
+    fn globs_match_names() {
+        assert!(glob_match("*", "node.log"));
+        assert!(glob_match("job-driver-*.log", "job-driver-raysubmit_1.log"));
+        assert!(glob_match("node-?.log", "node-2.log"));
+        assert!(!glob_match("node-?.log", "node-10.log"));
+        assert!(!glob_match("*.out", "node.log"));
+    }
+
+    #[test]
+    fn task_records_of_one_attempt_merge_and_summarize() {
+        let origin = json!({"task_id": "t1", "attempt_number": 0, "state": "SUBMITTED_TO_WORKER",
+            "node_id": "b", "worker_id": null, "creation_time_ms": 10, "name": "f",
+            "type": "NORMAL_TASK"});
+        let runner = json!({"task_id": "t1", "attempt_number": 0, "state": "RUNNING",
+            "node_id": "b", "worker_id": "w", "creation_time_ms": 12, "name": "f",
+            "type": "NORMAL_TASK"});
+        let done = json!({"task_id": "t1", "attempt_number": 0, "state": "FINISHED",
+            "node_id": "b", "worker_id": null, "creation_time_ms": 10, "name": "f",
+            "type": "NORMAL_TASK"});
+        let other = json!({"task_id": "t2", "attempt_number": 0, "state": "FAILED",
+            "creation_time_ms": 20, "name": "C.m", "type": "ACTOR_TASK"});
+        let rows = merge_tasks(vec![origin, runner, done, other]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["task_id"], "t2", "newest first");
+        assert_eq!(rows[1]["state"], "FINISHED");
+        assert_eq!(rows[1]["worker_id"], "w", "the runner's worker fills in");
+        assert_eq!(rows[1]["creation_time_ms"], 10, "the earliest creation");
+        let s = summarize_task_rows(&rows);
+        assert_eq!(s["summary"]["f"]["state_counts"]["FINISHED"], 1);
+        assert_eq!(s["total_tasks"], 1);
+        assert_eq!(s["total_actor_tasks"], 1);
+        let trace = chrome_trace(&rows, None);
+        assert_eq!(trace.as_array().map(Vec::len), Some(0), "nothing started");
     }
 }

@@ -398,13 +398,10 @@ pub fn enter_if_worker() {
     let Some(env) = worker_env() else {
         return;
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOBULA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::log_to_stderr(
+        tracing_subscriber::EnvFilter::try_from_env("MOBULA_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    );
     let code = match run_worker(env) {
         Ok(()) => 0,
         Err(e) => {

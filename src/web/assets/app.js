@@ -112,7 +112,7 @@ async function statePage(key, path) {
   const sep = path.includes("?") ? "&" : "?";
   const r = await stateApi(`${path}${sep}limit=${(page + 1) * PAGE}&detail=true`);
   const all = (r && r.result) || [];
-  return { rows: all.slice(page * PAGE, (page + 1) * PAGE), total: (r && r.total) || all.length };
+  return { rows: all.slice(page * PAGE, (page + 1) * PAGE), total: (r && (r.num_filtered ?? r.total)) || all.length };
 }
 
 // ---- charts ----
@@ -236,7 +236,8 @@ async function tasks() {
     stateApi("/api/v0/tasks/summarize"),
     statePage("tasks-failed", "/api/v0/tasks?filter_keys=state&filter_predicates=%3D&filter_values=FAILED"),
   ]);
-  const cluster = (((summary || {}).node_id_to_summary || {}).cluster || {});
+  // Ray's summaries: data.result.result.node_id_to_summary.cluster.
+  const cluster = ((((summary || {}).result || {}).node_id_to_summary || {}).cluster || {});
   const byFunc = Object.values(cluster.summary || {});
   const byState = {};
   for (const f of byFunc) for (const [k, v] of Object.entries(f.state_counts || {})) byState[k] = (byState[k] || 0) + v;
@@ -275,7 +276,7 @@ async function logs(node, file) {
   if (!node) return `<h2>Logs</h2>${list}`;
   const enc = encodeURIComponent(node);
   if (file) {
-    const text = await fetchText(`/api/v0/logs/file?node_id=${enc}&filename=${encodeURIComponent(file)}&lines=1000`);
+    const text = await fetchText(`/api/v0/logs/file?node_id=${enc}&filename=${encodeURIComponent(file)}&lines=1000&filter_ansi_code=true`);
     let body = text;
     try { const v = JSON.parse(text); if (v && v.data) body = v.data.result; } catch (_) { }
     return `<h2>Logs</h2>${list}<h3><a href="#/logs/${esc(node)}">${esc(short(node))}</a> / <span class="mono">${esc(file)}</span></h3><pre class="logs" id="log-file">${esc(body)}</pre>`;
