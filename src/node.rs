@@ -68,6 +68,16 @@ pub(crate) enum ClusterAsk {
         node: Option<String>,
         done: flume::Sender<Vec<crate::cluster::state::NodeAnswer>>,
     },
+    /// Runs a submitted job's entrypoint on another node (the head's job manager); its
+    /// events follow on `events`.
+    RunJob {
+        node: String,
+        job: crate::cluster::jobs::RemoteJob,
+        events: flume::Sender<crate::cluster::jobs::JobEvent>,
+        done: flume::Sender<std::result::Result<(), String>>,
+    },
+    /// Stops a job another node runs.
+    StopJob { node: String, sid: String },
     /// Claims a name for an actor this node owns.
     ClaimName {
         namespace: String,

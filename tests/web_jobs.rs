@@ -343,3 +343,79 @@ fn a_mobula_driver_joins_as_the_jobs_driver_and_the_cli_reports_exit_codes() {
     let (code, _) = job_cli(&c, &["status", "cli-fail"]);
     assert_eq!(code, 1, "an unknown job");
 }
+
+#[test]
+fn an_entrypoint_runs_on_the_node_that_has_its_resources() {
+    let c = common::cluster::cluster_with(&["--resources", r#"{"gizmo": 1}"#]);
+    let url = c.dashboard();
+    c.await_status("the gizmo node", |s| s.contains("gizmo"));
+    let (_, nodes) = get(&format!("{url}/api/v0/nodes"), &[]);
+    let nodes = json(&nodes);
+    let worker = nodes["data"]["result"]["result"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["is_head_node"] == false))
+        .and_then(|n| n["node_id"].as_str())
+        .expect("the worker node")
+        .to_string();
+
+    // A working dir travels with the job to that node.
+    let pkg = format!("{url}/api/packages/gcs/_ray_pkg_00000000000000aa.zip");
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(&mut buf);
+        z.start_file("note.txt", zip::write::SimpleFileOptions::default())
+            .expect("file");
+        z.write_all(b"packaged-note\n").expect("write");
+        z.finish().expect("finish");
+    }
+    assert_eq!(put(&pkg, buf.get_ref()).0, 200);
+    let sid = submit(
+        &url,
+        r#"{"entrypoint":"echo remote-line; cat note.txt; echo id=$MOBULA_SUBMISSION_ID; exit 4",
+            "entrypoint_resources":{"gizmo":1},
+            "runtime_env":{"working_dir":"gcs://_ray_pkg_00000000000000aa.zip"}}"#,
+    );
+    let v = await_terminal(&url, &sid);
+    assert_eq!(v["status"], "FAILED", "{v}");
+    assert_eq!(v["driver_exit_code"], 4, "{v}");
+    assert_eq!(v["driver_node_id"], worker, "ran on the gizmo node: {v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exit code 4") && m.contains("remote-line")),
+        "{v}"
+    );
+    let (status, body) = get(&format!("{url}/api/jobs/{sid}/logs"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let logs = json(&body)["logs"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        logs,
+        format!("remote-line\npackaged-note\nid={sid}\n"),
+        "the node's output, in order, on the head"
+    );
+
+    // Stopping one that runs there ends it there.
+    let sid = submit(
+        &url,
+        r#"{"entrypoint":"echo waiting; sleep 600","entrypoint_resources":{"gizmo":1}}"#,
+    );
+    let deadline = Instant::now() + common::HANG;
+    loop {
+        let (_, body) = get(&format!("{url}/api/jobs/{sid}/logs"), &[]);
+        if json(&body)["logs"]
+            .as_str()
+            .is_some_and(|l| l.contains("waiting"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = post(&format!("{url}/api/jobs/{sid}/stop"), &[], "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["stopped"], true, "{body}");
+    let v = await_terminal(&url, &sid);
+    assert_eq!(v["status"], "STOPPED", "{v}");
+    assert_eq!(v["driver_node_id"], worker, "{v}");
+}

@@ -434,7 +434,10 @@ impl Names {
             A::CommitBundles { done, .. } => {
                 let _ = done.send(Err(Error::runtime("bundles are the daemon's to place")));
             }
-            A::ReturnBundles { .. } | A::Status { .. } | A::State { .. } => {}
+            A::ReturnBundles { .. } | A::Status { .. } | A::State { .. } | A::StopJob { .. } => {}
+            A::RunJob { done, .. } => {
+                let _ = done.send(Err("jobs are the daemon's to place".to_string()));
+            }
             A::Kill { done, .. } => {
                 let _ = done.send(Err(Error::runtime("kills are the daemon's to route")));
             }

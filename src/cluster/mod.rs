@@ -21,6 +21,7 @@ use crate::net::{self, NetConfig, NetEvent};
 mod actors;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod jobs;
 pub mod state;
 
 /// Errors of the cluster commands.
@@ -337,6 +338,23 @@ pub(crate) enum ClusterMsg {
     State(state::StateQuery),
     /// A node's answer to `State`: JSON text, or why it could not answer.
     StateRows(Result<String, String>),
+    /// Runs a submitted job's entrypoint here for the head (request; answered `JobAccepted`).
+    RunJob(jobs::RemoteJob),
+    /// Whether a node took a `RunJob`.
+    JobAccepted(Result<(), String>),
+    /// What became of a job a node runs for the head, in order (request to the head;
+    /// answered `Released` once it is passed on).
+    JobEvent {
+        /// The submission id.
+        sid: String,
+        /// What happened.
+        event: jobs::JobEvent,
+    },
+    /// Stops a job this node runs for the head (answered `Released`).
+    StopJob {
+        /// The submission id.
+        sid: String,
+    },
 }
 
 /// A task or call run for another node that ended.
@@ -871,6 +889,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         fetch_always: opts.fetch_executables,
         locks: Default::default(),
     });
+    // Jobs other nodes run for this head (their events go to its job manager), and jobs this
+    // node runs for the head (their stop switches).
+    type JobEvents = (String, flume::Sender<jobs::JobEvent>);
+    let remote_jobs: std::sync::Arc<parking_lot::Mutex<HashMap<String, JobEvents>>> =
+        Default::default();
+    let local_jobs: std::sync::Arc<
+        parking_lot::Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    > = Default::default();
     let held = std::sync::Arc::new(Held {
         table: table.clone(),
         ids: Default::default(),
@@ -942,6 +968,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         let alive = m.last_seen.elapsed() < opts.death_timeout || m.ticks_unheard < ticks_needed;
                         if m.status.alive && !alive {
                             tracing::warn!(node = %m.status.node_id, silent_ms = m.last_seen.elapsed().as_millis() as u64, ticks = m.ticks_unheard, "node stopped heartbeating: declared dead");
+                            // Its jobs' entrypoints died with it: their supervisors see the end.
+                            remote_jobs.lock().retain(|_, (n, _)| *n != m.status.node_id);
                             if let Some(id) = crate::NodeId::parse(&m.status.node_id) {
                                 outgoing.node_died(id, &table);
                                 if let Some(r) = &raylet {
@@ -957,6 +985,37 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     match ask {
                         crate::node::ClusterAsk::Status { done } => {
                             let _ = done.send(status_report(&rt, &node_id, &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await));
+                        }
+                        crate::node::ClusterAsk::RunJob { node, job, events, done } => {
+                            let Some(peer) = peers.get(&node).copied() else {
+                                let _ = done.send(Err(format!("node {node} is not reachable")));
+                                continue;
+                            };
+                            let sid = job.sid.clone();
+                            remote_jobs.lock().insert(sid.clone(), (node.clone(), events));
+                            let (net, remote_jobs) = (net.clone(), remote_jobs.clone());
+                            tokio::spawn(async move {
+                                let r = match net.request(peer, encode(&ClusterMsg::RunJob(job))).await.map(|b| decode(&b)) {
+                                    Ok(Ok(ClusterMsg::JobAccepted(r))) => r,
+                                    Ok(Ok(other)) => Err(format!("unexpected reply {other:?}")),
+                                    Ok(Err(e)) => Err(e.to_string()),
+                                    Err(e) => Err(e.to_string()),
+                                };
+                                if r.is_err() {
+                                    remote_jobs.lock().remove(&sid);
+                                }
+                                let _ = done.send(r);
+                            });
+                        }
+                        crate::node::ClusterAsk::StopJob { node, sid } => {
+                            if let Some(peer) = peers.get(&node).copied() {
+                                let net = net.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = net.request(peer, encode(&ClusterMsg::StopJob { sid: sid.clone() })).await {
+                                        tracing::warn!(job = %sid, node = %node, error = %e, "could not ask a node to stop a job");
+                                    }
+                                });
+                            }
                         }
                         crate::node::ClusterAsk::State { query, node, done } => {
                             // Alive nodes only (a dead one would only time out), or the one asked for.
@@ -1135,6 +1194,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             match decode(&data) {
                             Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
                                 tracing::info!(node = %n, peer = %from, "node registered");
+                                // Reachable from now on, not only after its first heartbeat.
+                                peers.insert(n.clone(), from);
                                 members.insert(n.clone(), Member {
                                     status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total, pending: Vec::new(), metrics: Default::default() },
                                     last_seen: Instant::now(),
@@ -1145,6 +1206,54 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             Ok(ClusterMsg::Register { .. }) => {
                                 tracing::debug!(peer = %from, "a node asked this node, not the head, to register it");
                                 let _ = reply.send(encode(&ClusterMsg::NotHead));
+                            }
+                            Ok(ClusterMsg::RunJob(job)) => {
+                                let (stop_tx, stop) = tokio::sync::watch::channel(false);
+                                let sid = job.sid.clone();
+                                if local_jobs.lock().insert(sid.clone(), stop_tx).is_some() {
+                                    tracing::warn!(job = %sid, "the head sent a job this node runs already");
+                                }
+                                let _ = reply.send(encode(&ClusterMsg::JobAccepted(Ok(()))));
+                                let (tx, rx) = flume::bounded(64);
+                                let env = vec![("MOBULA_TEMP_DIR".to_string(), opts.temp_dir.to_string_lossy().into_owned())];
+                                tokio::spawn(jobs::run_here(job, dir.dir.clone(), node_id.clone(), env, stop, tx));
+                                let (net, local_jobs) = (net.clone(), local_jobs.clone());
+                                tokio::spawn(async move {
+                                    // One event at a time, each acknowledged: the head sees them in order.
+                                    while let Ok(event) = rx.recv_async().await {
+                                        let msg = encode(&ClusterMsg::JobEvent { sid: sid.clone(), event });
+                                        let mut sent = false;
+                                        for _ in 0..3 {
+                                            if net.request(from, msg.clone()).await.is_ok() {
+                                                sent = true;
+                                                break;
+                                            }
+                                        }
+                                        if !sent {
+                                            tracing::warn!(job = %sid, "could not report a job event to the head");
+                                        }
+                                    }
+                                    local_jobs.lock().remove(&sid);
+                                });
+                            }
+                            Ok(ClusterMsg::StopJob { sid }) => {
+                                if let Some(stop) = local_jobs.lock().get(&sid) {
+                                    let _ = stop.send(true);
+                                }
+                                let _ = reply.send(encode(&ClusterMsg::Released));
+                            }
+                            Ok(ClusterMsg::JobEvent { sid, event }) if opts.head => {
+                                let ended = matches!(event, jobs::JobEvent::Ended { .. } | jobs::JobEvent::Failed { .. });
+                                let tx = remote_jobs.lock().get(&sid).map(|(_, tx)| tx.clone());
+                                if ended {
+                                    remote_jobs.lock().remove(&sid);
+                                }
+                                tokio::spawn(async move {
+                                    if let Some(tx) = tx {
+                                        let _ = tx.send_async(event).await;
+                                    }
+                                    let _ = reply.send(encode(&ClusterMsg::Released));
+                                });
                             }
                             Ok(ClusterMsg::State(q)) => {
                                 let here = here.clone();

@@ -255,8 +255,13 @@ impl Here {
             let Ok(name) = e.file_name().into_string() else {
                 continue;
             };
+            // Job drivers' logs: on the head, its copies of every submission's output; on
+            // another node, the entrypoints it ran for the head (named for it).
+            let driver = name.starts_with("job-driver-") && name.ends_with(".log");
+            let here = name.ends_with(&format!("-on-{}.log", self.rt.node_id().hex()));
             let mine = own.as_deref() == Some(name.as_str())
-                || (self.is_head && name.starts_with("job-driver-") && name.ends_with(".log"));
+                || (driver && here)
+                || (driver && self.is_head && !name.contains("-on-"));
             if mine && e.file_type().is_ok_and(|t| t.is_file()) {
                 out.push(name);
             }

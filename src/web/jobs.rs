@@ -33,8 +33,6 @@ use super::{WebState, now_ms, text};
 /// KV namespace and key prefix of submission records (Ray's).
 const KV_NS: &str = "job";
 const KV_PREFIX: &str = "_ray_internal_job_info_";
-/// How long `stop` waits after SIGTERM before SIGKILL (Ray's default).
-const STOP_WAIT: Duration = Duration::from_secs(3);
 /// Characters of generated submission ids (Ray's: no I, l, o, O, 0).
 const ID_CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz123456789";
 /// Keys a submit request may carry.
@@ -121,6 +119,9 @@ pub struct JobInfo {
     pub driver_exit_code: Option<i32>,
     /// The entrypoint shell's pid.
     pub pid: Option<u32>,
+    /// The node running the entrypoint, when it is not the head.
+    #[serde(default)]
+    pub node_id: Option<String>,
 }
 
 fn kv_key(sid: &str) -> String {
@@ -307,7 +308,7 @@ fn submission_details(
         "metadata": info.metadata,
         "runtime_env": info.runtime_env,
         "driver_agent_http_address": st.addr.lock().map(|a| format!("http://{a}")),
-        "driver_node_id": node_id,
+        "driver_node_id": info.node_id.clone().unwrap_or(node_id),
         "driver_exit_code": info.driver_exit_code,
     })
 }
@@ -518,6 +519,7 @@ fn parse_submit(body: &[u8]) -> Res<JobInfo> {
         resources,
         driver_exit_code: None,
         pid: None,
+        node_id: None,
     })
 }
 
@@ -605,14 +607,23 @@ fn package_path(st: &WebState, protocol: &str, name: &str) -> Res<PathBuf> {
         .join(format!("{protocol}_{name}")))
 }
 
-/// Waits until the head's free resources cover the entrypoint's, or fails the job.
+/// Where an entrypoint runs.
+enum Placement {
+    /// On the head.
+    Head,
+    /// On another node (hex id), which has the resources the head lacks.
+    Node(String),
+}
+
+/// Waits until the head's free resources cover the entrypoint's (else those of another alive
+/// node), or fails the job. `None`: the job ended while it waited.
 async fn wait_for_resources(
     st: &WebState,
     info: &JobInfo,
     stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Res<bool> {
+) -> Res<Option<Placement>> {
     if info.resources.is_empty() {
-        return Ok(true);
+        return Ok(Some(Placement::Head));
     }
     let timeout = std::env::var("RAY_JOB_START_TIMEOUT_SECONDS")
         .ok()
@@ -621,30 +632,32 @@ async fn wait_for_resources(
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
     let mut told = false;
     loop {
-        let free = st
-            .status()
-            .await
-            .and_then(|r| r.nodes.into_iter().find(|n| n.is_head))
-            .map(|n| n.available)
-            .unwrap_or_default();
-        let fits = info
-            .resources
-            .iter()
-            .all(|(k, q)| free.get(k).copied().unwrap_or(0.0) + 1e-9 >= *q);
-        if fits {
-            return Ok(true);
+        let nodes = st.status().await.map(|r| r.nodes).unwrap_or_default();
+        let fits = |free: &HashMap<String, f64>| {
+            info.resources
+                .iter()
+                .all(|(k, q)| free.get(k).copied().unwrap_or(0.0) + 1e-9 >= *q)
+        };
+        // The head first, then the other alive nodes.
+        let mut order: Vec<_> = nodes.iter().filter(|n| n.alive).collect();
+        order.sort_by_key(|n| !n.is_head);
+        if let Some(n) = order.into_iter().find(|n| fits(&n.available)) {
+            return Ok(Some(match n.is_head {
+                true => Placement::Head,
+                false => Placement::Node(n.node_id.clone()),
+            }));
         }
         if !told {
             told = true;
             let want = format!("{:?}", info.resources);
             update(st, &info.submission_id, |j| {
-                j.message = Some(format!("Job has not started yet. It is waiting for the resources {want} to be available on the head."));
+                j.message = Some(format!("Job has not started yet. It is waiting for the resources {want} to be available on a node."));
             })
             .await?;
         }
         if tokio::time::Instant::now() >= deadline {
             let msg = format!(
-                "Job supervisor could not be scheduled within {timeout} s: the head never had the resources {:?} free.",
+                "Job supervisor could not be scheduled within {timeout} s: no node had the resources {:?} free.",
                 info.resources
             );
             update(st, &info.submission_id, |j| {
@@ -657,13 +670,13 @@ async fn wait_for_resources(
                 )
             })
             .await?;
-            return Ok(false);
+            return Ok(None);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.changed() => {
                 update(st, &info.submission_id, |j| finish(j, JobStatus::Stopped, None, None, None)).await?;
-                return Ok(false);
+                return Ok(None);
             }
         }
     }
@@ -673,20 +686,13 @@ async fn wait_for_resources(
 fn unpack(zip_path: &Path, into: &Path) -> Result<(), String> {
     let file = std::fs::File::open(zip_path)
         .map_err(|e| format!("cannot open {}: {e}", zip_path.display()))?;
-    let mut archive = zip::ZipArchive::new(file)
-        .map_err(|e| format!("{} is not a zip: {e}", zip_path.display()))?;
-    std::fs::create_dir_all(into).map_err(|e| format!("cannot create {}: {e}", into.display()))?;
-    // `extract` refuses entries that would land outside `into`.
-    archive
-        .extract(into)
-        .map_err(|e| format!("cannot unpack {}: {e}", zip_path.display()))
+    crate::cluster::jobs::unpack(file, into)
 }
 
-async fn working_dir(st: &WebState, info: &JobInfo) -> Res<PathBuf> {
-    let dir = st.dir.dir.join("jobs").join(&info.submission_id);
+/// The `working_dir` package's path on the head, if the job has one.
+fn package_of(st: &WebState, info: &JobInfo) -> Res<Option<PathBuf>> {
     let Some(uri) = info.runtime_env.get("working_dir").and_then(Value::as_str) else {
-        std::fs::create_dir_all(&dir).map_err(|e| JobError::Internal(e.to_string()))?;
-        return Ok(dir);
+        return Ok(None);
     };
     let (protocol, name) = uri.split_once("://").ok_or_else(|| {
         JobError::Internal(format!(
@@ -697,6 +703,15 @@ async fn working_dir(st: &WebState, info: &JobInfo) -> Res<PathBuf> {
     if !zip.exists() {
         return Err(JobError::Internal(format!("Package {uri} does not exist")));
     }
+    Ok(Some(zip))
+}
+
+async fn working_dir(st: &WebState, info: &JobInfo) -> Res<PathBuf> {
+    let dir = st.dir.dir.join("jobs").join(&info.submission_id);
+    let Some(zip) = package_of(st, info)? else {
+        std::fs::create_dir_all(&dir).map_err(|e| JobError::Internal(e.to_string()))?;
+        return Ok(dir);
+    };
     let into = dir.clone();
     web::block(move || unpack(&zip, &into))
         .await
@@ -723,115 +738,32 @@ fn last_lines(path: &Path, n: usize) -> String {
     }
 }
 
-fn signal_group(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on the process group of an entrypoint this supervisor started (its
-    // shell is the group leader: `process_group(0)`).
-    unsafe {
-        libc::kill(-(pid as libc::pid_t), sig);
+/// The entrypoint's own environment: the cluster's address and `runtime_env.env_vars`.
+fn job_env(st: &WebState, info: &JobInfo) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("MOBULA_ADDRESS".to_string(), st.head_address.clone()),
+        (
+            "MOBULA_TEMP_DIR".to_string(),
+            st.temp_root.to_string_lossy().into_owned(),
+        ),
+    ];
+    if let Some(Value::Object(vars)) = info.runtime_env.get("env_vars") {
+        for (k, v) in vars {
+            if let Some(v) = v.as_str() {
+                env.push((k.clone(), v.to_string()));
+            }
+        }
     }
+    env
 }
 
-/// Runs a job's entrypoint to its end.
-async fn supervise(
-    st: Arc<WebState>,
-    info: JobInfo,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Res<()> {
-    let sid = info.submission_id.clone();
-    if !wait_for_resources(&st, &info, &mut stop).await? {
-        return Ok(());
-    }
-    let cwd = working_dir(&st, &info).await?;
-    let log = log_path(&st, &sid);
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|e| JobError::Internal(format!("cannot open {}: {e}", log.display())))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| JobError::Internal(e.to_string()))?;
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(&info.entrypoint)
-        .current_dir(&cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .env("MOBULA_ADDRESS", &st.head_address)
-        .env("MOBULA_TEMP_DIR", &st.temp_root)
-        .env("MOBULA_SUBMISSION_ID", &sid)
-        .env("RAY_JOB_SUBMISSION_ID", &sid)
-        .kill_on_drop(true);
-    if let Some(Value::Object(env)) = info.runtime_env.get("env_vars") {
-        for (k, v) in env {
-            if let Some(v) = v.as_str() {
-                cmd.env(k, v);
-            }
-        }
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("Failed to start the entrypoint command: {e}");
-            update(&st, &sid, |j| {
-                finish(
-                    j,
-                    JobStatus::Failed,
-                    Some(msg),
-                    Some("JOB_ENTRYPOINT_COMMAND_START_ERROR"),
-                    None,
-                )
-            })
-            .await?;
-            return Ok(());
-        }
-    };
-    let pid = child.id().unwrap_or(0);
-    update(&st, &sid, |j| {
-        j.status = JobStatus::Running;
-        j.message = None;
-        j.pid = Some(pid);
-    })
-    .await?;
-    tracing::info!(job = %sid, pid, "job entrypoint started");
-    let mut stopped = false;
-    let status = loop {
-        tokio::select! {
-            s = child.wait() => break s,
-            changed = stop.changed(), if !stopped => {
-                if changed.is_err() || !*stop.borrow() {
-                    continue;
-                }
-                stopped = true;
-                tracing::info!(job = %sid, pid, "stopping the job: SIGTERM");
-                signal_group(pid, libc::SIGTERM);
-                let wait = std::env::var("RAY_JOB_STOP_WAIT_TIME_S")
-                    .ok()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .map_or(STOP_WAIT, |s| Duration::from_secs_f64(s.max(0.0)));
-                match tokio::time::timeout(wait, child.wait()).await {
-                    Ok(s) => break s,
-                    Err(_) => {
-                        tracing::info!(job = %sid, pid, "the job outlived its grace period: SIGKILL");
-                        signal_group(pid, libc::SIGKILL);
-                    }
-                }
-            }
-        }
-    };
-    // Whatever the shell left behind in its group goes with it.
-    signal_group(pid, libc::SIGKILL);
-    let code = status.ok().map(|s| {
-        use std::os::unix::process::ExitStatusExt;
-        s.code().unwrap_or_else(|| -s.signal().unwrap_or(0))
-    });
-    let log2 = log.clone();
-    let tail = web::block(move || last_lines(&log2, 10))
+/// Records how an entrypoint ended.
+async fn ended(st: &WebState, sid: &str, code: Option<i32>, stopped: bool) -> Res<()> {
+    let log = log_path(st, sid);
+    let tail = web::block(move || last_lines(&log, 10))
         .await
         .unwrap_or_default();
-    update(&st, &sid, |j| {
+    update(st, sid, |j| {
         if stopped {
             finish(j, JobStatus::Stopped, None, None, code);
         } else if code == Some(0) {
@@ -843,8 +775,157 @@ async fn supervise(
         }
     })
     .await?;
-    tracing::info!(job = %sid, code = ?code, stopped, "job ended");
     Ok(())
+}
+
+async fn failed_to_start(st: &WebState, sid: &str, msg: String, error_type: &str) -> Res<()> {
+    update(st, sid, |j| {
+        finish(j, JobStatus::Failed, Some(msg), Some(error_type), None)
+    })
+    .await?;
+    Ok(())
+}
+
+async fn started(st: &WebState, sid: &str, pid: u32, node: Option<String>) -> Res<()> {
+    update(st, sid, |j| {
+        j.status = JobStatus::Running;
+        j.message = None;
+        j.pid = Some(pid);
+        j.node_id = node;
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs a job's entrypoint to its end.
+async fn supervise(
+    st: Arc<WebState>,
+    info: JobInfo,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Res<()> {
+    let sid = info.submission_id.clone();
+    match wait_for_resources(&st, &info, &mut stop).await? {
+        None => return Ok(()),
+        Some(Placement::Node(node)) => return supervise_remote(&st, &info, node, stop).await,
+        Some(Placement::Head) => {}
+    }
+    let cwd = working_dir(&st, &info).await?;
+    let log = log_path(&st, &sid);
+    let e = crate::cluster::jobs::Entrypoint {
+        sid: &sid,
+        command: &info.entrypoint,
+        cwd: &cwd,
+        log: &log,
+        env: job_env(&st, &info),
+    };
+    let (child, pid) = match crate::cluster::jobs::spawn(&e) {
+        Ok(c) => c,
+        Err(msg) => {
+            return failed_to_start(&st, &sid, msg, "JOB_ENTRYPOINT_COMMAND_START_ERROR").await;
+        }
+    };
+    started(&st, &sid, pid, None).await?;
+    let (code, stopped) = crate::cluster::jobs::wait(&sid, child, pid, stop).await;
+    ended(&st, &sid, code, stopped).await
+}
+
+/// Runs a job's entrypoint on `node` (which has the resources the head lacks): the node
+/// reports its output, which is appended to the head's copy of the log, and its end.
+async fn supervise_remote(
+    st: &WebState,
+    info: &JobInfo,
+    node: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Res<()> {
+    use crate::cluster::jobs::{JobEvent, MAX_REMOTE_PACKAGE, RemoteJob};
+    let sid = info.submission_id.clone();
+    let package = match package_of(st, info)? {
+        None => None,
+        Some(zip) => {
+            let bytes = web::block(move || std::fs::read(&zip))
+                .await
+                .map_err(|e| JobError::Internal(e.to_string()))?
+                .map_err(|e| JobError::Internal(e.to_string()))?;
+            if bytes.len() > MAX_REMOTE_PACKAGE {
+                let msg = format!(
+                    "the working_dir package ({} bytes) is over the {MAX_REMOTE_PACKAGE} bytes sent to a node other than the head",
+                    bytes.len()
+                );
+                return failed_to_start(st, &sid, msg, "RUNTIME_ENV_SETUP_FAILED").await;
+            }
+            Some(serde_bytes::ByteBuf::from(bytes))
+        }
+    };
+    let mut env = job_env(st, info);
+    // The node adds its own cluster root; the head's would not exist there.
+    env.retain(|(k, _)| k != "MOBULA_TEMP_DIR");
+    let job = RemoteJob {
+        sid: sid.clone(),
+        entrypoint: info.entrypoint.clone(),
+        env,
+        package,
+    };
+    let (events_tx, events) = flume::bounded(1024);
+    let (done, accepted) = flume::bounded(1);
+    let ask = crate::node::ClusterAsk::RunJob {
+        node: node.clone(),
+        job,
+        events: events_tx,
+        done,
+    };
+    if st.asks.send_async(ask).await.is_err() {
+        let msg = "the head's daemon loop is gone".to_string();
+        return failed_to_start(st, &sid, msg, "JOB_SUPERVISOR_ACTOR_START_TIMEOUT").await;
+    }
+    match accepted.recv_async().await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let msg = format!("node {node} did not take the job: {e}");
+            return failed_to_start(st, &sid, msg, "JOB_SUPERVISOR_ACTOR_START_TIMEOUT").await;
+        }
+        Err(_) => {
+            let msg = format!("node {node} did not answer");
+            return failed_to_start(st, &sid, msg, "JOB_SUPERVISOR_ACTOR_START_TIMEOUT").await;
+        }
+    }
+    tracing::info!(job = %sid, node = %node, "job entrypoint sent to another node");
+    let log = log_path(st, &sid);
+    let mut stop_sent = false;
+    loop {
+        tokio::select! {
+            ev = events.recv_async() => match ev {
+                Ok(JobEvent::Started { pid }) => started(st, &sid, pid, Some(node.clone())).await?,
+                Ok(JobEvent::Log(bytes)) => {
+                    let path = log.clone();
+                    let appended = web::block(move || {
+                        use std::io::Write;
+                        std::fs::OpenOptions::new().create(true).append(true).open(&path)
+                            .and_then(|mut f| f.write_all(&bytes))
+                    }).await;
+                    if let Ok(Err(e)) | Err(e) = appended.map_err(|e| std::io::Error::other(e.to_string())) {
+                        tracing::warn!(job = %sid, error = %e, "cannot append to the job's log");
+                    }
+                }
+                Ok(JobEvent::Ended { code, stopped }) => return ended(st, &sid, code, stopped).await,
+                Ok(JobEvent::Failed { message, error_type }) => {
+                    return failed_to_start(st, &sid, message, &error_type).await;
+                }
+                Err(_) => {
+                    // The node died or left: its entrypoint died with it.
+                    let msg = format!("Job failed: node {node}, which ran its entrypoint, is gone.");
+                    return failed_to_start(st, &sid, msg, "JOB_SUPERVISOR_ACTOR_DIED").await;
+                }
+            },
+            changed = stop.changed(), if !stop_sent => {
+                if changed.is_err() || !*stop.borrow() {
+                    continue;
+                }
+                stop_sent = true;
+                let ask = crate::node::ClusterAsk::StopJob { node: node.clone(), sid: sid.clone() };
+                let _ = st.asks.send_async(ask).await;
+            }
+        }
+    }
 }
 
 async fn list(st: web::Data<WebState>) -> Res<HttpResponse> {
