@@ -71,7 +71,12 @@ fn a_killed_nodes_tasks_finish_elsewhere() {
     let pid = c.worker_daemon_pid();
     // SAFETY: kill(2) on the node daemon this test started.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
     let nodes = rt.get_all(&refs).expect("every task finishes");
+    eprintln!(
+        "fault figures: node SIGKILL recovered_ms={}",
+        killed.elapsed().as_millis()
+    );
     assert!(
         nodes.iter().all(|n| *n == head_node),
         "retried on the head: {nodes:?}"
