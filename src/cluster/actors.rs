@@ -340,6 +340,52 @@ impl Names {
         }
     }
 
+    /// Tells a restarted head again which actors this node owns and which names they hold
+    /// (the head keeps those in memory). A name another actor claimed meanwhile stays
+    /// theirs; that is logged.
+    pub async fn reclaim(self, net: NetHandle, head: libp2p::PeerId) {
+        use crate::actors::gcs::{ActorState, ListActors};
+        let Ok(actors) = self.gcs.send(ListActors).await else {
+            return;
+        };
+        let mut told = 0usize;
+        for a in actors
+            .iter()
+            .filter(|a| !a.spec.owned_elsewhere && !matches!(a.state, ActorState::Dead))
+        {
+            let actor_id = a.spec.actor_id;
+            let owned = ClusterMsg::ActorOwned {
+                actor_id,
+                owner: self.me,
+            };
+            if let Err(e) = net.request(head, encode(&owned)).await {
+                tracing::warn!(actor = %actor_id, error = %e, "could not tell the restarted head of an actor");
+                continue;
+            }
+            told += 1;
+            let Some(name) = a.spec.name.clone() else {
+                continue;
+            };
+            let claim = ClusterMsg::ClaimName {
+                namespace: a.spec.namespace.clone(),
+                name: name.clone(),
+                actor_id,
+                class: a.spec.class.clone(),
+                owner: self.me,
+            };
+            match net.request(head, encode(&claim)).await.map(|b| decode(&b)) {
+                Ok(Ok(ClusterMsg::Claimed(Ok(())))) => {}
+                other => {
+                    tracing::warn!(actor = %actor_id, name = %name, reply = ?other, "the restarted head did not take back an actor's name")
+                }
+            }
+        }
+        tracing::info!(
+            actors = told,
+            "told the restarted head of this node's actors"
+        );
+    }
+
     /// Kills an actor that another node owns: the head says which, the owner kills it.
     pub async fn kill_elsewhere(
         &self,

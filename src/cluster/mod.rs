@@ -685,6 +685,9 @@ struct Member {
 /// directory's `logs/` (the state API lists it).
 const ENV_NODE_LOG: &str = "MOBULA_NODE_LOG";
 
+/// How often a node dials its head while it has no connection to it.
+const HEAD_REDIAL: Duration = Duration::from_secs(1);
+
 /// How often heartbeats go out.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -697,9 +700,19 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         std::fs::create_dir_all(&p).map_err(file_err(&p))?;
     }
     let secret = if opts.head {
-        let s = net::new_secret();
-        dir.write_secret(&s)?;
-        s
+        // A head restarted on its cluster directory (after a crash) keeps the secret its
+        // nodes hold, so they can reconnect; otherwise it makes a new one.
+        match dir.read_secret() {
+            Ok(s) => {
+                tracing::info!(path = %dir.secret().display(), "keeping the cluster secret found in the cluster directory");
+                s
+            }
+            Err(_) => {
+                let s = net::new_secret();
+                dir.write_secret(&s)?;
+                s
+            }
+        }
     } else {
         match &opts.secret {
             Some(s) => parse_secret(s)?,
@@ -742,6 +755,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         (Some(a), false) => vec![multiaddr_of(a)?],
         _ => Vec::new(),
     };
+    // Dialled again while the head is unreachable (a head restarted on its port comes back
+    // with a new identity).
+    let head_dial = dial.first().cloned();
     let started = net::start(NetConfig {
         keypair: None,
         listen: Some(
@@ -915,7 +931,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ticks_needed = (opts.death_timeout.as_millis() / HEARTBEAT.as_millis()).max(1) as u32;
-        let mut head_peer = None;
+        let mut head_peer: Option<libp2p::PeerId> = None;
+        let mut joined_once = false;
+        let mut last_dial = Instant::now();
         // Without --address, a node with --mdns finds its head on the LAN.
         let mut search = (opts.mdns && !opts.head && opts.address.is_none()).then(|| HeadSearch::new(port));
         let searching_since = Instant::now();
@@ -944,6 +962,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             search_warned = true;
                             tracing::warn!(port, candidates = s.candidates.len(), "no head found over mdns yet: is the head started with --mdns and --port {port}, on this LAN, with multicast allowed, and is the secret right?");
                         }
+                    }
+                    if !opts.head && head_peer.is_none() && search.is_none()
+                        && let Some(a) = &head_dial
+                        && last_dial.elapsed() >= HEAD_REDIAL
+                    {
+                        last_dial = Instant::now();
+                        tracing::debug!(addr = %a, "dialling the head");
+                        let _ = net.dial(a.clone()).await;
                     }
                     let hb = ClusterMsg::Heartbeat {
                         node_id: node_id.clone(),
@@ -1178,17 +1204,36 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             }
                         }
                         NetEvent::Connected(peer) if !opts.head && head_peer.is_none() && search.is_none() => {
-                            head_peer = Some(peer);
+                            // The head, or another node that connected first: only the head
+                            // welcomes a `Register`.
                             let reg = ClusterMsg::Register {
                                 node_id: node_id.clone(),
                                 total: own_resources(&raylet).await.0,
                             };
                             match net.request(peer, encode(&reg)).await.map(|b| decode(&b)) {
                                 Ok(Ok(ClusterMsg::Welcome { head })) => {
-                                    tracing::info!(head = %head, "joined the cluster");
+                                    head_peer = Some(peer);
+                                    if joined_once {
+                                        tracing::info!(head = %head, "joined the restarted head");
+                                        // Its names and owners of other nodes' actors were in
+                                        // memory: this node's are told again.
+                                        if let Some(names) = names.clone() {
+                                            tokio::spawn(names.reclaim(net.clone(), peer));
+                                        }
+                                    } else {
+                                        tracing::info!(head = %head, "joined the cluster");
+                                    }
+                                    joined_once = true;
+                                }
+                                Ok(Ok(ClusterMsg::NotHead)) => {
+                                    tracing::debug!(peer = %peer, "a peer that is not the head connected");
                                 }
                                 other => tracing::error!(reply = ?other, "the head did not accept this node"),
                             }
+                        }
+                        NetEvent::Disconnected(peer) if head_peer == Some(peer) => {
+                            tracing::warn!(peer = %peer, "lost the connection to the head: dialling it again until it answers");
+                            head_peer = None;
                         }
                         NetEvent::Request { from, data, reply } => {
                             match decode(&data) {
@@ -1482,6 +1527,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     let _ = std::fs::remove_file(&socket_file);
     if opts.head {
         let _ = std::fs::remove_file(dir.head());
+        // A head stopped on purpose takes its secret along: the next start makes a new one
+        // (only a crashed head's restart keeps it).
+        let _ = std::fs::remove_file(dir.secret());
         forget_current(&opts.temp_dir, port);
     }
     tracing::info!(node = %node_id, "node daemon stopped");
@@ -2207,8 +2255,13 @@ pub fn current_cluster(root: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// The sockets of this machine's live nodes of the cluster at `address`, head first.
+/// The sockets of this machine's live nodes of the cluster at `address`, head first; with
+/// `MOBULA_DRIVER_NODE` set, only the node whose id starts with it (several nodes of one
+/// cluster on one machine: a driver picks which it joins).
 fn local_sockets(root: &Path, address: &str) -> Vec<PathBuf> {
+    let only = std::env::var("MOBULA_DRIVER_NODE")
+        .ok()
+        .filter(|v| !v.is_empty());
     let Ok(port) = port_of(address) else {
         return Vec::new();
     };
@@ -2219,6 +2272,9 @@ fn local_sockets(root: &Path, address: &str) -> Vec<PathBuf> {
         .filter(|(_, pid)| alive(*pid))
         .filter_map(|(p, _)| {
             let node = p.file_stem()?.to_string_lossy().to_string();
+            if only.as_ref().is_some_and(|o| !node.starts_with(o.as_str())) {
+                return None;
+            }
             let sock = std::fs::read_to_string(dir.socket_file(&node)).ok()?;
             Some((
                 head.as_deref() != Some(node.as_str()),

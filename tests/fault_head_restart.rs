@@ -1,0 +1,163 @@
+//! SIGKILL of the head mid-job and its restart on the same port and storage, on a real
+//! two-node cluster: a driver attached to the worker node keeps calling its named actor and
+//! running tasks while the head is down; the worker node reconnects to the restarted head by
+//! itself and tells it again of its actors, so the name resolves cluster-wide again (from a
+//! new driver on the head) to the same actor, which kept its state (not created twice).
+//! Prints the reconnection time (`fault figures:`) for BENCHMARKS.md.
+
+mod common;
+
+use std::time::Instant;
+
+use common::cluster::{Cluster, cluster, output};
+use mobula::{ActorOptions, Config};
+
+#[mobula::actor]
+pub struct Tally {
+    n: u64,
+}
+
+#[mobula::actor]
+impl Tally {
+    pub fn new() -> Self {
+        Tally { n: 0 }
+    }
+
+    pub fn add(&mut self, v: u64) -> u64 {
+        self.n += v;
+        self.n
+    }
+}
+
+#[mobula::remote]
+fn where_am_i() -> mobula::Result<String> {
+    Ok(mobula::runtime()?.node_id().hex())
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// The child driver of the head-restart test (a no-op when run on its own): joins the
+/// restarted head, finds the worker node's named actor and adds 10 to it.
+#[test]
+fn child_driver_of_the_head_restart_test() {
+    mobula::worker_entry();
+    let (Ok(addr), Ok(root)) = (std::env::var("CHILD_ADDRESS"), std::env::var("CHILD_ROOT")) else {
+        return;
+    };
+    let rt =
+        mobula::init_with(Config::default().address(addr).cluster_root(root)).expect("connect");
+    let t = rt
+        .get_actor::<Tally>("survivor", None)
+        .expect("the name resolves after the restart");
+    let n = rt.get(&t.add(10)).expect("the actor answers");
+    println!("\nCHILD_SAW={n} ");
+}
+
+fn restart_head(c: &Cluster) {
+    let (ok, text) = output(&[
+        "start",
+        "--head",
+        "--dashboard-port",
+        "0",
+        "--port",
+        &c.port.to_string(),
+        "--num-cpus",
+        "2",
+        "--bind",
+        "127.0.0.1",
+        "--temp-dir",
+        c.temp.path().to_str().expect("path"),
+    ]);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
+    mobula::worker_entry();
+    let c = cluster();
+    let addr = format!("127.0.0.1:{}", c.port);
+    let head_pid = c.head_record().pid as i32;
+    let head_id = c.head_record().node_id;
+    let status = c.status();
+    let worker = status
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("node_"))
+        .find(|id| !head_id.starts_with(id) && !id.is_empty())
+        .unwrap_or_else(|| panic!("no worker node in status:\n{status}"))
+        .to_string();
+    // This driver joins the worker node, which owns the actor.
+    // SAFETY: set before the runtime starts any thread that reads the environment.
+    unsafe { std::env::set_var("MOBULA_DRIVER_NODE", &worker) };
+    let rt = common::start(Config::default().address(&addr).cluster_root(c.temp.path()));
+    assert!(
+        rt.node_id().hex().starts_with(&worker),
+        "joined the worker node"
+    );
+    let survivor = Tally::options(ActorOptions::new().name("survivor"))
+        .remote(&rt)
+        .expect("actor");
+    assert_eq!(rt.get(&survivor.add(1)).expect("call"), 1);
+
+    // SAFETY: kill(2) on the head daemon this test started.
+    assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
+    common::eventually("the head is gone", || !alive(head_pid));
+    // While the head is down, this node's actor and tasks go on.
+    assert_eq!(
+        rt.get(&survivor.add(1))
+            .expect("call while the head is down"),
+        2
+    );
+    let here = rt
+        .get(&where_am_i::remote(&rt))
+        .expect("a task while the head is down");
+    assert!(here.starts_with(&worker), "{here}");
+
+    let restarted = Instant::now();
+    restart_head(&c);
+    c.await_status("the worker node back in the restarted head's view", |s| {
+        s.split("Dead:")
+            .next()
+            .is_some_and(|active| active.contains(&worker))
+    });
+    let rejoined = restarted.elapsed();
+
+    // A new driver on the head finds the actor by name: the same one, with its state.
+    let deadline = Instant::now() + common::HANG;
+    let seen = loop {
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "child_driver_of_the_head_restart_test",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CHILD_ADDRESS", &addr)
+            .env("CHILD_ROOT", c.temp.path())
+            .env_remove("MOBULA_DRIVER_NODE")
+            .output()
+            .expect("child driver");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(n) = text
+            .lines()
+            .find_map(|l| l.split_once("CHILD_SAW=").map(|(_, n)| n))
+            .and_then(|n| n.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            break n;
+        }
+        // The node tells the head of its actors just after it rejoins: try again.
+        assert!(
+            Instant::now() < deadline,
+            "the name never resolved after the restart:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert_eq!(seen, 12, "the same actor, its state kept");
+    assert_eq!(rt.get(&survivor.add(0)).expect("call"), 12);
+    eprintln!(
+        "fault figures: head restart rejoined_ms={}",
+        rejoined.as_millis()
+    );
+}
