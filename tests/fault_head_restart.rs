@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::cluster::{Cluster, cluster, output};
+use common::cluster::cluster;
 use mobula::{ActorOptions, Config};
 
 #[mobula::actor]
@@ -56,24 +56,6 @@ fn child_driver_of_the_head_restart_test() {
     println!("\nCHILD_SAW={n} ");
 }
 
-fn restart_head(c: &Cluster) {
-    let (ok, text) = output(&[
-        "start",
-        "--head",
-        "--dashboard-port",
-        "0",
-        "--port",
-        &c.port.to_string(),
-        "--num-cpus",
-        "2",
-        "--bind",
-        "127.0.0.1",
-        "--temp-dir",
-        c.temp.path().to_str().expect("path"),
-    ]);
-    assert!(ok, "{text}");
-}
-
 #[test]
 fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
     mobula::worker_entry();
@@ -116,7 +98,7 @@ fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
     assert!(here.starts_with(&worker), "{here}");
 
     let restarted = Instant::now();
-    restart_head(&c);
+    c.restart_head();
     c.await_status("the worker node back in the restarted head's view", |s| {
         s.split("Dead:")
             .next()

@@ -36,21 +36,7 @@ fn a_killed_head_restarted_on_its_storage_keeps_the_kv() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     common::eventually("the head is gone", || !alive(pid));
 
-    let (ok, text) = output(&[
-        "start",
-        "--head",
-        "--dashboard-port",
-        "0",
-        "--port",
-        &c.port.to_string(),
-        "--num-cpus",
-        "2",
-        "--bind",
-        "127.0.0.1",
-        "--temp-dir",
-        c.temp.path().to_str().expect("path"),
-    ]);
-    assert!(ok, "{text}");
+    c.restart_head();
     let rt = common::start(Config::default().address(&addr).cluster_root(c.temp.path()));
     assert_eq!(
         rt.kv_get("app", "greeting").expect("get").as_deref(),

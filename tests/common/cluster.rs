@@ -162,6 +162,12 @@ impl Cluster {
         self.start_node(&role);
     }
 
+    /// Starts the head again (after it was killed) on the same port, temp dir and storage.
+    pub fn restart_head(&self) {
+        let port = self.port.to_string();
+        self.start_node(&["--head", "--dashboard-port", "0", "--port", &port]);
+    }
+
     /// What `mobula status` prints for this cluster.
     pub fn status(&self) -> String {
         let o = Command::new(BIN)
