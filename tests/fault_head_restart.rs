@@ -3,7 +3,8 @@
 //! running tasks while the head is down; the worker node reconnects to the restarted head by
 //! itself and tells it again of its actors, so the name resolves cluster-wide again (from a
 //! new driver on the head) to the same actor, which kept its state (not created twice).
-//! Prints the reconnection time (`fault figures:`) for BENCHMARKS.md.
+//! Jobs running when the head died are followed by the restarted head to their end (or
+//! their stop). Prints the reconnection time (`fault figures:`) for BENCHMARKS.md.
 
 mod common;
 
@@ -142,4 +143,83 @@ fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
         "fault figures: head restart rejoined_ms={}",
         rejoined.as_millis()
     );
+}
+
+fn job_status(url: &str, sid: &str) -> serde_json::Value {
+    let (status, body) = common::http::get(&format!("{url}/api/jobs/{sid}"), &[]);
+    assert_eq!(status, 200, "{body}");
+    common::http::json(&body)
+}
+
+fn submit(url: &str, entrypoint: &str) -> String {
+    let body = serde_json::json!({ "entrypoint": entrypoint }).to_string();
+    let (status, text) = common::http::post(&format!("{url}/api/jobs/"), &[], &body);
+    assert_eq!(status, 200, "{text}");
+    common::http::json(&text)["submission_id"]
+        .as_str()
+        .expect("sid")
+        .to_string()
+}
+
+#[test]
+fn running_jobs_go_on_across_a_head_restart() {
+    let c = common::cluster::head_only();
+    let url = c.dashboard();
+    let go = c.temp.path().join("go");
+    let finisher = submit(
+        &url,
+        &format!(
+            "echo started; while [ ! -e {} ]; do sleep 0.1; done; echo finishing; exit 5",
+            go.display()
+        ),
+    );
+    let sleeper_pid = c.temp.path().join("sleeper.pid");
+    let sleeper = submit(
+        &url,
+        &format!("echo $$ > {}; sleep 600", sleeper_pid.display()),
+    );
+    for sid in [&finisher, &sleeper] {
+        common::eventually("the job runs", || {
+            job_status(&url, sid)["status"] == "RUNNING"
+        });
+    }
+    let head_pid = c.head_record().pid as i32;
+    // SAFETY: kill(2) on the head daemon this test started.
+    assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
+    common::eventually("the head is gone", || !alive(head_pid));
+    c.restart_head();
+    let url = c.dashboard();
+    assert_eq!(
+        job_status(&url, &finisher)["status"],
+        "RUNNING",
+        "still followed"
+    );
+
+    // It ends after the restart: its code and its output are its own.
+    std::fs::write(&go, b"").expect("go");
+    common::eventually("the job ends", || {
+        job_status(&url, &finisher)["status"] != "RUNNING"
+    });
+    let v = job_status(&url, &finisher);
+    assert_eq!(v["status"], "FAILED", "{v}");
+    assert_eq!(v["driver_exit_code"], 5, "{v}");
+    let (_, logs) = common::http::get(&format!("{url}/api/jobs/{finisher}/logs"), &[]);
+    let logs = common::http::json(&logs)["logs"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(logs, "started\nfinishing\n");
+
+    // One that outlived the crash can still be stopped.
+    let pid: i32 = common::wait_for_file(&sleeper_pid)
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(pid), "the entrypoint outlived the head");
+    let (status, body) = common::http::post(&format!("{url}/api/jobs/{sleeper}/stop"), &[], "");
+    assert_eq!(status, 200, "{body}");
+    common::eventually("the stopped job ends", || {
+        job_status(&url, &sleeper)["status"] == "STOPPED"
+    });
+    common::eventually("the stopped entrypoint is gone", || !alive(pid));
 }

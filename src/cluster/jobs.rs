@@ -91,8 +91,18 @@ fn signal_group(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// Where an entrypoint's exit code is written when it ends (beside its log): a supervisor
+/// that restarted while the entrypoint ran (the head's crash) learns it from there.
+pub fn exit_file(log: &Path) -> PathBuf {
+    log.with_extension("exit")
+}
+
+/// The shell around an entrypoint: runs it, then writes its exit code to `MOBULA_EXIT_FILE`.
+const WRAPPER: &str = r#"sh -c "$MOBULA_ENTRYPOINT"; c=$?; echo $c > "$MOBULA_EXIT_FILE"; exit $c"#;
+
 /// Starts `e` in its own process group, output to its log.
 pub fn spawn(e: &Entrypoint<'_>) -> Result<(tokio::process::Child, u32), String> {
+    let _ = std::fs::remove_file(exit_file(e.log));
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -101,7 +111,9 @@ pub fn spawn(e: &Entrypoint<'_>) -> Result<(tokio::process::Child, u32), String>
     let err = out.try_clone().map_err(|err| err.to_string())?;
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
-        .arg(e.command)
+        .arg(WRAPPER)
+        .env("MOBULA_ENTRYPOINT", e.command)
+        .env("MOBULA_EXIT_FILE", exit_file(e.log))
         .current_dir(e.cwd)
         .stdin(std::process::Stdio::null())
         .stdout(out)
@@ -157,6 +169,62 @@ pub async fn wait(
         s.code().unwrap_or_else(|| -s.signal().unwrap_or(0))
     });
     tracing::info!(job = %sid, code = ?code, stopped, "job ended");
+    (code, stopped)
+}
+
+/// Whether `pid` is the wrapper shell of job `sid` (not a process that reused its pid).
+pub fn runs_job(pid: u32, sid: &str) -> bool {
+    let want = format!("MOBULA_SUBMISSION_ID={sid}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+}
+
+/// The exit code an ended entrypoint left in its exit file.
+pub fn recorded_exit(log: &Path) -> Option<i32> {
+    std::fs::read_to_string(exit_file(log))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Watches an entrypoint this process did not start (it outlived the supervisor that did)
+/// until it ends, stopping it like `wait` does; its code comes from its exit file.
+pub async fn adopt(
+    sid: &str,
+    pid: u32,
+    log: &Path,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (Option<i32>, bool) {
+    let mut stopped = false;
+    let mut term_at: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = stop.changed(), if !stopped => {
+                if changed.is_ok() && *stop.borrow() {
+                    stopped = true;
+                    tracing::info!(job = %sid, pid, "stopping an adopted job: SIGTERM");
+                    signal_group(pid, libc::SIGTERM);
+                    term_at = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+        if !runs_job(pid, sid) {
+            break;
+        }
+        if term_at.is_some_and(|t| t.elapsed() >= stop_wait()) {
+            signal_group(pid, libc::SIGKILL);
+        }
+    }
+    let code = recorded_exit(log);
+    tracing::info!(job = %sid, code = ?code, stopped, "an adopted job ended");
     (code, stopped)
 }
 

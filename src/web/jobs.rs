@@ -535,12 +535,19 @@ async fn submit(st: web::Data<WebState>, body: web::Bytes) -> Res<HttpResponse> 
         }
         store(&st, &info).await?;
     }
+    start_supervision(st.clone().into_inner(), info);
+    tracing::info!(job = %sid, "job submitted");
+    Ok(HttpResponse::Ok().json(json!({"job_id": sid, "submission_id": sid})))
+}
+
+/// Supervises a submission on the server's runtime until it ends.
+fn start_supervision(state: Arc<WebState>, info: JobInfo) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    st.jobs
+    state
+        .jobs
         .running
         .lock()
-        .insert(sid.clone(), Supervised { stop: stop_tx });
-    let state = st.clone().into_inner();
+        .insert(info.submission_id.clone(), Supervised { stop: stop_tx });
     actix_web::rt::spawn(async move {
         let sid = info.submission_id.clone();
         if let Err(e) = supervise(state.clone(), info, stop_rx).await {
@@ -559,8 +566,63 @@ async fn submit(st: web::Data<WebState>, body: web::Bytes) -> Res<HttpResponse> 
         }
         state.jobs.running.lock().remove(&sid);
     });
-    tracing::info!(job = %sid, "job submitted");
-    Ok(HttpResponse::Ok().json(json!({"job_id": sid, "submission_id": sid})))
+}
+
+/// After a head restart: takes back the submissions its records say are not over. A pending
+/// one is supervised again; a running entrypoint of the head that outlived the crash (its own
+/// process group) is watched to its end, its exit code read from its exit file; one that
+/// ended meanwhile gets its recorded code, or fails when it left none. An entrypoint another
+/// node runs is not followed (its reports went to the old head); stopping it reaches it.
+pub async fn resume(st: Arc<WebState>) {
+    let subs = match submissions(&st).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the job records to resume them");
+            return;
+        }
+    };
+    for info in subs.into_iter().filter(|j| !j.status.is_terminal()) {
+        let sid = info.submission_id.clone();
+        let log = log_path(&st, &sid);
+        let r = match (info.status, info.pid, info.node_id.clone()) {
+            (_, _, Some(node)) => {
+                tracing::warn!(job = %sid, node = %node, "a job ran on another node when the head stopped: its status is no longer followed");
+                Ok(())
+            }
+            (JobStatus::Pending, _, None) => {
+                tracing::info!(job = %sid, "supervising a pending job again after a restart");
+                start_supervision(st.clone(), info);
+                Ok(())
+            }
+            (_, Some(pid), None) if crate::cluster::jobs::runs_job(pid, &sid) => {
+                tracing::info!(job = %sid, pid, "following a job whose entrypoint outlived the head's restart");
+                let (stop_tx, stop) = tokio::sync::watch::channel(false);
+                st.jobs
+                    .running
+                    .lock()
+                    .insert(sid.clone(), Supervised { stop: stop_tx });
+                let (st, sid) = (st.clone(), sid.clone());
+                actix_web::rt::spawn(async move {
+                    let (code, stopped) = crate::cluster::jobs::adopt(&sid, pid, &log, stop).await;
+                    if let Err(e) = ended(&st, &sid, code, stopped).await {
+                        tracing::warn!(job = %sid, error = %e, "cannot record an adopted job's end");
+                    }
+                    st.jobs.running.lock().remove(&sid);
+                });
+                Ok(())
+            }
+            _ => match crate::cluster::jobs::recorded_exit(&log) {
+                Some(code) => ended(&st, &sid, Some(code), false).await,
+                None => {
+                    let msg = "Job failed: its entrypoint ended while the head was down and left no exit code.".to_string();
+                    failed_to_start(&st, &sid, msg, "JOB_SUPERVISOR_ACTOR_DIED").await
+                }
+            },
+        };
+        if let Err(e) = r {
+            tracing::warn!(job = %sid, error = %e, "cannot resume a job");
+        }
+    }
 }
 
 fn finish(
@@ -980,7 +1042,15 @@ async fn stop(st: web::Data<WebState>, id: web::Path<String>) -> Res<HttpRespons
         .map(|s| s.stop.send(true).is_ok())
         .unwrap_or(false);
     if !sent {
-        // Not supervised here (the head restarted while it ran): it cannot be running.
+        // Not supervised here: it ran on another node when the head restarted (that node
+        // is asked to stop it), or it cannot be running any more.
+        if let Some(node) = info.node_id.clone() {
+            let ask = crate::node::ClusterAsk::StopJob {
+                node,
+                sid: info.submission_id.clone(),
+            };
+            let _ = st.asks.send_async(ask).await;
+        }
         update(&st, &info.submission_id, |j| {
             finish(j, JobStatus::Stopped, None, None, None)
         })

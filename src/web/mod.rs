@@ -257,6 +257,7 @@ pub fn start(state: WebState, opts: &WebOptions) -> Result<WebServer, WebError> 
                     return;
                 };
                 *shared.addr.lock() = Some(addr);
+                actix_rt::spawn(jobs::resume(shared.clone().into_inner()));
                 let running = server.run();
                 let _ = tx.send(Ok((addr, running.handle())));
                 if let Err(e) = running.await {
