@@ -96,7 +96,7 @@ pub fn error_type(e: &Error) -> &'static str {
         Error::WorkerCrashed { .. } => "WORKER_DIED",
         Error::Cancelled { .. } => "TASK_CANCELLED",
         Error::Infeasible { .. } => "TASK_UNSCHEDULABLE_ERROR",
-        Error::StoreFull { .. } => "OUT_OF_MEMORY",
+        Error::StoreFull { .. } | Error::OutOfMemory { .. } => "OUT_OF_MEMORY",
         Error::PlacementGroup { .. } => "TASK_PLACEMENT_GROUP_REMOVED",
         _ => "RUNTIME_ENV_SETUP_FAILED",
     }
