@@ -5,9 +5,11 @@
 //! started one). Nothing here runs on an actor thread or blocks one.
 //!
 //! Two limits, either of which triggers it:
-//! - node memory: `used > usage_threshold * total`, where in a cgroup v2 with a limit
-//!   (`memory.max` not `max`) total is that limit and used is `memory.current` minus the
-//!   reclaimable `inactive_file` of `memory.stat`, else total is `MemTotal` and used is
+//! - node memory: `used > usage_threshold * total`, where in a memory cgroup with a limit
+//!   below the machine's memory total is that limit and used is the cgroup's usage minus its
+//!   reclaimable inactive file cache (v2: `memory.max`, `memory.current`, `inactive_file`
+//!   of `memory.stat`; v1: `memory.limit_in_bytes`, `memory.usage_in_bytes`,
+//!   `total_inactive_file`), else total is `MemTotal` and used is
 //!   `MemTotal - MemAvailable` of `/proc/meminfo`;
 //! - optionally, `worker_bytes`: the summed resident memory (`VmRSS`) of the node's worker
 //!   processes, a cap that lets tests exercise the monitor without filling the machine.
@@ -159,45 +161,79 @@ pub(crate) fn parse_meminfo(text: &str) -> Option<NodeMemory> {
     })
 }
 
-/// The cgroup v2 directory of this process, from a `/proc/self/cgroup` text (`0::/path`).
-pub(crate) fn parse_cgroup_path(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string)
+/// The cgroup directory of this process for one hierarchy, from a `/proc/self/cgroup`
+/// text: `"0:"` for v2 (`0::/path`), `"memory"` for v1's memory controller
+/// (`4:memory:/path`).
+pub(crate) fn parse_cgroup_path(text: &str, controller: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = match controller {
+            "0:" => id == "0" && ctrls.is_empty(),
+            c => ctrls.split(',').any(|x| x == c),
+        };
+        hit.then(|| path.to_string())
+    })
 }
 
-/// A cgroup's memory from its `memory.max`, `memory.current` and `memory.stat` texts;
-/// `None` when it has no limit (`max`).
-pub(crate) fn parse_cgroup(max: &str, current: &str, stat: Option<&str>) -> Option<NodeMemory> {
-    let total = max.trim().parse::<u64>().ok()?;
-    let current = current.trim().parse::<u64>().ok()?;
-    let inactive = stat
+/// A cgroup's memory from its limit, usage and `memory.stat` texts, less the reclaimable
+/// `inactive` file cache (the stat key); `None` when it has no limit (v2's `max`).
+pub(crate) fn parse_cgroup(
+    limit: &str,
+    usage: &str,
+    stat: Option<&str>,
+    inactive: &str,
+) -> Option<NodeMemory> {
+    let total = limit.trim().parse::<u64>().ok()?;
+    let usage = usage.trim().parse::<u64>().ok()?;
+    let cache = stat
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("inactive_file "))
+                .find_map(|l| l.strip_prefix(inactive)?.strip_prefix(' '))
                 .and_then(|v| v.trim().parse::<u64>().ok())
         })
         .unwrap_or(0);
     Some(NodeMemory {
-        used: current.saturating_sub(inactive),
+        used: usage.saturating_sub(cache),
         total,
     })
 }
 
-/// The node's memory now: the limited cgroup v2 of this process if there is one, else the
-/// machine's (`None` when neither can be read).
+/// The memory of this process's cgroup (v2, else v1), when it can be read.
+fn cgroup_memory() -> Option<NodeMemory> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let v2 = parse_cgroup_path(&text, "0:").and_then(|p| {
+        let dir = Path::new("/sys/fs/cgroup").join(p.trim_start_matches('/'));
+        let stat = read(&dir, "memory.stat");
+        parse_cgroup(
+            &read(&dir, "memory.max")?,
+            &read(&dir, "memory.current")?,
+            stat.as_deref(),
+            "inactive_file",
+        )
+    });
+    v2.or_else(|| {
+        let p = parse_cgroup_path(&text, "memory")?;
+        let dir = Path::new("/sys/fs/cgroup/memory").join(p.trim_start_matches('/'));
+        let stat = read(&dir, "memory.stat");
+        parse_cgroup(
+            &read(&dir, "memory.limit_in_bytes")?,
+            &read(&dir, "memory.usage_in_bytes")?,
+            stat.as_deref(),
+            "total_inactive_file",
+        )
+    })
+}
+
+/// The node's memory now: this process's cgroup when its limit is below the machine's
+/// memory, else the machine's (`None` when neither can be read).
 pub(crate) fn node_memory() -> Option<NodeMemory> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+    let machine = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| parse_cgroup_path(&t))
-        .and_then(|p| {
-            let dir = Path::new("/sys/fs/cgroup").join(p.trim_start_matches('/'));
-            let max = std::fs::read_to_string(dir.join("memory.max")).ok()?;
-            let current = std::fs::read_to_string(dir.join("memory.current")).ok()?;
-            let stat = std::fs::read_to_string(dir.join("memory.stat")).ok();
-            parse_cgroup(&max, &current, stat.as_deref())
-        });
-    cgroup.or_else(|| parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?))
+        .and_then(|t| parse_meminfo(&t));
+    let limited = cgroup_memory().filter(|c| machine.is_none_or(|m| c.total < m.total));
+    limited.or(machine)
 }
 
 /// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
@@ -348,19 +384,28 @@ mod tests {
     #[test]
     fn cgroup_limit_usage_and_unlimited() {
         assert_eq!(
-            parse_cgroup_path("0::/system.slice/x.service\n"),
+            parse_cgroup_path("0::/system.slice/x.service\n", "0:"),
             Some("/system.slice/x.service".to_string())
         );
-        assert_eq!(parse_cgroup_path("1:memory:/a\n"), None);
-        let stat = "anon 100\ninactive_file 300\nactive_file 5\n";
+        let v1 = "5:cpu,cpuacct:/\n4:memory:/process_api/ab\n0::/\n";
+        assert_eq!(parse_cgroup_path(v1, "memory"), Some("/process_api/ab".to_string()));
+        assert_eq!(parse_cgroup_path(v1, "0:"), Some("/".to_string()));
+        assert_eq!(parse_cgroup_path("1:name=systemd:/\n", "memory"), None);
+        let stat = "anon 100\ninactive_file 300\nactive_file 5\ntotal_inactive_file 200\n";
+        let m = |used, total| Some(NodeMemory { used, total });
         assert_eq!(
-            parse_cgroup("1000\n", "800\n", Some(stat)),
-            Some(NodeMemory {
-                used: 500,
-                total: 1000
-            })
+            parse_cgroup("1000\n", "800\n", Some(stat), "inactive_file"),
+            m(500, 1000)
         );
-        assert_eq!(parse_cgroup("max\n", "800\n", None), None);
+        assert_eq!(
+            parse_cgroup("1000\n", "800\n", Some(stat), "total_inactive_file"),
+            m(600, 1000)
+        );
+        assert_eq!(parse_cgroup("max\n", "800\n", None, "inactive_file"), None);
+        // Whatever this machine has, it reads as something sane.
+        if let Some(n) = node_memory() {
+            assert!(n.total > 0 && n.used <= n.total, "{n:?}");
+        }
     }
 
     #[test]
