@@ -42,12 +42,12 @@ pub mod store;
 pub mod web;
 pub(crate) mod worker;
 
+pub use actors::memory_monitor::MemoryMonitorConfig;
 pub use api::{
     ActorHandle, ActorOptions, ActorType, Arg, Config, IntoArg, ObjectRef, PlacementGroup,
     RawActorHandle, RawArg, RawRef, Runtime, TaskOptions, WorkerMode, get, init, init_with,
     is_initialized, put, runtime, shutdown,
 };
-pub use actors::memory_monitor::MemoryMonitorConfig;
 pub use error::{Error, Result};
 pub use ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 pub use mobula_macros::{actor, main, remote};

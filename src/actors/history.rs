@@ -449,6 +449,19 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_kill_is_rays_out_of_memory() {
+        let oom = Error::OutOfMemory {
+            task: "f".into(),
+            detail: "node memory used 9 of 10".into(),
+        };
+        assert_eq!(error_type(&oom), "OUT_OF_MEMORY");
+        assert!(
+            oom.to_string()
+                .starts_with("task f was killed because the node is out of memory")
+        );
+    }
+
+    #[test]
     fn the_table_stays_bounded_and_drops_the_oldest() {
         let log = TaskLog::new(NodeId::new(), 3);
         let specs: Vec<TaskSpec> = (0..5).map(|_| spec(0)).collect();

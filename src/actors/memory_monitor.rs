@@ -113,6 +113,9 @@ pub(crate) struct Pressure {
     pub limit: u64,
     /// The node's (or cgroup's) memory, for the node scope.
     pub total: u64,
+    /// When the sample began: the raylet ignores samples that began before its last
+    /// victim's death was reported (they may still count the victim).
+    pub at: std::time::Instant,
 }
 
 impl Pressure {
@@ -253,9 +256,10 @@ fn rss_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// One sample against the limits: the first one passed, if any.
+/// One sample (begun `at`) against the limits: the first one passed, if any.
 pub(crate) fn check(
     cfg: &MemoryMonitorConfig,
+    at: std::time::Instant,
     node: Option<NodeMemory>,
     worker_rss: impl FnOnce() -> u64,
 ) -> Option<Pressure> {
@@ -267,6 +271,7 @@ pub(crate) fn check(
                 used: m.used,
                 limit,
                 total: m.total,
+                at,
             });
         }
     }
@@ -277,6 +282,7 @@ pub(crate) fn check(
         used,
         limit: cap,
         total: 0,
+        at,
     })
 }
 
@@ -310,7 +316,8 @@ pub(crate) fn spawn(cfg: MemoryMonitorConfig, procs: &Procs, raylet: flume::Send
                     let pids: Vec<u32> = procs.lock().values().map(|p| p.pid()).collect();
                     pids.into_iter().filter(|p| *p > 0).map(rss_of).sum()
                 };
-                if let Some(p) = check(&cfg, node_memory(), rss) {
+                let at = std::time::Instant::now();
+                if let Some(p) = check(&cfg, at, node_memory(), rss) {
                     // Never block: a full channel means the raylet is busy; the next
                     // sample tries again.
                     let _ = raylet.try_send(RayletMsg::MemoryPressure(p));
@@ -388,7 +395,10 @@ mod tests {
             Some("/system.slice/x.service".to_string())
         );
         let v1 = "5:cpu,cpuacct:/\n4:memory:/process_api/ab\n0::/\n";
-        assert_eq!(parse_cgroup_path(v1, "memory"), Some("/process_api/ab".to_string()));
+        assert_eq!(
+            parse_cgroup_path(v1, "memory"),
+            Some("/process_api/ab".to_string())
+        );
         assert_eq!(parse_cgroup_path(v1, "0:"), Some("/".to_string()));
         assert_eq!(parse_cgroup_path("1:name=systemd:/\n", "memory"), None);
         let stat = "anon 100\ninactive_file 300\nactive_file 5\ntotal_inactive_file 200\n";
@@ -419,6 +429,7 @@ mod tests {
 
     #[test]
     fn either_limit_triggers() {
+        let t = Instant::now();
         let cfg = MemoryMonitorConfig {
             worker_bytes: Some(300),
             ..Default::default()
@@ -427,19 +438,19 @@ mod tests {
             used: 50,
             total: 100,
         });
-        assert_eq!(check(&cfg, calm, || 200), None);
-        let p = check(&cfg, calm, || 301).expect("workers over the cap");
+        assert_eq!(check(&cfg, t, calm, || 200), None);
+        let p = check(&cfg, t, calm, || 301).expect("workers over the cap");
         assert_eq!((p.scope, p.used, p.limit), (Scope::Workers, 301, 300));
         assert!(p.describe().contains("over the cap"), "{}", p.describe());
         let full = Some(NodeMemory {
             used: 96,
             total: 100,
         });
-        let p = check(&cfg, full, || 0).expect("node over the threshold");
+        let p = check(&cfg, t, full, || 0).expect("node over the threshold");
         assert_eq!((p.scope, p.limit), (Scope::Node, 95));
         // Without a cap, worker memory is not even read.
         let no_cap = MemoryMonitorConfig::default();
-        assert_eq!(check(&no_cap, calm, || panic!("not read")), None);
+        assert_eq!(check(&no_cap, t, calm, || panic!("not read")), None);
     }
 
     #[test]

@@ -232,6 +232,8 @@ pub(crate) struct Raylet {
     oom_killed: HashMap<WorkerId, (TaskId, String)>,
     /// The last victim and when it was killed: no other is picked while it is dying.
     oom_victim: Option<(WorkerId, std::time::Instant)>,
+    /// When the last victim's death was reported: samples begun before it are stale.
+    oom_exit_at: Option<std::time::Instant>,
     /// The monitor reported pressure with nothing to kill (warned once until a kill).
     oom_nothing_warned: bool,
     /// Tasks killed for memory, waiting out their backoff before they are queued again.
@@ -361,6 +363,7 @@ impl Raylet {
             exited_workers: VecDeque::new(),
             oom_killed: HashMap::new(),
             oom_victim: None,
+            oom_exit_at: None,
             oom_nothing_warned: false,
             backoff: HashMap::new(),
         }
@@ -1076,6 +1079,7 @@ impl Raylet {
         let oom = self.oom_killed.remove(&wid);
         if self.oom_victim.is_some_and(|(w, _)| w == wid) {
             self.oom_victim = None;
+            self.oom_exit_at = Some(std::time::Instant::now());
         }
         if let Some(tid) = slot.running
             && let Some((_, detail)) = oom.filter(|(t, _)| *t == tid)
@@ -1134,6 +1138,9 @@ impl Raylet {
     /// unless the last victim is still dying.
     fn memory_pressure(&mut self, p: crate::actors::memory_monitor::Pressure) {
         use crate::actors::memory_monitor::{Candidate, pick_victim};
+        if self.oom_exit_at.is_some_and(|t| p.at <= t) {
+            return; // sampled while the last victim was still alive
+        }
         if let Some((w, at)) = self.oom_victim {
             if self.workers.contains_key(&w) && at.elapsed() < OOM_KILL_GRACE {
                 return;

@@ -194,7 +194,9 @@ pub fn render(report: &StatusReport, submissions: &Counts) -> String {
         "counter",
         "Task attempts whose worker process the node's memory monitor killed (memory over its threshold or the worker cap).",
     );
-    each(&mut e, "mobula_tasks_oom_killed_total", &|m| m.tasks_oom_killed);
+    each(&mut e, "mobula_tasks_oom_killed_total", &|m| {
+        m.tasks_oom_killed
+    });
 
     by_state(
         &mut e,
