@@ -78,59 +78,67 @@ fn no_retries() -> TaskOptions {
     TaskOptions::new().max_retries(0)
 }
 
-/// Starts `small` in `dir` and returns once it runs.
-fn small_running(rt: &mobula::Runtime, dir: &Path) -> mobula::ObjectRef<u64> {
-    let r = small::options(no_retries()).remote(rt, dir.to_string_lossy().to_string(), 41);
-    wait_for_file(&dir.join("small-started"));
-    r
+/// What a test holds: its capped node, its temp dir, the small task and the hog.
+struct Run {
+    rt: common::Rt,
+    dir: tempfile::TempDir,
+    small: mobula::ObjectRef<u64>,
+    hog: mobula::ObjectRef<u64>,
 }
 
-fn release(dir: &Path) {
-    std::fs::write(dir.join("release"), b"1").expect("release");
+/// On a node with `cpus` CPUs and the cap: starts `small`, waits until it runs, then starts
+/// a hog with `opts` that allocates on its first `hog_runs` runs.
+fn hog_beside_small(cpus: f64, opts: TaskOptions, hog_runs: u64) -> Run {
+    let rt = start(capped(cpus));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_string_lossy().to_string();
+    let small = small::options(no_retries()).remote(&rt, path.clone(), 41);
+    wait_for_file(&dir.path().join("small-started"));
+    let hog = hog::options(opts).remote(&rt, path, hog_runs);
+    Run {
+        rt,
+        dir,
+        small,
+        hog,
+    }
+}
+
+impl Run {
+    /// Lets `small` finish, checks its answer, then that the node still runs a new task.
+    fn release_and_go_on(self) {
+        std::fs::write(self.dir.path().join("release"), b"1").expect("release");
+        let rt = &self.rt;
+        assert_eq!(rt.get_timeout(&self.small, Some(HANG)).expect("small"), 42);
+        let later = add::remote(rt, 2, 3);
+        assert_eq!(rt.get_timeout(&later, Some(HANG)).expect("add"), 5);
+    }
 }
 
 #[test]
 fn a_retriable_hog_is_killed_retried_and_succeeds_beside_a_small_task() {
     mobula::worker_entry();
-    let rt = start(capped(3.0));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let beside = small_running(&rt, dir.path());
-
     // Killed on its first two runs, answers on the third.
-    let r = hog::options(TaskOptions::new().max_retries(2)).remote(
-        &rt,
-        dir.path().to_string_lossy().to_string(),
-        2,
-    );
+    let run = hog_beside_small(3.0, TaskOptions::new().max_retries(2), 2);
     assert_eq!(
-        rt.get_timeout(&r, Some(HANG)).expect("retried to success"),
+        run.rt
+            .get_timeout(&run.hog, Some(HANG))
+            .expect("retried to success"),
         2
     );
-    let runs = std::fs::read_to_string(dir.path().join("runs")).expect("runs");
+    let runs = std::fs::read_to_string(run.dir.path().join("runs")).expect("runs");
     assert_eq!(
         runs.trim(),
         "3",
         "two killed runs, then the one that answered"
     );
-    release(dir.path());
-    assert_eq!(rt.get_timeout(&beside, Some(HANG)).expect("small"), 42);
-    // The node keeps serving.
-    assert_eq!(
-        rt.get_timeout(&add::remote(&rt, 2, 3), Some(HANG))
-            .expect("add"),
-        5
-    );
+    run.release_and_go_on();
 }
 
 #[test]
 fn a_hog_without_retries_fails_with_out_of_memory() {
     mobula::worker_entry();
-    let rt = start(capped(2.0));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let beside = small_running(&rt, dir.path());
-
-    let r = hog::options(no_retries()).remote(&rt, dir.path().to_string_lossy().to_string(), 99);
-    match rt.get_timeout(&r, Some(HANG)) {
+    let run = hog_beside_small(2.0, no_retries(), 99);
+    match run.rt.get_timeout(&run.hog, Some(HANG)) {
         Err(e @ Error::OutOfMemory { .. }) => {
             let text = e.to_string();
             assert!(text.starts_with("task hog was killed"), "{text}");
@@ -138,13 +146,7 @@ fn a_hog_without_retries_fails_with_out_of_memory() {
         }
         other => panic!("expected out of memory, got {other:?}"),
     }
-    release(dir.path());
-    assert_eq!(rt.get_timeout(&beside, Some(HANG)).expect("small"), 42);
-    assert_eq!(
-        rt.get_timeout(&add::remote(&rt, 2, 3), Some(HANG))
-            .expect("add"),
-        5
-    );
+    run.release_and_go_on();
 }
 
 #[test]

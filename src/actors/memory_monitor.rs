@@ -202,31 +202,37 @@ pub(crate) fn parse_cgroup(
     })
 }
 
+/// The memory cgroup hierarchies read, first found first: (`/proc/self/cgroup` controller,
+/// mount, limit file, usage file, the `memory.stat` key of reclaimable file cache).
+const HIERARCHIES: [(&str, &str, &str, &str, &str); 2] = [
+    (
+        "0:",
+        "/sys/fs/cgroup",
+        "memory.max",
+        "memory.current",
+        "inactive_file",
+    ),
+    (
+        "memory",
+        "/sys/fs/cgroup/memory",
+        "memory.limit_in_bytes",
+        "memory.usage_in_bytes",
+        "total_inactive_file",
+    ),
+];
+
 /// The memory of this process's cgroup (v2, else v1), when it can be read.
 fn cgroup_memory() -> Option<NodeMemory> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).ok();
-    let v2 = parse_cgroup_path(&text, "0:").and_then(|p| {
-        let dir = Path::new("/sys/fs/cgroup").join(p.trim_start_matches('/'));
-        let stat = read(&dir, "memory.stat");
-        parse_cgroup(
-            &read(&dir, "memory.max")?,
-            &read(&dir, "memory.current")?,
-            stat.as_deref(),
-            "inactive_file",
-        )
-    });
-    v2.or_else(|| {
-        let p = parse_cgroup_path(&text, "memory")?;
-        let dir = Path::new("/sys/fs/cgroup/memory").join(p.trim_start_matches('/'));
-        let stat = read(&dir, "memory.stat");
-        parse_cgroup(
-            &read(&dir, "memory.limit_in_bytes")?,
-            &read(&dir, "memory.usage_in_bytes")?,
-            stat.as_deref(),
-            "total_inactive_file",
-        )
-    })
+    HIERARCHIES
+        .iter()
+        .find_map(|(controller, mount, limit, usage, inactive)| {
+            let p = parse_cgroup_path(&text, controller)?;
+            let dir = Path::new(mount).join(p.trim_start_matches('/'));
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+            let stat = read("memory.stat");
+            parse_cgroup(&read(limit)?, &read(usage)?, stat.as_deref(), inactive)
+        })
 }
 
 /// The node's memory now: this process's cgroup when its limit is below the machine's
