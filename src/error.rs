@@ -49,6 +49,15 @@ pub enum Error {
         /// What is known about the crash (exit status or signal).
         detail: String,
     },
+    /// The node's memory monitor killed the task's worker process (the node's memory, or
+    /// its worker processes', passed the limit), and no retries were left.
+    #[error("task {task} was killed because the node is out of memory: {detail}")]
+    OutOfMemory {
+        /// Display name of the task.
+        task: String,
+        /// The memory used and the limit it passed.
+        detail: String,
+    },
     /// The task was cancelled with `cancel`.
     #[error("task {task} was cancelled")]
     Cancelled {
@@ -128,7 +137,10 @@ pub enum Error {
 impl Error {
     /// True for failures of the system (worker or node death) rather than of user code.
     pub fn is_system_failure(&self) -> bool {
-        matches!(self, Error::WorkerCrashed { .. } | Error::ObjectLost { .. })
+        matches!(
+            self,
+            Error::WorkerCrashed { .. } | Error::ObjectLost { .. } | Error::OutOfMemory { .. }
+        )
     }
 
     pub(crate) fn runtime(msg: impl std::fmt::Display) -> Self {

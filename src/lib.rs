@@ -42,6 +42,7 @@ pub mod store;
 pub mod web;
 pub(crate) mod worker;
 
+pub use actors::memory_monitor::MemoryMonitorConfig;
 pub use api::{
     ActorHandle, ActorOptions, ActorType, Arg, Config, IntoArg, ObjectRef, PlacementGroup,
     RawActorHandle, RawArg, RawRef, Runtime, TaskOptions, WorkerMode, get, init, init_with,

@@ -98,6 +98,19 @@ enum Command {
         /// Seconds without heartbeats before a node is declared dead.
         #[arg(long, default_value_t = 3.0)]
         death_timeout: f64,
+        /// The fraction of the node's memory (its cgroup's limit when it has one) past which
+        /// the memory monitor kills the most recently started retriable task (default 0.95,
+        /// or MOBULA_MEMORY_USAGE_THRESHOLD).
+        #[arg(long)]
+        memory_usage_threshold: Option<f64>,
+        /// How often the memory monitor samples, in ms; 0 turns it off (default 250, or
+        /// MOBULA_MEMORY_MONITOR_REFRESH_MS).
+        #[arg(long)]
+        memory_monitor_refresh_ms: Option<u64>,
+        /// Also kill when the node's worker processes together hold more than this many
+        /// bytes resident (default: no cap, or MOBULA_MEMORY_MONITOR_WORKER_BYTES).
+        #[arg(long)]
+        memory_monitor_worker_bytes: Option<u64>,
         /// Seconds a task or actor that no node can hold waits for a node that can (shown
         /// as an infeasible demand by `mobula status`) before it fails.
         #[arg(long, default_value_t = 60.0)]
@@ -241,6 +254,9 @@ fn main() -> ExitCode {
             secret,
             death_timeout,
             infeasible_timeout,
+            memory_usage_threshold,
+            memory_monitor_refresh_ms,
+            memory_monitor_worker_bytes,
             fetch_executables,
             mdns,
             dashboard_host,
@@ -254,6 +270,19 @@ fn main() -> ExitCode {
                 Ok(r) => r.unwrap_or_default(),
                 Err(e) => return fail(&e),
             };
+            let mut memory_monitor = mobula::MemoryMonitorConfig::from_env();
+            if let Some(t) = memory_usage_threshold {
+                memory_monitor.usage_threshold = t;
+            }
+            if let Some(ms) = memory_monitor_refresh_ms {
+                memory_monitor.refresh = Duration::from_millis(ms);
+            }
+            if let Some(b) = memory_monitor_worker_bytes {
+                memory_monitor.worker_bytes = Some(b);
+            }
+            if let Err(e) = memory_monitor.validate() {
+                return fail(&e);
+            }
             let opts = mobula::cluster::StartOptions {
                 head,
                 address,
@@ -276,6 +305,7 @@ fn main() -> ExitCode {
                     token: auth_token,
                 }),
                 storage,
+                memory_monitor,
             };
             if block {
                 init_logs();

@@ -571,6 +571,7 @@ fn object_store_limit(config: &Config) -> u64 {
 
 /// Starts an embedded node and returns its client.
 pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
+    config.memory_monitor.validate().map_err(Error::runtime)?;
     let orphans = crate::worker::shm::remove_orphans();
     if orphans > 0 {
         tracing::info!(
@@ -610,6 +611,7 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         temp_dir: temp_dir.clone(),
         worker_start_timeout: config.worker_start_timeout,
         infeasible_timeout: config.infeasible_timeout,
+        memory_monitor: config.memory_monitor.clone(),
         history: Arc::new(crate::actors::history::TaskLog::from_env(node_id)),
     };
     let history = rcfg.history.clone();

@@ -96,7 +96,7 @@ pub fn error_type(e: &Error) -> &'static str {
         Error::WorkerCrashed { .. } => "WORKER_DIED",
         Error::Cancelled { .. } => "TASK_CANCELLED",
         Error::Infeasible { .. } => "TASK_UNSCHEDULABLE_ERROR",
-        Error::StoreFull { .. } => "OUT_OF_MEMORY",
+        Error::StoreFull { .. } | Error::OutOfMemory { .. } => "OUT_OF_MEMORY",
         Error::PlacementGroup { .. } => "TASK_PLACEMENT_GROUP_REMOVED",
         _ => "RUNTIME_ENV_SETUP_FAILED",
     }
@@ -446,6 +446,19 @@ mod tests {
         assert_eq!(rows[0]["worker_pid"], 7);
         assert_eq!(rows[0]["events"].as_array().map(Vec::len), Some(4));
         assert!(rows[0]["start_time_ms"].is_u64() && rows[0]["end_time_ms"].is_u64());
+    }
+
+    #[test]
+    fn a_memory_kill_is_rays_out_of_memory() {
+        let oom = Error::OutOfMemory {
+            task: "f".into(),
+            detail: "node memory used 9 of 10".into(),
+        };
+        assert_eq!(error_type(&oom), "OUT_OF_MEMORY");
+        assert!(
+            oom.to_string()
+                .starts_with("task f was killed because the node is out of memory")
+        );
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub(crate) struct RayletMetrics {
     pub spilled: u64,
     pub finished: u64,
     pub failed: u64,
+    /// Worker processes the memory monitor killed (one per task attempt).
+    pub oom_killed: u64,
     /// Submission to dispatch to a worker of this node.
     pub sched_latency: Histogram,
 }
@@ -88,6 +90,9 @@ pub struct NodeMetrics {
     pub tasks_queued: u64,
     /// Tasks waiting here for their arguments now.
     pub tasks_waiting_args: u64,
+    /// Task attempts the memory monitor killed here.
+    #[serde(default)]
+    pub tasks_oom_killed: u64,
     /// Actors this node owns, by state (Ray's names: `ALIVE`, `DEAD`, …).
     pub actors: Counts,
     /// Jobs in this node's GCS job table, by status.

@@ -6,6 +6,7 @@ pub(crate) mod actor_host;
 pub(crate) mod directory;
 pub mod gcs;
 pub mod history;
+pub mod memory_monitor;
 pub mod metrics;
 pub(crate) mod raylet;
 pub(crate) mod worker_conn;

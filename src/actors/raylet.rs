@@ -65,6 +65,8 @@ pub(crate) enum RayletMsg {
     },
     /// A worker process connected and is ready for work.
     WorkerReady(WorkerId),
+    /// The memory monitor found the node's memory over its limit.
+    MemoryPressure(crate::actors::memory_monitor::Pressure),
 }
 
 /// The jobs whose drivers left, most recent `ENDED_JOBS` of them: a long-lived node that
@@ -114,6 +116,8 @@ pub(crate) struct RayletConfig {
     pub infeasible_timeout: Duration,
     /// The node's task history, shared with its actor hosts and worker connections.
     pub history: Arc<crate::actors::history::TaskLog>,
+    /// The node memory monitor's settings (started with the worker-process pool).
+    pub memory_monitor: crate::MemoryMonitorConfig,
 }
 
 enum Worker {
@@ -140,7 +144,12 @@ struct Running {
     worker: WorkerId,
     alloc: Allocation,
     lent_cpu: ResourceSet,
+    /// When it was given to its worker (the memory monitor kills the latest first).
+    started: std::time::Instant,
 }
+
+/// How long the memory monitor's victim may take to die before another is picked.
+const OOM_KILL_GRACE: Duration = Duration::from_secs(10);
 
 struct WaitingActor {
     spec: ActorSpec,
@@ -218,6 +227,17 @@ pub(crate) struct Raylet {
     metrics: RayletMetrics,
     /// Rows of the last exited workers (state API), at most `EXITED_WORKERS`.
     exited_workers: VecDeque<serde_json::Value>,
+    /// Workers the memory monitor killed, with their task and what the memory was, until
+    /// their death is reported.
+    oom_killed: HashMap<WorkerId, (TaskId, String)>,
+    /// The last victim and when it was killed: no other is picked while it is dying.
+    oom_victim: Option<(WorkerId, std::time::Instant)>,
+    /// When the last victim's death was reported: samples begun before it are stale.
+    oom_exit_at: Option<std::time::Instant>,
+    /// The monitor reported pressure with nothing to kill (warned once until a kill).
+    oom_nothing_warned: bool,
+    /// Tasks killed for memory, waiting out their backoff before they are queued again.
+    backoff: HashMap<TaskId, QueuedTask>,
 }
 
 /// Arguments up to this size travel inside a spilled task's request; larger ones are pulled.
@@ -341,6 +361,11 @@ impl Raylet {
             unreported: HashMap::new(),
             metrics: RayletMetrics::default(),
             exited_workers: VecDeque::new(),
+            oom_killed: HashMap::new(),
+            oom_victim: None,
+            oom_exit_at: None,
+            oom_nothing_warned: false,
+            backoff: HashMap::new(),
         }
     }
 
@@ -500,6 +525,13 @@ impl Raylet {
             queued.extend(gone);
         }
         self.queues.retain(|_, q| !q.is_empty());
+        let backing_off: Vec<TaskId> = self
+            .backoff
+            .iter()
+            .filter(|(_, t)| t.spec.job_id == job)
+            .map(|(id, _)| *id)
+            .collect();
+        queued.extend(backing_off.iter().filter_map(|id| self.backoff.remove(id)));
         for task in queued {
             let e = err(&task.spec.name);
             self.fail_task(task, &e);
@@ -849,6 +881,7 @@ impl Raylet {
                 worker: wid,
                 alloc,
                 lent_cpu: ResourceSet::new(),
+                started: std::time::Instant::now(),
             },
         );
         if let Some(slot) = self.workers.get_mut(&wid) {
@@ -1043,7 +1076,18 @@ impl Raylet {
         if let Some(v) = self.idle.get_mut(&slot.job) {
             v.retain(|w| *w != wid);
         }
+        let oom = self.oom_killed.remove(&wid);
+        if self.oom_victim.is_some_and(|(w, _)| w == wid) {
+            self.oom_victim = None;
+            self.oom_exit_at = Some(std::time::Instant::now());
+        }
         if let Some(tid) = slot.running
+            && let Some((_, detail)) = oom.filter(|(t, _)| *t == tid)
+            && let Some(run) = self.running.remove(&tid)
+        {
+            self.release_running(&run);
+            self.oom_gone(run.task, detail);
+        } else if let Some(tid) = slot.running
             && let Some(run) = self.running.remove(&tid)
         {
             self.release_running(&run);
@@ -1081,6 +1125,98 @@ impl Raylet {
         }
     }
 
+    /// Whether a running or killed task would run again: retries left, its job alive and
+    /// its object not sealed (cancelled).
+    fn retriable(&self, spec: &TaskSpec) -> bool {
+        spec.can_retry()
+            && !self.ended_jobs.contains(&spec.job_id)
+            && !self.table.is_ready(&spec.return_id)
+    }
+
+    /// The memory monitor found the node over its limit: kills the worker process of the
+    /// most recently started retriable task (else of the most recently started task),
+    /// unless the last victim is still dying.
+    fn memory_pressure(&mut self, p: crate::actors::memory_monitor::Pressure) {
+        use crate::actors::memory_monitor::{Candidate, pick_victim};
+        if self.oom_exit_at.is_some_and(|t| p.at <= t) {
+            return; // sampled while the last victim was still alive
+        }
+        if let Some((w, at)) = self.oom_victim {
+            if self.workers.contains_key(&w) && at.elapsed() < OOM_KILL_GRACE {
+                return;
+            }
+            self.oom_victim = None;
+        }
+        let candidates: Vec<Candidate> = self
+            .running
+            .iter()
+            .filter(|(_, r)| {
+                matches!(
+                    self.workers.get(&r.worker),
+                    Some(WorkerSlot { worker: Worker::Process(w), starting: false, .. }) if w.pid() > 0
+                )
+            })
+            .map(|(tid, r)| Candidate {
+                task: *tid,
+                started: r.started,
+                retriable: self.retriable(&r.task.spec),
+            })
+            .collect();
+        let Some(run) = pick_victim(&candidates).and_then(|t| self.running.get(&t)) else {
+            if !self.oom_nothing_warned {
+                self.oom_nothing_warned = true;
+                tracing::warn!(used = p.used, threshold = p.limit, detail = %p.describe(),
+                    "memory over the limit, but no task runs in a worker process to kill");
+            }
+            return;
+        };
+        let (wid, tid) = (run.worker, run.task.spec.task_id);
+        let name = run.task.spec.name.clone();
+        let attempt = run.task.spec.attempt;
+        let Some(WorkerSlot {
+            worker: Worker::Process(w),
+            ..
+        }) = self.workers.get(&wid)
+        else {
+            return;
+        };
+        let pid = w.pid();
+        w.kill();
+        self.oom_nothing_warned = false;
+        self.metrics.oom_killed += 1;
+        let detail = p.describe();
+        tracing::warn!(task = %name, task_id = %tid, attempt, pid, worker = %wid,
+            used = p.used, threshold = p.limit, detail = %detail,
+            "memory monitor killed the most recently started task's worker");
+        self.oom_killed.insert(wid, (tid, detail));
+        self.oom_victim = Some((wid, std::time::Instant::now()));
+    }
+
+    /// The worker of a task killed for memory is gone: the task runs again after a backoff
+    /// if it may, else it fails with `OutOfMemory`.
+    fn oom_gone(&mut self, task: QueuedTask, detail: String) {
+        let err = Error::OutOfMemory {
+            task: task.spec.name.clone(),
+            detail,
+        };
+        if !self.retriable(&task.spec) {
+            self.fail_task(task, &err);
+            return;
+        }
+        let (tid, attempt) = (task.spec.task_id, task.spec.attempt);
+        let delay = crate::actors::memory_monitor::backoff(attempt);
+        tracing::info!(task = %task.spec.name, attempt, backoff_ms = delay.as_millis() as u64,
+            "retrying a task killed for memory after a backoff");
+        self.cfg.history.ended(tid, attempt, Err(&err));
+        self.backoff.insert(tid, task);
+        if let Some(me) = self.me.clone() {
+            actix::spawn(async move {
+                actix::clock::sleep(delay).await;
+                me.do_send(RetryAfterBackoff(tid));
+            });
+        }
+    }
+
     fn blocked(&mut self, wid: WorkerId, blocked: bool) {
         let Some(tid) = self.workers.get(&wid).and_then(|s| s.running) else {
             return;
@@ -1107,7 +1243,12 @@ impl Raylet {
         let err = |name: &str| Error::Cancelled {
             task: name.to_string(),
         };
-        if let Some((task, _)) = self.waiting.remove(&tid) {
+        if let Some(task) = self
+            .waiting
+            .remove(&tid)
+            .map(|(t, _)| t)
+            .or_else(|| self.backoff.remove(&tid))
+        {
             let e = err(&task.spec.name);
             self.fail_task(task, &e);
             return;
@@ -1724,6 +1865,7 @@ impl StreamHandler<RayletMsg> for Raylet {
             RayletMsg::Unblocked(w) => self.blocked(w, false),
             RayletMsg::Cancel { return_id, force } => self.cancel(return_id, force),
             RayletMsg::WorkerExited { worker, detail } => self.worker_gone(worker, detail),
+            RayletMsg::MemoryPressure(p) => self.memory_pressure(p),
             RayletMsg::WorkerReady(w) => {
                 if let Some(slot) = self.workers.get_mut(&w)
                     && slot.starting
@@ -1757,6 +1899,21 @@ impl Handler<DepsReady> for Raylet {
     fn handle(&mut self, msg: DepsReady, _ctx: &mut Self::Context) {
         self.deps_ready(msg.0);
         self.dispatch();
+    }
+}
+
+/// A task killed for memory has waited out its backoff: queue it again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RetryAfterBackoff(pub TaskId);
+
+impl Handler<RetryAfterBackoff> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: RetryAfterBackoff, _ctx: &mut Self::Context) {
+        if let Some(task) = self.backoff.remove(&msg.0) {
+            self.retry(task);
+            self.dispatch();
+        }
     }
 }
 
@@ -1809,6 +1966,11 @@ impl Handler<StartPool> for Raylet {
         };
         let pool = ProcessPool::new(pctx, self.cfg.worker_start_timeout)
             .map_err(|e| Error::runtime(format!("cannot start the worker process pool: {e}")))?;
+        crate::actors::memory_monitor::spawn(
+            self.cfg.memory_monitor.clone(),
+            pool.procs(),
+            self.tx.clone(),
+        );
         self.procs = Some(pool);
         for _ in 0..self.cfg.prestart_workers {
             if let Some(w) = self.new_worker(self.cfg.job_id, None) {
@@ -2205,6 +2367,7 @@ impl Handler<GetMetrics> for Raylet {
             tasks_running: self.running.len() as u64,
             tasks_queued: self.queues.values().map(|q| q.len() as u64).sum(),
             tasks_waiting_args: self.waiting.len() as u64,
+            tasks_oom_killed: m.oom_killed,
             sched_latency: m.sched_latency.clone(),
             ..NodeMetrics::default()
         };

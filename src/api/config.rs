@@ -48,6 +48,9 @@ pub struct Config {
     /// flushes). `None` (the default of an embedded cluster) keeps them in memory only;
     /// `mobula start --head` uses `--storage`, by default `<cluster dir>/gcs`.
     pub gcs_storage: Option<std::path::PathBuf>,
+    /// The node memory monitor (process workers only): its refresh, threshold and optional
+    /// cap on the worker processes' memory. `from_env` reads `MOBULA_MEMORY_*`.
+    pub memory_monitor: crate::MemoryMonitorConfig,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             cluster_root: std::path::PathBuf::from("/tmp/mobula"),
             infeasible_timeout: Duration::ZERO,
             gcs_storage: None,
+            memory_monitor: crate::MemoryMonitorConfig::default(),
         }
     }
 }
@@ -80,9 +84,11 @@ impl Config {
     /// `mobula start --head` last started on this machine; with no `MOBULA_ADDRESS` that
     /// cluster is used when it is running, as Ray does), `MOBULA_TEMP_DIR`, `MOBULA_NUM_CPUS`, `MOBULA_NUM_GPUS`, `MOBULA_MEMORY`,
     /// `MOBULA_OBJECT_STORE_MEMORY`, `MOBULA_WORKER_MODE` (`thread` | `process`) and
-    /// `MOBULA_NAMESPACE`.
+    /// `MOBULA_NAMESPACE`, and the memory monitor's `MOBULA_MEMORY_MONITOR_REFRESH_MS`,
+    /// `MOBULA_MEMORY_USAGE_THRESHOLD` and `MOBULA_MEMORY_MONITOR_WORKER_BYTES`.
     pub fn from_env() -> Self {
         let mut c = Self {
+            memory_monitor: crate::MemoryMonitorConfig::from_env(),
             num_cpus: env_f64("MOBULA_NUM_CPUS"),
             num_gpus: env_f64("MOBULA_NUM_GPUS").unwrap_or(0.0),
             memory: env_f64("MOBULA_MEMORY"),
@@ -150,6 +156,11 @@ impl Config {
     /// Sets the namespace.
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.namespace = ns.into();
+        self
+    }
+    /// Sets the node memory monitor.
+    pub fn memory_monitor(mut self, m: crate::MemoryMonitorConfig) -> Self {
+        self.memory_monitor = m;
         self
     }
     /// Sets how many worker processes start at `init`.

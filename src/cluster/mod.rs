@@ -543,6 +543,9 @@ pub struct StartOptions {
     /// Where the head's GCS keeps its tables (default `<cluster dir>/gcs`); other nodes keep
     /// theirs in memory.
     pub storage: Option<PathBuf>,
+    /// The node memory monitor (`--memory-usage-threshold`, `--memory-monitor-refresh-ms`,
+    /// `--memory-monitor-worker-bytes`).
+    pub memory_monitor: crate::MemoryMonitorConfig,
 }
 
 /// Where the head serves its web face.
@@ -735,6 +738,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         worker_mode: crate::WorkerMode::Process,
         prestart_workers: Some(0),
         infeasible_timeout: opts.infeasible_timeout,
+        memory_monitor: opts.memory_monitor.clone(),
         gcs_storage: opts
             .head
             .then(|| opts.storage.clone().unwrap_or_else(|| dir.dir.join("gcs"))),
@@ -2560,6 +2564,7 @@ mod tests {
             mdns: false,
             dashboard: None,
             storage: None,
+            memory_monitor: Default::default(),
         }
     }
 

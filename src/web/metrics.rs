@@ -189,6 +189,15 @@ pub fn render(report: &StatusReport, submissions: &Counts) -> String {
         },
     );
 
+    e.family(
+        "mobula_tasks_oom_killed_total",
+        "counter",
+        "Task attempts whose worker process the node's memory monitor killed (memory over its threshold or the worker cap).",
+    );
+    each(&mut e, "mobula_tasks_oom_killed_total", &|m| {
+        m.tasks_oom_killed
+    });
+
     by_state(
         &mut e,
         nodes,
@@ -431,6 +440,7 @@ mod tests {
             pending: Vec::new(),
             metrics: NodeMetrics {
                 tasks_finished: 7,
+                tasks_oom_killed: 2,
                 ..NodeMetrics::default()
             },
         };
@@ -457,6 +467,14 @@ mod tests {
         );
         assert!(
             t.contains("mobula_jobs{type=\"driver\",status=\"RUNNING\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE mobula_tasks_oom_killed_total counter\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("mobula_tasks_oom_killed_total{node_id=\"bb\"} 2\n"),
             "{t}"
         );
         assert!(!t.contains("spilled_bytes"), "{t}");

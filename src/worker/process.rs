@@ -286,6 +286,11 @@ impl ProcessPool {
         })
     }
 
+    /// The pool's worker processes (the memory monitor sums their resident memory).
+    pub fn procs(&self) -> &crate::actors::memory_monitor::Procs {
+        &self.procs
+    }
+
     /// How workers of `job` start, if this pool knows.
     pub fn launch_of(&self, job: JobId) -> Option<JobLaunch> {
         self.jobs.lock().get(&job).cloned()
@@ -333,6 +338,9 @@ impl ProcessPool {
             }
         };
         shared.pid.store(child.id(), Ordering::Release);
+        // The kernel's OOM killer takes workers before the node (Ray's
+        // `worker_oom_score_adjustment`).
+        crate::actors::memory_monitor::raise_oom_score(child.id());
         let tx = self.raylet_tx.clone();
         let procs = self.procs.clone();
         let shared_r = shared.clone();
