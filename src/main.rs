@@ -86,6 +86,10 @@ enum Command {
         /// Memory to offer, in bytes.
         #[arg(long)]
         memory: Option<f64>,
+        /// The object store's memory limit in bytes (default: 30% of the machine's memory);
+        /// past it, objects spill to disk under the temp dir.
+        #[arg(long)]
+        object_store_memory: Option<u64>,
         /// Custom resources as JSON, e.g. '{"tpu": 4}'.
         #[arg(long)]
         resources: Option<String>,
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
             num_cpus,
             num_gpus,
             memory,
+            object_store_memory,
             resources,
             temp_dir,
             secret,
@@ -292,6 +297,7 @@ fn main() -> ExitCode {
                 num_cpus,
                 num_gpus,
                 memory,
+                object_store_memory,
                 resources,
                 temp_dir,
                 secret,

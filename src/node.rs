@@ -537,6 +537,7 @@ impl Core for NodeClient {
         if thread.join().is_err() {
             tracing::error!("the system thread panicked");
         }
+        self.table.remove_spill_dir();
         if let Some(dir) = &self.temp_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -581,9 +582,6 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
     }
     let node_id = NodeId::new();
     let job_id = JobId::new();
-    let table = Arc::new(ObjectTable::new(object_store_limit(&config)));
-    let directory = Arc::new(ActorDirectory::new(table.clone()));
-    let (tx, rx) = flume::bounded::<RayletMsg>(RAYLET_CHANNEL);
     let (temp_dir, owned) = match &config.temp_dir {
         Some(d) => (d.clone(), false),
         None => (
@@ -595,6 +593,13 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
             true,
         ),
     };
+    // Objects past the limit spill to this node's own directory (removed at shutdown).
+    let table = Arc::new(ObjectTable::with_spill_dir(
+        object_store_limit(&config),
+        temp_dir.join(format!("spill-{}", node_id.hex())),
+    ));
+    let directory = Arc::new(ActorDirectory::new(table.clone()));
+    let (tx, rx) = flume::bounded::<RayletMsg>(RAYLET_CHANNEL);
     let command = if config.worker_mode == WorkerMode::Process {
         Some(WorkerCommand::current().map_err(Error::runtime)?)
     } else {

@@ -375,3 +375,47 @@ fn the_parser_reads_escapes() {
     assert_eq!(p.samples[0].labels["b"], "");
     assert_eq!(p.samples[1].value, 1000.0);
 }
+
+#[test]
+fn spilled_bytes_reach_the_metrics() {
+    mobula::worker_entry();
+    let c = head_with(&["--object-store-memory", "4194304"]);
+    let rt = common::start(
+        mobula::Config::default()
+            .address(format!("127.0.0.1:{}", c.port))
+            .cluster_root(c.temp.path()),
+    );
+    let url = format!("{}/metrics", c.dashboard());
+    // Six 1 MiB values in a 4 MiB store: some go to disk.
+    let refs: Vec<_> = (0..6u8)
+        .map(|i| {
+            rt.put(&serde_bytes::ByteBuf::from(vec![i; 1 << 20]))
+                .expect("put")
+        })
+        .collect();
+    let deadline = Instant::now() + common::HANG;
+    loop {
+        let (status, _, body) = get(&url, &[]);
+        assert_eq!(status, 200, "{body}");
+        let p = parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+        assert_eq!(
+            p.kind
+                .get("mobula_object_store_spilled_bytes")
+                .map(String::as_str),
+            Some("gauge"),
+            "{body}"
+        );
+        let spilled: f64 = p
+            .of("mobula_object_store_spilled_bytes")
+            .iter()
+            .map(|s| s.value)
+            .sum();
+        if spilled >= (2 << 20) as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never spilled:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let back: serde_bytes::ByteBuf = rt.get(&refs[0]).expect("get");
+    assert_eq!(back.into_vec(), vec![0u8; 1 << 20]);
+}

@@ -103,9 +103,8 @@ pub struct NodeMetrics {
     pub store_used_bytes: u64,
     /// The store's memory limit.
     pub store_limit_bytes: u64,
-    /// Bytes spilled to disk. `None` until spilling reports it (`ObjectTable::spill_stats`
-    /// on the `fault-spill` change plugs in here, in `store_metrics`); `/metrics` omits the
-    /// family while no node reports it.
+    /// Bytes of the node's objects now spilled to disk; `None` for a store that does not
+    /// spill (`/metrics` omits the family while no node reports it).
     pub store_spilled_bytes: Option<u64>,
     /// Scheduling latency of tasks dispatched here.
     pub sched_latency: Histogram,
@@ -117,8 +116,7 @@ pub(crate) fn store_metrics(m: &mut NodeMetrics, table: &crate::store::ObjectTab
     m.objects = s.objects;
     m.store_used_bytes = s.used_bytes;
     m.store_limit_bytes = s.limit_bytes;
-    // Spilled bytes: `m.store_spilled_bytes = Some(table.spill_stats().bytes)` once it exists.
-    m.store_spilled_bytes = None;
+    m.store_spilled_bytes = s.spilling.then_some(s.spilled_bytes);
 }
 
 /// This node's snapshot: the raylet's numbers and the GCS's actors and jobs. A part whose

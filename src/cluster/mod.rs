@@ -522,6 +522,8 @@ pub struct StartOptions {
     pub num_gpus: f64,
     /// Memory in bytes.
     pub memory: Option<f64>,
+    /// The object store's limit in bytes (objects past it spill to disk).
+    pub object_store_memory: Option<u64>,
     /// Custom resources.
     pub resources: HashMap<String, f64>,
     /// Root of the cluster directories.
@@ -731,6 +733,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         num_cpus: opts.num_cpus,
         num_gpus: opts.num_gpus,
         memory: opts.memory,
+        object_store_memory: opts.object_store_memory,
         resources: opts.resources.clone(),
         namespace: "_mobula_node".to_string(),
         // Drivers connect over the node's socket and get worker processes of their own
@@ -2555,6 +2558,7 @@ mod tests {
             num_cpus: None,
             num_gpus: 0.0,
             memory: None,
+            object_store_memory: None,
             resources: HashMap::new(),
             temp_dir: std::env::temp_dir(),
             secret: None,

@@ -1,6 +1,9 @@
 //! The node's object storage: sealed objects held as `bytes::Bytes` (a `get` inside the process
 //! clones a pointer, never the data), pending objects with the callbacks waiting on them,
-//! reference counts, and the memory limit.
+//! reference counts, the memory limit, and spilling: with a spill directory, an object that
+//! does not fit under the limit makes room by writing other sealed objects to files there
+//! (or goes there itself), a read of a spilled object restores it when it fits again, and
+//! freeing one deletes its file.
 //!
 //! The table is sharded by id so that many submitting threads and workers do not contend on
 //! one lock. Callbacks run after the shard lock is released.
@@ -28,6 +31,16 @@ pub enum StoreError {
         /// The limit.
         limit: u64,
     },
+    /// The object could not be spilled to disk.
+    #[error("cannot spill an object of {needed} bytes to {path}: {reason}")]
+    Spill {
+        /// Size of the object.
+        needed: u64,
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<StoreError> for crate::Error {
@@ -42,6 +55,7 @@ impl From<StoreError> for crate::Error {
                 used,
                 limit,
             },
+            e @ StoreError::Spill { .. } => crate::Error::Runtime(e.to_string()),
         }
     }
 }
@@ -61,6 +75,8 @@ pub type Waiter = Box<dyn FnOnce() + Send>;
 enum State {
     Pending(Vec<Waiter>),
     Ready(Object),
+    /// Sealed, its value in a file of the spill directory.
+    Spilled(std::path::PathBuf),
 }
 
 struct Entry {
@@ -90,6 +106,14 @@ pub struct StoreStats {
     pub used_bytes: u64,
     /// The memory limit.
     pub limit_bytes: u64,
+    /// Bytes of sealed objects now on disk.
+    pub spilled_bytes: u64,
+    /// Objects written to disk so far.
+    pub spilled_objects: u64,
+    /// Spilled objects read back into memory so far.
+    pub restored_objects: u64,
+    /// Whether the table spills (it has a spill directory).
+    pub spilling: bool,
 }
 
 /// The object table of one node.
@@ -97,6 +121,17 @@ pub struct ObjectTable {
     shards: Box<[Mutex<HashMap<ObjectId, Entry>>]>,
     used: AtomicU64,
     limit: u64,
+    spill: Option<Spill>,
+}
+
+/// Where and how much a table spilled.
+struct Spill {
+    dir: std::path::PathBuf,
+    bytes: AtomicU64,
+    written: AtomicU64,
+    restored: AtomicU64,
+    /// The shard the next search for objects to spill starts at (spreads the spilling).
+    next: AtomicU64,
 }
 
 impl std::fmt::Debug for ObjectTable {
@@ -120,7 +155,131 @@ impl ObjectTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             used: AtomicU64::new(0),
             limit,
+            spill: None,
         }
+    }
+
+    /// A table over `limit` bytes that spills to files in `dir` (created when first needed,
+    /// removed by [`ObjectTable::remove_spill_dir`]).
+    pub fn with_spill_dir(limit: u64, dir: std::path::PathBuf) -> Self {
+        let mut t = Self::new(limit);
+        t.spill = Some(Spill {
+            dir,
+            bytes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            restored: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+        });
+        t
+    }
+
+    /// Deletes the spill directory and what is in it (the node is shutting down).
+    pub fn remove_spill_dir(&self) {
+        if let Some(sp) = &self.spill {
+            let _ = std::fs::remove_dir_all(&sp.dir);
+        }
+    }
+
+    fn spill_path(sp: &Spill, id: &ObjectId) -> std::path::PathBuf {
+        sp.dir.join(id.hex())
+    }
+
+    fn write_spill(
+        sp: &Spill,
+        id: &ObjectId,
+        data: &[u8],
+    ) -> Result<std::path::PathBuf, StoreError> {
+        let path = Self::spill_path(sp, id);
+        let fail = |e: std::io::Error| StoreError::Spill {
+            needed: data.len() as u64,
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(&sp.dir).map_err(fail)?;
+        std::fs::write(&path, data).map_err(fail)?;
+        sp.written.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(object = %id, bytes = data.len(), path = %path.display(), "spilled an object to disk");
+        Ok(path)
+    }
+
+    /// Spills sealed objects (other than `keep`) until `needed` more bytes fit under the
+    /// limit, or nothing more can go. Returns whether they fit now.
+    fn make_room(&self, needed: u64, keep: &ObjectId) -> bool {
+        let Some(sp) = &self.spill else {
+            return false;
+        };
+        let fits = || self.used.load(Ordering::Acquire).saturating_add(needed) <= self.limit;
+        let start = sp.next.fetch_add(1, Ordering::Relaxed) as usize;
+        for i in 0..SHARDS {
+            if fits() {
+                return true;
+            }
+            let idx = (start + i) % SHARDS;
+            let over = self
+                .used
+                .load(Ordering::Acquire)
+                .saturating_add(needed)
+                .saturating_sub(self.limit);
+            // Candidates under the lock, files written outside it.
+            let victims: Vec<(ObjectId, Bytes)> = {
+                let shard = self.shards[idx].lock();
+                let mut sum = 0u64;
+                shard
+                    .iter()
+                    .filter_map(|(id, e)| match &e.state {
+                        State::Ready(o) if !o.is_error && e.size > 0 && id != keep => {
+                            Some((*id, o.data.clone()))
+                        }
+                        _ => None,
+                    })
+                    .take_while(|(_, d)| {
+                        let go = sum < over;
+                        sum += d.len() as u64;
+                        go
+                    })
+                    .collect()
+            };
+            for (id, data) in victims {
+                let path = match Self::write_spill(sp, &id, &data) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot spill an object");
+                        return fits();
+                    }
+                };
+                let mut shard = self.shards[idx].lock();
+                let swapped = match shard.get_mut(&id) {
+                    // Still the same value in memory: it lives on disk from now on.
+                    Some(e) if matches!(&e.state, State::Ready(o) if o.data.as_ptr() == data.as_ptr()) =>
+                    {
+                        e.state = State::Spilled(path.clone());
+                        self.used.fetch_sub(e.size, Ordering::AcqRel);
+                        sp.bytes.fetch_add(e.size, Ordering::AcqRel);
+                        true
+                    }
+                    _ => false,
+                };
+                drop(shard);
+                if !swapped {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        fits()
+    }
+
+    /// Room for `size` bytes: reserved in memory (spilling others if need be), or `false`
+    /// when the value has to go to disk itself.
+    fn admit(&self, id: &ObjectId, size: u64) -> Result<bool, StoreError> {
+        match self.reserve(size) {
+            Ok(()) => return Ok(true),
+            Err(e) if self.spill.is_none() => return Err(e),
+            Err(_) => {}
+        }
+        if size <= self.limit && self.make_room(size, id) && self.reserve(size).is_ok() {
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn shard(&self, id: &ObjectId) -> &Mutex<HashMap<ObjectId, Entry>> {
@@ -172,12 +331,15 @@ impl ObjectTable {
             // Already stored (the same put delivered twice): the first value stays.
             return Ok(());
         }
-        if is_error {
+        let state = if is_error {
             // Errors are tiny and must reach their reader even when the store is full.
             self.used.fetch_add(size, Ordering::AcqRel);
+            State::Ready(Object { data, is_error })
+        } else if self.admit(&id, size)? {
+            State::Ready(Object { data, is_error })
         } else {
-            self.reserve(size)?;
-        }
+            self.spilled_state(&id, &data)?
+        };
         for n in &nested {
             self.incref(*n);
         }
@@ -186,13 +348,13 @@ impl ObjectTable {
             match shard.get_mut(&id) {
                 Some(e) => {
                     e.refs += 1;
-                    Self::fill(e, data, nested, is_error, size)
+                    Self::fill(e, state, nested, size)
                 }
                 None => {
                     shard.insert(
                         id,
                         Entry {
-                            state: State::Ready(Object { data, is_error }),
+                            state,
                             refs: 1,
                             nested,
                             size,
@@ -208,22 +370,46 @@ impl ObjectTable {
         Ok(())
     }
 
-    fn fill(
-        e: &mut Entry,
-        data: Bytes,
-        nested: Vec<ObjectId>,
-        is_error: bool,
-        size: u64,
-    ) -> Vec<Waiter> {
-        match std::mem::replace(&mut e.state, State::Ready(Object { data, is_error })) {
+    /// The state of a value written straight to disk (it does not fit in memory at all).
+    fn spilled_state(&self, id: &ObjectId, data: &Bytes) -> Result<State, StoreError> {
+        let Some(sp) = &self.spill else {
+            return Err(StoreError::Full {
+                needed: data.len() as u64,
+                used: self.used.load(Ordering::Relaxed),
+                limit: self.limit,
+            });
+        };
+        let path = Self::write_spill(sp, id, data)?;
+        sp.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
+        Ok(State::Spilled(path))
+    }
+
+    /// Gives back what a state not kept had taken (memory, or its file).
+    fn forget(&self, state: State, size: u64) {
+        match state {
+            State::Ready(_) => {
+                self.used.fetch_sub(size, Ordering::AcqRel);
+            }
+            State::Spilled(path) => {
+                let _ = std::fs::remove_file(path);
+                if let Some(sp) = &self.spill {
+                    sp.bytes.fetch_sub(size, Ordering::AcqRel);
+                }
+            }
+            State::Pending(_) => {}
+        }
+    }
+
+    fn fill(e: &mut Entry, state: State, nested: Vec<ObjectId>, size: u64) -> Vec<Waiter> {
+        match std::mem::replace(&mut e.state, state) {
             State::Pending(w) => {
                 e.nested = nested;
                 e.size = size;
                 w
             }
-            State::Ready(old) => {
+            old => {
                 // Sealed twice (a retried task finishing late): keep the first value.
-                e.state = State::Ready(old);
+                e.state = old;
                 Vec::new()
             }
         }
@@ -234,15 +420,19 @@ impl ObjectTable {
     /// A value over the memory limit is replaced by a store-full error.
     pub fn seal(&self, id: ObjectId, data: Bytes, nested: Vec<ObjectId>, is_error: bool) -> bool {
         let size = data.len() as u64;
-        let reserved = if is_error {
+        let placed = if is_error {
             // Errors are tiny and must reach their reader even when the store is full.
             self.used.fetch_add(size, Ordering::AcqRel);
-            Ok(())
+            Ok(State::Ready(Object { data, is_error }))
         } else {
-            self.reserve(size)
+            match self.admit(&id, size) {
+                Ok(true) => Ok(State::Ready(Object { data, is_error })),
+                Ok(false) => self.spilled_state(&id, &data),
+                Err(e) => Err(e),
+            }
         };
-        let (data, nested, is_error, size) = match reserved {
-            Ok(()) => (data, nested, is_error, size),
+        let (state, nested, size) = match placed {
+            Ok(state) => (state, nested, size),
             Err(e) => {
                 let err: crate::Error = e.into();
                 let enc = crate::codec::encode(&err)
@@ -250,15 +440,21 @@ impl ObjectTable {
                     .unwrap_or_default();
                 let n = enc.len() as u64;
                 self.used.fetch_add(n, Ordering::AcqRel);
-                (enc, Vec::new(), true, n)
+                let obj = Object {
+                    data: enc,
+                    is_error: true,
+                };
+                (State::Ready(obj), Vec::new(), n)
             }
         };
+        let mut state = Some(state);
         let waiters = {
             let mut shard = self.shard(&id).lock();
             match shard.get_mut(&id) {
                 Some(e) if matches!(e.state, State::Pending(_)) => {
                     // Nested refs live in other shards: they are counted after unlocking.
-                    Some(Self::fill(e, data, nested.clone(), is_error, size))
+                    let st = state.take().map_or(State::Pending(Vec::new()), |s| s);
+                    Some(Self::fill(e, st, nested.clone(), size))
                 }
                 _ => None,
             }
@@ -274,7 +470,9 @@ impl ObjectTable {
                 true
             }
             None => {
-                self.used.fetch_sub(size, Ordering::AcqRel);
+                if let Some(st) = state {
+                    self.forget(st, size);
+                }
                 false
             }
         }
@@ -282,20 +480,80 @@ impl ObjectTable {
 
     /// The object's state.
     pub fn lookup(&self, id: &ObjectId) -> Lookup {
-        match self.shard(id).lock().get(id) {
+        let path = match self.shard(id).lock().get(id) {
             Some(Entry {
                 state: State::Ready(o),
                 ..
-            }) => Lookup::Ready(o.clone()),
-            Some(_) => Lookup::Pending,
-            None => Lookup::Missing,
+            }) => return Lookup::Ready(o.clone()),
+            Some(Entry {
+                state: State::Spilled(p),
+                ..
+            }) => p.clone(),
+            Some(_) => return Lookup::Pending,
+            None => return Lookup::Missing,
+        };
+        self.restore(id, &path)
+    }
+
+    /// Reads a spilled object back (on the reading thread), and keeps it in memory again
+    /// when it fits without spilling others.
+    fn restore(&self, id: &ObjectId, path: &std::path::Path) -> Lookup {
+        let data = match std::fs::read(path) {
+            Ok(d) => Bytes::from(d),
+            Err(e) => {
+                // Freed meanwhile (its file went with it), or the disk lost it.
+                if self.shard(id).lock().contains_key(id) {
+                    tracing::error!(object = %id, path = %path.display(), error = %e, "cannot read a spilled object back");
+                    let err = crate::Error::ObjectLost {
+                        id: id.hex(),
+                        reason: format!("its spill file {} is unreadable: {e}", path.display()),
+                    };
+                    let enc = crate::codec::encode(&err)
+                        .map(|e| e.data)
+                        .unwrap_or_default();
+                    return Lookup::Ready(Object {
+                        data: enc,
+                        is_error: true,
+                    });
+                }
+                return Lookup::Missing;
+            }
+        };
+        let size = data.len() as u64;
+        if self.reserve(size).is_ok() {
+            let mut shard = self.shard(id).lock();
+            let back = match shard.get_mut(id) {
+                Some(e) if matches!(&e.state, State::Spilled(p) if p == path) => {
+                    e.state = State::Ready(Object {
+                        data: data.clone(),
+                        is_error: false,
+                    });
+                    true
+                }
+                _ => false,
+            };
+            drop(shard);
+            match (back, &self.spill) {
+                (true, Some(sp)) => {
+                    sp.bytes.fetch_sub(size, Ordering::AcqRel);
+                    sp.restored.fetch_add(1, Ordering::Relaxed);
+                    let _ = std::fs::remove_file(path);
+                }
+                _ => {
+                    self.used.fetch_sub(size, Ordering::AcqRel);
+                }
+            }
         }
+        Lookup::Ready(Object {
+            data,
+            is_error: false,
+        })
     }
 
     /// The objects a sealed object's value refers to (empty if none, or not sealed here).
     pub fn nested_of(&self, id: &ObjectId) -> Vec<ObjectId> {
         match self.shard(id).lock().get(id) {
-            Some(e) if matches!(e.state, State::Ready(_)) => e.nested.clone(),
+            Some(e) if matches!(e.state, State::Ready(_) | State::Spilled(_)) => e.nested.clone(),
             _ => Vec::new(),
         }
     }
@@ -313,7 +571,7 @@ impl ObjectTable {
         matches!(
             self.shard(id).lock().get(id),
             Some(Entry {
-                state: State::Ready(_),
+                state: State::Ready(_) | State::Spilled(_),
                 ..
             })
         )
@@ -358,15 +616,19 @@ impl ObjectTable {
                 shard.remove(&id)
             };
             if let Some(e) = freed {
-                self.used.fetch_sub(e.size, Ordering::AcqRel);
                 work.extend(e.nested);
                 match e.state {
                     State::Pending(ws) => {
+                        self.used.fetch_sub(e.size, Ordering::AcqRel);
                         for w in ws {
                             w();
                         }
                     }
-                    State::Ready(o) => super::buffers::recycle(o.data),
+                    State::Ready(o) => {
+                        self.used.fetch_sub(e.size, Ordering::AcqRel);
+                        super::buffers::recycle(o.data);
+                    }
+                    spilled @ State::Spilled(_) => self.forget(spilled, e.size),
                 }
             }
         }
@@ -380,10 +642,16 @@ impl ObjectTable {
     /// Counters.
     pub fn stats(&self) -> StoreStats {
         let objects = self.shards.iter().map(|s| s.lock().len() as u64).sum();
+        let sp = self.spill.as_ref();
+        let read = |f: fn(&Spill) -> &AtomicU64| sp.map_or(0, |s| f(s).load(Ordering::Relaxed));
         StoreStats {
             objects,
             used_bytes: self.used.load(Ordering::Relaxed),
             limit_bytes: self.limit,
+            spilled_bytes: read(|s| &s.bytes),
+            spilled_objects: read(|s| &s.written),
+            restored_objects: read(|s| &s.restored),
+            spilling: sp.is_some(),
         }
     }
 
@@ -395,7 +663,8 @@ impl ObjectTable {
                 if out.len() >= limit {
                     return out;
                 }
-                out.push((*id, e.size, matches!(e.state, State::Ready(_)), e.refs));
+                let sealed = matches!(e.state, State::Ready(_) | State::Spilled(_));
+                out.push((*id, e.size, sealed, e.refs));
             }
         }
         out
@@ -422,6 +691,75 @@ mod tests {
         t.decref(id);
         assert!(matches!(t.lookup(&id), Lookup::Missing));
         assert_eq!(t.stats().used_bytes, 0);
+    }
+
+    fn files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |rd| rd.count())
+    }
+
+    #[test]
+    fn objects_past_the_limit_spill_and_come_back_intact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spill = dir.path().join("spill");
+        let t = ObjectTable::with_spill_dir(100, spill.clone());
+        let ids: Vec<ObjectId> = (0..5).map(|_| ObjectId::new()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            t.put(*id, Bytes::from(vec![i as u8; 40]), vec![], false)
+                .expect("a put never fails while the disk has room");
+        }
+        let s = t.stats();
+        assert!(s.used_bytes <= 100, "{s:?}");
+        assert_eq!(s.used_bytes + s.spilled_bytes, 200, "{s:?}");
+        assert!(s.spilled_objects >= 3, "{s:?}");
+        assert_eq!(files_in(&spill) as u64 * 40, s.spilled_bytes);
+        for (i, id) in ids.iter().enumerate() {
+            assert!(t.is_ready(id));
+            let o = t.get(id).expect("sealed");
+            assert_eq!(o.data, Bytes::from(vec![i as u8; 40]), "object {i} intact");
+        }
+        // Freeing deletes the files of spilled objects.
+        for id in &ids {
+            t.decref(*id);
+        }
+        let s = t.stats();
+        assert_eq!((s.used_bytes, s.spilled_bytes), (0, 0), "{s:?}");
+        assert_eq!(files_in(&spill), 0);
+        t.remove_spill_dir();
+        assert!(!spill.exists());
+    }
+
+    #[test]
+    fn an_object_bigger_than_the_store_goes_to_disk_and_a_read_restores_when_it_fits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = ObjectTable::with_spill_dir(100, dir.path().join("s"));
+        let big = ObjectId::new();
+        t.create_pending(big);
+        assert!(t.seal(big, Bytes::from(vec![9u8; 150]), vec![], false));
+        assert_eq!(t.stats().spilled_bytes, 150);
+        assert_eq!(t.get(&big).map(|o| o.data.len()), Some(150));
+        assert_eq!(
+            t.stats().restored_objects,
+            0,
+            "it does not fit: read from disk"
+        );
+        let small = ObjectId::new();
+        t.put(small, Bytes::from(vec![1u8; 60]), vec![], false)
+            .expect("put");
+        t.put(ObjectId::new(), Bytes::from(vec![2u8; 60]), vec![], false)
+            .expect("put");
+        assert_eq!(
+            t.stats().used_bytes,
+            60,
+            "the first one spilled for the second"
+        );
+        t.decref(big);
+        // The spilled small one is read back into memory once there is room.
+        let spilled_small = t.stats().spilled_bytes == 60;
+        let o = t.get(&small).expect("sealed");
+        assert_eq!(o.data, Bytes::from(vec![1u8; 60]));
+        if spilled_small {
+            assert_eq!(t.stats().spilled_bytes, 60, "no room yet: still on disk");
+        }
     }
 
     #[test]
