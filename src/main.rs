@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod cli_target;
 mod job_cli;
+mod state_cli;
+
+use cli_target::fail;
 
 #[derive(Parser)]
 #[command(
@@ -162,6 +166,8 @@ enum Command {
         #[command(subcommand)]
         command: job_cli::JobCommand,
     },
+    #[command(flatten)]
+    State(state_cli::StateCommand),
     /// Runs the workloads of `ray microbenchmark`, printed in Ray's format.
     Microbenchmark {
         /// Worker mode(s) to measure.
@@ -189,11 +195,6 @@ enum Command {
         #[command(flatten)]
         timing: Timing,
     },
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("mobula: {msg}");
-    ExitCode::FAILURE
 }
 
 fn init_logs() {
@@ -368,6 +369,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Job { command } => job_cli::run(command),
+        Command::State(command) => state_cli::run(command),
         Command::Microbenchmark { mode, timing } => {
             let cfg = timing.config(match mode {
                 Mode::Thread => vec![mobula::WorkerMode::Thread],
