@@ -68,4 +68,3 @@ pub fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("mobula: {msg}");
     ExitCode::FAILURE
 }
-

@@ -273,7 +273,11 @@ fn try_run(cmd: StateCommand) -> Res<()> {
             };
             match filename {
                 Some(f) if !f.contains(['*', '?']) => {
-                    let q = [(node.0, node.1.as_str()), ("filename", &f), ("lines", &lines)];
+                    let q = [
+                        (node.0, node.1.as_str()),
+                        ("filename", &f),
+                        ("lines", &lines),
+                    ];
                     print_text(&c.get_query("/api/v0/logs/file", &q)?);
                     Ok(())
                 }
@@ -461,7 +465,10 @@ fn summary(c: &WebClient, what: Summarized, format: SummaryFormat) -> Res<()> {
         mobula::cluster::utc_now()
     );
     if let Value::Object(m) = s {
-        for (k, v) in m.iter().filter(|(k, v)| k.starts_with("total") && !v.is_object()) {
+        for (k, v) in m
+            .iter()
+            .filter(|(k, v)| k.starts_with("total") && !v.is_object())
+        {
             println!("{k}: {}", cell(v));
         }
     }
@@ -469,13 +476,14 @@ fn summary(c: &WebClient, what: Summarized, format: SummaryFormat) -> Res<()> {
         "\nTable (group by {}):\n{rule}",
         s["summary_by"].as_str().unwrap_or("?")
     );
-    print!("{}", summary_table(&s["summary"]));
+    print!("{}", summary_table(&s["summary"], s["summary_by"].as_str()));
     Ok(())
 }
 
 /// A summary's groups as a table: each group's scalar fields, a column per state of its
-/// `state_counts`, other counts as `k: n` lists; a `TOTAL` row sums the state columns.
-fn summary_table(groups: &Value) -> String {
+/// `state_counts`, other counts as `k: n` lists; a `TOTAL` row sums the state columns. A
+/// group whose fields do not name it gets a first column (`by`, e.g. `callsite`) that does.
+fn summary_table(groups: &Value, by: Option<&str>) -> String {
     let Value::Object(groups) = groups else {
         return String::new();
     };
@@ -487,6 +495,9 @@ fn summary_table(groups: &Value) -> String {
         .into_iter()
         .collect();
     states.sort_by_key(|s| mobula::actors::history::TaskState::rank_of(s));
+    let named = groups
+        .iter()
+        .all(|(k, g)| g.as_object().is_some_and(|m| m.values().any(|v| v == k)));
     let mut headers: Vec<String> = Vec::new();
     for g in groups.values() {
         if let Value::Object(m) = g {
@@ -501,8 +512,8 @@ fn summary_table(groups: &Value) -> String {
     let mut totals = vec![0u64; states.len()];
     for (name, g) in groups {
         let mut row: Vec<String> = headers.iter().map(|h| cell(&g[h.as_str()])).collect();
-        if headers.is_empty() {
-            row.push(name.clone());
+        if !named {
+            row.insert(0, name.clone());
         }
         for (i, s) in states.iter().enumerate() {
             let n = g["state_counts"][s.as_str()].as_u64().unwrap_or(0);
@@ -511,14 +522,14 @@ fn summary_table(groups: &Value) -> String {
         }
         rows.push(row);
     }
+    if !named {
+        headers.insert(0, by.unwrap_or("group").to_string());
+    }
     if !states.is_empty() {
         let mut total = vec![String::new(); headers.len().max(1)];
         total[0] = "TOTAL".to_string();
         total.extend(totals.iter().map(u64::to_string));
         rows.push(total);
-    }
-    if headers.is_empty() {
-        headers.push("name".to_string());
     }
     headers.extend(states);
     table(&headers, &rows, false)
@@ -535,14 +546,19 @@ fn timeline(c: &WebClient, output: Option<PathBuf>, job: Option<&str>) -> Res<()
         .and_then(|v| v.as_array().map(Vec::len))
         .ok_or_else(|| ClientError::Malformed(format!("not a trace: {body:.200}")))?;
     let path = output.unwrap_or_else(|| {
-        let t = mobula::cluster::utc_now().replace(' ', "_").replace(':', "-");
+        let t = mobula::cluster::utc_now()
+            .replace(' ', "_")
+            .replace(':', "-");
         PathBuf::from(format!("timeline-{t}.json"))
     });
     std::fs::write(&path, body).map_err(|source| StateCliError::Write {
         path: path.clone(),
         source,
     })?;
-    println!("Trace file written to {} ({n} task events).", path.display());
+    println!(
+        "Trace file written to {} ({n} task events).",
+        path.display()
+    );
     println!(
         "Open it in Chrome at chrome://tracing (Load), or at https://ui.perfetto.dev (Open trace file)."
     );
@@ -614,11 +630,17 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
-/// A value as one table cell: strings as they are, nothing for null, JSON otherwise.
+/// A value as one table cell: strings as they are, nothing for null, a map of scalars as
+/// `k: v, ...`, JSON otherwise.
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.replace('\n', " "),
+        Value::Object(m) if m.values().all(|v| !is_block(v)) => m
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", cell(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }
@@ -658,7 +680,12 @@ fn table(headers: &[String], rows: &[Vec<String>], numbered: bool) -> String {
             .collect(),
     );
     for (i, r) in rows.iter().enumerate() {
-        lines.push(index(Some(i)).into_iter().chain(r.iter().cloned()).collect());
+        lines.push(
+            index(Some(i))
+                .into_iter()
+                .chain(r.iter().cloned())
+                .collect(),
+        );
     }
     let cols = lines.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -743,13 +770,19 @@ fn scalar(v: &Value) -> String {
                 && s.trim() == s
                 && !s.contains(['\n', '#', '"', '\''])
                 && !s.contains(": ")
-                && !s.starts_with(['-', '[', '{', '*', '&', '!', '|', '>', '%', '@', '`', '?', ':'])
+                && !s.starts_with([
+                    '-', '[', '{', '*', '&', '!', '|', '>', '%', '@', '`', '?', ':',
+                ])
                 && s.parse::<f64>().is_err()
                 && !matches!(
                     s.to_ascii_lowercase().as_str(),
                     "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~"
                 );
-            if plain { s.clone() } else { Value::from(s.as_str()).to_string() }
+            if plain {
+                s.clone()
+            } else {
+                Value::from(s.as_str()).to_string()
+            }
         }
         other => other.to_string(),
     }
@@ -786,15 +819,30 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let rows = vec![json!({"id": "a", "state": "ALIVE"}), json!({"id": "bbb", "x": 1})];
+        let rows = vec![
+            json!({"id": "a", "state": "ALIVE"}),
+            json!({"id": "bbb", "x": 1}),
+        ];
         assert_eq!(
             row_table(&rows),
             "   ID   STATE  X\n0  a    ALIVE\n1  bbb         1\n"
         );
         let s = json!({"f": {"func_or_class_name": "f", "type": "NORMAL_TASK",
             "state_counts": {"FINISHED": 2, "RUNNING": 1}}});
-        let t = summary_table(&s);
-        assert!(t.starts_with("FUNC_OR_CLASS_NAME  TYPE         RUNNING  FINISHED\n"), "{t}");
-        assert!(t.ends_with("TOTAL                            1        2\n"), "{t}");
+        let t = summary_table(&s, Some("func_name"));
+        assert!(
+            t.starts_with("FUNC_OR_CLASS_NAME  TYPE         RUNNING  FINISHED\n"),
+            "{t}"
+        );
+        assert!(
+            t.ends_with("TOTAL                            1        2\n"),
+            "{t}"
+        );
+        let o =
+            json!({"disabled": {"total_objects": 2, "ref_type_counts": {"LOCAL_REFERENCE": 2}}});
+        assert_eq!(
+            summary_table(&o, Some("callsite")),
+            "CALLSITE  TOTAL_OBJECTS  REF_TYPE_COUNTS\ndisabled  2              LOCAL_REFERENCE: 2\n"
+        );
     }
 }
