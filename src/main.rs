@@ -253,7 +253,7 @@ fn main() -> ExitCode {
         } => {
             let resources = match resources.as_deref().map(parse_resources).transpose() {
                 Ok(r) => r.unwrap_or_default(),
-                Err(e) => return fail(&e),
+                Err(e) => return fail(e),
             };
             let opts = mobula::cluster::StartOptions {
                 head,
@@ -282,7 +282,7 @@ fn main() -> ExitCode {
                 init_logs();
                 return match mobula::cluster::run_node(opts) {
                     Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(&e.to_string()),
+                    Err(e) => fail(e),
                 };
             }
             let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -338,7 +338,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(&e.to_string()),
+                Err(e) => fail(e),
             }
         }
         Command::Status {
@@ -353,7 +353,7 @@ fn main() -> ExitCode {
                     print!("{}", mobula::cluster::format_status(&r));
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(&e.to_string()),
+                Err(e) => fail(e),
             }
         }
         Command::Stop {
@@ -366,7 +366,7 @@ fn main() -> ExitCode {
                 println!("stopped {n} mobula node process(es) of {}", d.dir.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&e.to_string()),
+            Err(e) => fail(e),
         },
         Command::Job { command } => job_cli::run(command),
         Command::State(command) => state_cli::run(command),

@@ -265,7 +265,8 @@ fn try_run(cmd: StateCommand) -> Res<()> {
             let lines = tail.to_string();
             if let Some(sid) = submission_id {
                 let q = [("submission_id", sid.as_str()), ("lines", &lines)];
-                return Ok(print_text(&c.get_query("/api/v0/logs/file", &q)?));
+                print_text(&c.get_query("/api/v0/logs/file", &q)?);
+                return Ok(());
             }
             let node = match &node_ip {
                 Some(ip) => ("node_ip", ip.clone()),

@@ -222,37 +222,15 @@ fn rays_cli_in_token_mode() {
     assert!(out.contains("invalid"), "{out}");
 }
 
-#[mobula::actor]
-pub struct Tally {
-    n: u64,
-}
-
-#[mobula::actor]
-impl Tally {
-    pub fn new() -> Self {
-        Tally { n: 0 }
-    }
-
-    pub fn add(&mut self, v: u64) -> u64 {
-        self.n += v;
-        self.n
-    }
-}
-
-#[mobula::remote]
-fn ray_cli_probe(x: u64) -> u64 {
-    x + 1
-}
-
 #[test]
 fn rays_state_cli_works_unchanged() {
     mobula::worker_entry();
     let Some(v) = venv() else { return };
     let c = common::cluster::cluster();
     let rt = common::cluster::connect(&c);
-    let refs: Vec<_> = (0..3).map(|i| ray_cli_probe::remote(&rt, i)).collect();
-    assert_eq!(rt.get_all(&refs).expect("tasks"), vec![1, 2, 3]);
-    let tally = Tally::remote(&rt).expect("actor");
+    let refs: Vec<_> = (0..3).map(|_| common::where_am_i::remote(&rt)).collect();
+    rt.get_all(&refs).expect("tasks");
+    let tally = common::Tally::remote(&rt).expect("actor");
     assert_eq!(rt.get(&tally.add(2)).expect("call"), 2);
     let actor_id = tally.id().hex();
     let url = c.dashboard();
@@ -273,13 +251,13 @@ fn rays_state_cli_works_unchanged() {
     let (code, out) = ray(&v, &["list", "tasks", "--address", a], &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ray_cli_probe") && out.contains("Tally.add"),
+        out.contains("where_am_i") && out.contains("Tally.add"),
         "{out}"
     );
     let (code, out) = ray(&v, &["summary", "tasks", "--address", a], &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ray_cli_probe") && out.contains("NORMAL_TASK"),
+        out.contains("where_am_i") && out.contains("NORMAL_TASK"),
         "{out}"
     );
     let (code, out) = ray(&v, &["get", "actors", &actor_id, "--address", a], &[]);

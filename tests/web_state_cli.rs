@@ -8,29 +8,8 @@ mod common;
 use std::process::Command;
 
 use common::cluster::{BIN, Cluster, cluster, connect, head_with};
+use common::{Tally, where_am_i};
 use serde_json::Value;
-
-#[mobula::actor]
-pub struct Counter {
-    n: u64,
-}
-
-#[mobula::actor]
-impl Counter {
-    pub fn new() -> Self {
-        Counter { n: 0 }
-    }
-
-    pub fn add(&mut self, v: u64) -> u64 {
-        self.n += v;
-        self.n
-    }
-}
-
-#[mobula::remote]
-fn where_am_i() -> mobula::Result<String> {
-    Ok(mobula::runtime()?.node_id().hex())
-}
 
 /// What one run of the CLI did.
 struct Out {
@@ -93,7 +72,7 @@ fn the_state_cli_lists_gets_summarizes_traces_and_reads_logs() {
         .map(|_| where_am_i::options(spread.clone()).remote(&rt))
         .collect();
     rt.get_all(&refs).expect("tasks");
-    let counter = Counter::remote(&rt).expect("actor");
+    let counter = Tally::remote(&rt).expect("actor");
     assert_eq!(rt.get(&counter.add(5)).expect("call"), 5);
     let actor_id = counter.id().hex();
     let big = rt.put(&vec![7u8; 1 << 20]).expect("put");
@@ -145,7 +124,7 @@ fn the_state_cli_lists_gets_summarizes_traces_and_reads_logs() {
     // list actors --filter state=ALIVE shows the actor; state!=ALIVE does not.
     let o = ok(&c, "list", &["actors", "--filter", "state=ALIVE"]);
     assert!(
-        o.stdout.contains(&actor_id) && o.stdout.contains("Counter"),
+        o.stdout.contains(&actor_id) && o.stdout.contains("Tally"),
         "{o}"
     );
     assert!(o.stdout.contains("ACTOR_ID") && o.stdout.contains("ALIVE"));
@@ -189,7 +168,7 @@ fn the_state_cli_lists_gets_summarizes_traces_and_reads_logs() {
     let o = ok(&c, "get", &["actors", &actor_id[..10]]);
     assert!(
         o.stdout.contains(&format!("actor_id: {actor_id}"))
-            && o.stdout.contains("class_name: Counter")
+            && o.stdout.contains("class_name: Tally")
             && o.stdout.contains("state: ALIVE")
             && o.stdout.contains("required_resources:"),
         "{o}"
@@ -237,7 +216,7 @@ fn the_state_cli_lists_gets_summarizes_traces_and_reads_logs() {
         o.stdout.contains("ALIVE")
             && o.stdout
                 .lines()
-                .any(|l| l.starts_with("Counter ") && l.split_whitespace().any(|w| w == "1")),
+                .any(|l| l.starts_with("Tally ") && l.split_whitespace().any(|w| w == "1")),
         "{o}"
     );
     let o = ok(&c, "summary", &["objects"]);
