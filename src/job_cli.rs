@@ -6,23 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use mobula::web::client::{ClientError, JobClient};
-use serde_json::{Value, json};
+use mobula::web::client::{ClientError, WebClient};
 
-/// Where the Jobs API is and how to authenticate.
-#[derive(clap::Args)]
-pub struct Target {
-    /// `http://HOST:PORT` of the head's dashboard (default: MOBULA_DASHBOARD_ADDRESS,
-    /// RAY_API_SERVER_ADDRESS or an http RAY_ADDRESS, else the cluster under --temp-dir).
-    #[arg(long)]
-    address: Option<String>,
-    /// Root of the cluster directories (to find the dashboard and its token).
-    #[arg(long, default_value = "/tmp/mobula")]
-    temp_dir: PathBuf,
-    /// The token to send (default: MOBULA_AUTH_TOKEN, RAY_AUTH_TOKEN, or the cluster's).
-    #[arg(long)]
-    auth_token: Option<String>,
-}
+use crate::cli_target::{Target, fail};
+use serde_json::{Value, json};
 
 #[derive(Subcommand)]
 pub enum JobCommand {
@@ -102,55 +89,12 @@ pub enum JobCommand {
     },
 }
 
-impl Target {
-    fn client(&self) -> Result<JobClient, String> {
-        let dir = mobula::cluster::pick_cluster(&self.temp_dir, None).ok();
-        let env_url = [
-            "MOBULA_DASHBOARD_ADDRESS",
-            "RAY_API_SERVER_ADDRESS",
-            "RAY_ADDRESS",
-        ]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .find(|v| v.starts_with("http://") || v.starts_with("https://"));
-        let url = match (self.address.clone().or(env_url), &dir) {
-            (Some(u), _) => u,
-            (None, Some(d)) => d
-                .read_head()
-                .ok()
-                .and_then(|h| h.dashboard)
-                .ok_or_else(|| {
-                    format!(
-                        "the cluster in {} serves no dashboard; pass --address http://HOST:PORT",
-                        d.dir.display()
-                    )
-                })?,
-            (None, None) => {
-                return Err(format!(
-                    "no cluster under {} and no --address http://HOST:PORT",
-                    self.temp_dir.display()
-                ));
-            }
-        };
-        let token = self
-            .auth_token
-            .clone()
-            .or_else(|| mobula::web::auth::client_token(dir.as_ref().map(|d| d.dir.as_path())));
-        Ok(JobClient::new(&url, token))
-    }
-}
-
 fn terminal(status: &str) -> bool {
     matches!(status, "SUCCEEDED" | "FAILED" | "STOPPED")
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("mobula: {msg}");
-    ExitCode::FAILURE
-}
-
 /// Waits for a job to leave PENDING, with a spinner.
-fn await_start(c: &JobClient, sid: &str) -> Result<(), ClientError> {
+fn await_start(c: &WebClient, sid: &str) -> Result<(), ClientError> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("waiting for job '{sid}' to start"));
     spinner.enable_steady_tick(Duration::from_millis(100));
@@ -166,7 +110,7 @@ fn await_start(c: &JobClient, sid: &str) -> Result<(), ClientError> {
 }
 
 /// Prints how a job ended; exit 1 if it failed.
-fn report_end(c: &JobClient, sid: &str) -> ExitCode {
+fn report_end(c: &WebClient, sid: &str) -> ExitCode {
     let v = match c.job(sid) {
         Ok(v) => v,
         Err(e) => return fail(e),
@@ -191,7 +135,7 @@ fn report_end(c: &JobClient, sid: &str) -> ExitCode {
     }
 }
 
-fn follow(c: &JobClient, sid: &str) -> Result<(), ClientError> {
+fn follow(c: &WebClient, sid: &str) -> Result<(), ClientError> {
     use std::io::Write;
     c.tail(sid, |t| {
         let mut out = std::io::stdout();

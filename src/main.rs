@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod cli_target;
 mod job_cli;
+mod state_cli;
+
+use cli_target::fail;
 
 #[derive(Parser)]
 #[command(
@@ -179,6 +183,8 @@ enum Command {
         #[command(subcommand)]
         command: job_cli::JobCommand,
     },
+    #[command(flatten)]
+    State(state_cli::StateCommand),
     /// Runs the workloads of `ray microbenchmark`, printed in Ray's format.
     Microbenchmark {
         /// Worker mode(s) to measure.
@@ -206,11 +212,6 @@ enum Command {
         #[command(flatten)]
         timing: Timing,
     },
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("mobula: {msg}");
-    ExitCode::FAILURE
 }
 
 fn init_logs() {
@@ -273,7 +274,7 @@ fn main() -> ExitCode {
         } => {
             let resources = match resources.as_deref().map(parse_resources).transpose() {
                 Ok(r) => r.unwrap_or_default(),
-                Err(e) => return fail(&e),
+                Err(e) => return fail(e),
             };
             let mut memory_monitor = mobula::MemoryMonitorConfig::from_env();
             if let Some(t) = memory_usage_threshold {
@@ -317,7 +318,7 @@ fn main() -> ExitCode {
                 init_logs();
                 return match mobula::cluster::run_node(opts) {
                     Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(&e.to_string()),
+                    Err(e) => fail(e),
                 };
             }
             let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -373,7 +374,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(&e.to_string()),
+                Err(e) => fail(e),
             }
         }
         Command::Status {
@@ -388,7 +389,7 @@ fn main() -> ExitCode {
                     print!("{}", mobula::cluster::format_status(&r));
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(&e.to_string()),
+                Err(e) => fail(e),
             }
         }
         Command::Stop {
@@ -401,9 +402,10 @@ fn main() -> ExitCode {
                 println!("stopped {n} mobula node process(es) of {}", d.dir.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&e.to_string()),
+            Err(e) => fail(e),
         },
         Command::Job { command } => job_cli::run(command),
+        Command::State(command) => state_cli::run(command),
         Command::Microbenchmark { mode, timing } => {
             let cfg = timing.config(match mode {
                 Mode::Thread => vec![mobula::WorkerMode::Thread],

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::Tally;
 use std::time::Duration;
 
 use mobula::{ActorOptions, Config, Error};
@@ -23,22 +24,6 @@ fn sum_of_squares(n: u64) -> mobula::Result<u64> {
     let rt = mobula::runtime()?;
     let refs: Vec<_> = (1..=n).map(|i| sq::remote(&rt, i)).collect();
     Ok(rt.get_all(&refs)?.iter().sum())
-}
-
-#[mobula::actor]
-pub struct Tally {
-    n: u64,
-}
-
-#[mobula::actor]
-impl Tally {
-    pub fn new() -> Self {
-        Tally { n: 0 }
-    }
-    pub fn add(&mut self, v: u64) -> u64 {
-        self.n += v;
-        self.n
-    }
 }
 
 #[test]

@@ -8,32 +8,11 @@
 
 mod common;
 
+use common::{Tally, where_am_i};
 use std::time::Instant;
 
 use common::cluster::cluster;
 use mobula::{ActorOptions, Config};
-
-#[mobula::actor]
-pub struct Tally {
-    n: u64,
-}
-
-#[mobula::actor]
-impl Tally {
-    pub fn new() -> Self {
-        Tally { n: 0 }
-    }
-
-    pub fn add(&mut self, v: u64) -> u64 {
-        self.n += v;
-        self.n
-    }
-}
-
-#[mobula::remote]
-fn where_am_i() -> mobula::Result<String> {
-    Ok(mobula::runtime()?.node_id().hex())
-}
 
 fn alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the process exists.

@@ -1,7 +1,8 @@
 //! Ray's own job CLI and Python SDK (`pip install "ray[default]"`), unchanged, against a
 //! mobula head: submit (success and failure exit codes), status, logs, follow, stop, list,
 //! delete, `--submission-id`, `--metadata-json`, `--entrypoint-num-cpus`, `--working-dir`,
-//! `JobSubmissionClient`, and token mode. Ray comes from the venv in `MOBULA_RAY_VENV`
+//! `JobSubmissionClient`, and token mode; and its state CLI (`ray list actors | tasks |
+//! nodes`, `ray summary tasks`, `ray get actors`) against a 2-node cluster a driver used. Ray comes from the venv in `MOBULA_RAY_VENV`
 //! (default `~/.cache/ray-web-venv`, which `.ci/run` creates); without it the tests say so
 //! and pass.
 
@@ -219,4 +220,57 @@ fn rays_cli_in_token_mode() {
     );
     assert_ne!(code, 0, "a wrong token: {out}");
     assert!(out.contains("invalid"), "{out}");
+}
+
+#[test]
+fn rays_state_cli_works_unchanged() {
+    mobula::worker_entry();
+    let Some(v) = venv() else { return };
+    let c = common::cluster::cluster();
+    let rt = common::cluster::connect(&c);
+    let refs: Vec<_> = (0..3).map(|_| common::where_am_i::remote(&rt)).collect();
+    rt.get_all(&refs).expect("tasks");
+    let tally = common::Tally::remote(&rt).expect("actor");
+    assert_eq!(rt.get(&tally.add(2)).expect("call"), 2);
+    let actor_id = tally.id().hex();
+    let url = c.dashboard();
+    let a = url.as_str();
+    let (status, body) = common::http::get(&format!("{url}/api/v0/nodes"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let nodes: Vec<String> = common::http::json(&body)["data"]["result"]["result"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|n| n["node_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(nodes.len(), 2, "{body}");
+
+    let (code, out) = ray(&v, &["list", "actors", "--address", a], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&actor_id) && out.contains("Tally"), "{out}");
+    let (code, out) = ray(&v, &["list", "tasks", "--address", a], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("where_am_i") && out.contains("Tally.add"),
+        "{out}"
+    );
+    let (code, out) = ray(&v, &["summary", "tasks", "--address", a], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("where_am_i") && out.contains("NORMAL_TASK"),
+        "{out}"
+    );
+    let (code, out) = ray(&v, &["get", "actors", &actor_id, "--address", a], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("actor_id: {actor_id}")) && out.contains("class_name: Tally"),
+        "{out}"
+    );
+    let (code, out) = ray(&v, &["list", "nodes", "--address", a], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        nodes.iter().all(|n| out.contains(n.as_str())) && out.contains("127.0.0.1"),
+        "{out}"
+    );
+    drop(rt);
 }

@@ -2451,7 +2451,8 @@ fn human_bytes(b: f64) -> String {
     }
 }
 
-fn utc_now() -> String {
+/// The time now in UTC, `YYYY-MM-DD HH:MM:SS` (headers of the CLI's reports).
+pub fn utc_now() -> String {
     let secs = now_ms() / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -1,5 +1,7 @@
-//! A client of the Jobs API (`mobula job`): blocking HTTP over ureq, the log tail over a
-//! WebSocket (tungstenite), working-dir uploads as Ray's CLI does them.
+//! A client of the head's web API: the Jobs API (`mobula job`: blocking HTTP over ureq, the
+//! log tail over a WebSocket (tungstenite), working-dir uploads as Ray's CLI does them) and
+//! the state API (`mobula list | get | summary | timeline | logs`: `GET`s with a query,
+//! Ray's envelope unwrapped).
 
 use std::io::Write;
 use std::path::Path;
@@ -35,14 +37,14 @@ pub enum ClientError {
 
 type Res<T> = Result<T, ClientError>;
 
-/// The Jobs API of one head.
-pub struct JobClient {
+/// The web API (Jobs and state) of one head.
+pub struct WebClient {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
 }
 
-impl JobClient {
+impl WebClient {
     /// A client of `base` (`http://host:port`), sending `token` if given.
     pub fn new(base: &str, token: Option<String>) -> Self {
         let agent = ureq::Agent::config_builder()
@@ -75,6 +77,13 @@ impl JobClient {
         let status = r.status().as_u16();
         let body = r.body_mut().read_to_string().unwrap_or_default();
         if status >= 400 {
+            // The state API's errors are Ray's envelope: its `msg` is the message.
+            let body = match serde_json::from_str::<Value>(&body) {
+                Ok(v) if v["msg"].as_str().is_some_and(|m| !m.is_empty()) => {
+                    v["msg"].as_str().unwrap_or_default().to_string()
+                }
+                _ => body,
+            };
             return Err(ClientError::Status { status, body });
         }
         Ok(body)
@@ -85,9 +94,29 @@ impl JobClient {
     }
 
     fn get(&self, path: &str) -> Res<String> {
+        self.get_query(path, &[])
+    }
+
+    /// `GET path?query` (the pairs URL-encoded): the body of a successful answer.
+    pub fn get_query(&self, path: &str, query: &[(&str, &str)]) -> Res<String> {
         let url = format!("{}{path}", self.base);
-        let r = self.auth(self.agent.get(&url)).call();
+        let r = self
+            .auth(self.agent.get(&url))
+            .query_pairs(query.iter().copied())
+            .call();
         self.finish(&url, r)
+    }
+
+    /// A state-API answer (`/api/v0/...`): the `data.result` of Ray's envelope.
+    pub fn state(&self, path: &str, query: &[(&str, &str)]) -> Res<Value> {
+        let v = Self::json(&self.get_query(path, query)?)?;
+        if v["result"] != Value::Bool(true) {
+            return Err(ClientError::Malformed(match v["msg"].as_str() {
+                Some(m) if !m.is_empty() => m.to_string(),
+                _ => v.to_string(),
+            }));
+        }
+        Ok(v["data"]["result"].clone())
     }
 
     fn post(&self, path: &str, body: &str) -> Res<String> {

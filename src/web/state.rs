@@ -170,18 +170,36 @@ fn unavailable(e: impl std::fmt::Display) -> StateError {
     StateError::Unavailable(format!("gcs: {e}"))
 }
 
+/// Each alive node's address, read off its workers' rows (a node lists its workers with
+/// it); a node without workers is missing.
+async fn node_ips(st: &WebState) -> HashMap<String, String> {
+    let mut ips = HashMap::new();
+    if let Ok(answers) = ask(st, StateQuery::Workers, None).await {
+        for a in answers {
+            if let Ok(Value::Array(rows)) = &a.result
+                && let Some(ip) = rows.iter().find_map(|r| r["ip"].as_str())
+            {
+                ips.insert(a.node_id, ip.to_string());
+            }
+        }
+    }
+    ips
+}
+
 async fn node_rows(st: &WebState) -> Res<Vec<Value>> {
     let status = st
         .status()
         .await
         .ok_or_else(|| StateError::Unavailable("the daemon loop did not answer".to_string()))?;
+    // Ray's `NodeState` wants `node_ip` a string: "" when unknown.
+    let ips = node_ips(st).await;
     Ok(status
         .nodes
         .iter()
         .map(|n| {
             json!({
                 "node_id": n.node_id,
-                "node_ip": null,
+                "node_ip": ips.get(&n.node_id).cloned().unwrap_or_default(),
                 "is_head_node": n.is_head,
                 "state": if n.alive { "ALIVE" } else { "DEAD" },
                 "state_message": null,
@@ -283,9 +301,21 @@ pub fn merge_tasks(rows: Vec<Value>) -> Vec<Value> {
     out
 }
 
+/// Fields Ray's `TaskState` requires to be strings (`ray list tasks` rejects a null one):
+/// unknown ones are sent as "".
+const TASK_STRINGS: &[&str] = &["parent_task_id", "job_id"];
+
 async fn task_rows(st: &WebState) -> Res<(Vec<Value>, String)> {
     let (rows, w) = gathered(st, StateQuery::Tasks).await?;
-    Ok((merge_tasks(rows), w))
+    let mut rows = merge_tasks(rows);
+    for r in &mut rows {
+        for f in TASK_STRINGS {
+            if r[*f].is_null() {
+                r[*f] = "".into();
+            }
+        }
+    }
+    Ok((rows, w))
 }
 
 const ACTOR_DETAIL: &[&str] = &[
@@ -578,15 +608,8 @@ async fn log_node(
                 .to_string(),
         ));
     };
-    // Each node lists its workers with its address: find a node by it.
-    if let Ok(answers) = ask(st, StateQuery::Workers, None).await {
-        for a in answers {
-            if let Ok(Value::Array(rows)) = &a.result
-                && rows.iter().any(|r| r["ip"].as_str() == Some(ip))
-            {
-                return Ok(a.node_id);
-            }
-        }
+    if let Some((node, _)) = node_ips(st).await.into_iter().find(|(_, i)| i == ip) {
+        return Ok(node);
     }
     Err(bad(
         StatusCode::NOT_FOUND,

@@ -129,3 +129,28 @@ pub fn gated(gate: mobula::ActorHandle<Gate>, v: u64) -> mobula::Result<u64> {
     mobula::runtime()?.get(&gate.wait_open())?;
     Ok(v)
 }
+
+/// A counter actor for tests that need some actor's calls.
+#[mobula::actor]
+pub struct Tally {
+    n: u64,
+}
+
+#[mobula::actor]
+impl Tally {
+    pub fn new() -> Self {
+        Tally { n: 0 }
+    }
+
+    /// Adds `v`; the new total.
+    pub fn add(&mut self, v: u64) -> u64 {
+        self.n += v;
+        self.n
+    }
+}
+
+/// The id of the node a task runs on.
+#[mobula::remote]
+pub fn where_am_i() -> mobula::Result<String> {
+    Ok(mobula::runtime()?.node_id().hex())
+}
