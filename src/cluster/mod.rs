@@ -474,6 +474,9 @@ pub struct NodeStatus {
     pub is_head: bool,
     /// Heartbeating.
     pub alive: bool,
+    /// The address it advertises ("" until its first heartbeat).
+    #[serde(default)]
+    pub ip: String,
     /// Its resources.
     pub total: HashMap<String, f64>,
     /// What is free.
@@ -1017,7 +1020,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     let Ok(ask) = ask else { break };
                     match ask {
                         crate::node::ClusterAsk::Status { done } => {
-                            let _ = done.send(status_report(&rt, &node_id, &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await));
+                            let _ = done.send(status_report(&rt, (&node_id, &ip.to_string()), &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await));
                         }
                         crate::node::ClusterAsk::RunJob { node, job, events, done } => {
                             let Some(peer) = peers.get(&node).copied() else {
@@ -1249,7 +1252,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 // Reachable from now on, not only after its first heartbeat.
                                 peers.insert(n.clone(), from);
                                 members.insert(n.clone(), Member {
-                                    status: NodeStatus { node_id: n, is_head: false, alive: true, available: total.clone(), total, pending: Vec::new(), metrics: Default::default() },
+                                    status: NodeStatus { node_id: n, is_head: false, alive: true, ip: String::new(), available: total.clone(), total, pending: Vec::new(), metrics: Default::default() },
                                     last_seen: Instant::now(),
                                     ticks_unheard: 0,
                                 });
@@ -1315,7 +1318,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 });
                             }
                             Ok(ClusterMsg::Status) if opts.head => {
-                                let report = status_report(&rt, &node_id, &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await);
+                                let report = status_report(&rt, (&node_id, &ip.to_string()), &members, own_demand(&raylet).await, crate::actors::metrics::snapshot(&rt).await);
                                 let _ = reply.send(encode(&ClusterMsg::StatusReport(report)));
                             }
                             Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
@@ -1494,10 +1497,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     peers.insert(n.clone(), from);
                                 }
                                 let e = members.entry(n.clone()).or_insert_with(|| Member {
-                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, total: total.clone(), available: available.clone(), pending: Vec::new(), metrics: Default::default() },
+                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, ip: String::new(), total: total.clone(), available: available.clone(), pending: Vec::new(), metrics: Default::default() },
                                     last_seen: Instant::now(),
                                     ticks_unheard: 0,
                                 });
+                                e.status.ip = ip_of(&addr);
                                 e.status.total = total.clone();
                                 e.status.available = available.clone();
                                 e.status.pending = pending;
@@ -2036,9 +2040,17 @@ async fn run_here(
     obj
 }
 
+/// The IPv4 address of a libp2p address (`/ip4/A/tcp/P/...`), or "".
+fn ip_of(addr: &str) -> String {
+    addr.strip_prefix("/ip4/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn status_report(
     rt: &crate::Runtime,
-    head_id: &str,
+    (head_id, head_ip): (&str, &str),
     members: &HashMap<String, Member>,
     own_pending: Vec<crate::sched::Demand>,
     own_metrics: crate::actors::metrics::NodeMetrics,
@@ -2048,6 +2060,7 @@ fn status_report(
         node_id: head_id.to_string(),
         is_head: true,
         alive: true,
+        ip: head_ip.to_string(),
         total: own.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
         available: own.map(|n| n.1).unwrap_or_default(),
         pending: own_pending,
@@ -2701,6 +2714,7 @@ mod tests {
                     node_id: "aa".into(),
                     is_head: true,
                     alive: true,
+                    ip: String::new(),
                     total: total.clone(),
                     available,
                     pending: Vec::new(),
@@ -2710,6 +2724,7 @@ mod tests {
                     node_id: "bb".into(),
                     is_head: false,
                     alive: false,
+                    ip: String::new(),
                     total,
                     available: HashMap::new(),
                     pending: Vec::new(),

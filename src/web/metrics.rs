@@ -435,6 +435,7 @@ mod tests {
             node_id: id.to_string(),
             is_head: head,
             alive: head,
+            ip: String::new(),
             total: total.clone(),
             available: available.clone(),
             pending: Vec::new(),

@@ -170,36 +170,19 @@ fn unavailable(e: impl std::fmt::Display) -> StateError {
     StateError::Unavailable(format!("gcs: {e}"))
 }
 
-/// Each alive node's address, read off its workers' rows (a node lists its workers with
-/// it); a node without workers is missing.
-async fn node_ips(st: &WebState) -> HashMap<String, String> {
-    let mut ips = HashMap::new();
-    if let Ok(answers) = ask(st, StateQuery::Workers, None).await {
-        for a in answers {
-            if let Ok(Value::Array(rows)) = &a.result
-                && let Some(ip) = rows.iter().find_map(|r| r["ip"].as_str())
-            {
-                ips.insert(a.node_id, ip.to_string());
-            }
-        }
-    }
-    ips
-}
-
 async fn node_rows(st: &WebState) -> Res<Vec<Value>> {
     let status = st
         .status()
         .await
         .ok_or_else(|| StateError::Unavailable("the daemon loop did not answer".to_string()))?;
-    // Ray's `NodeState` wants `node_ip` a string: "" when unknown.
-    let ips = node_ips(st).await;
+    // Ray's `NodeState` wants `node_ip` a string: "" until the node's first heartbeat.
     Ok(status
         .nodes
         .iter()
         .map(|n| {
             json!({
                 "node_id": n.node_id,
-                "node_ip": ips.get(&n.node_id).cloned().unwrap_or_default(),
+                "node_ip": n.ip,
                 "is_head_node": n.is_head,
                 "state": if n.alive { "ALIVE" } else { "DEAD" },
                 "state_message": null,
@@ -608,8 +591,9 @@ async fn log_node(
                 .to_string(),
         ));
     };
-    if let Some((node, _)) = node_ips(st).await.into_iter().find(|(_, i)| i == ip) {
-        return Ok(node);
+    let nodes = st.status().await.map(|s| s.nodes).unwrap_or_default();
+    if let Some(n) = nodes.into_iter().find(|n| n.alive && n.ip == ip) {
+        return Ok(n.node_id);
     }
     Err(bad(
         StatusCode::NOT_FOUND,
