@@ -122,6 +122,14 @@ impl Cluster {
     }
 }
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
 pub fn cluster() -> Cluster {
     cluster_with(&[])
 }
@@ -134,12 +142,11 @@ pub fn head_only() -> Cluster {
 /// A head alone started with `flags`.
 pub fn head_with(flags: &[&str]) -> Cluster {
     let temp = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let c = Cluster { temp, port };
-    let p = port.to_string();
+    let c = Cluster {
+        temp,
+        port: free_port(),
+    };
+    let p = c.port.to_string();
     let mut role = vec!["--head", "--dashboard-port", "0", "--port", &p];
     role.extend_from_slice(flags);
     c.start_node(&role);
