@@ -42,14 +42,7 @@ fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
     let c = cluster();
     let addr = format!("127.0.0.1:{}", c.port);
     let head_pid = c.head_record().pid as i32;
-    let head_id = c.head_record().node_id;
-    let status = c.status();
-    let worker = status
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("node_"))
-        .find(|id| !head_id.starts_with(id) && !id.is_empty())
-        .unwrap_or_else(|| panic!("no worker node in status:\n{status}"))
-        .to_string();
+    let worker = c.worker_node_id();
     // This driver joins the worker node, which owns the actor.
     // SAFETY: set before the runtime starts any thread that reads the environment.
     unsafe { std::env::set_var("MOBULA_DRIVER_NODE", &worker) };

@@ -32,14 +32,7 @@ fn results_made_on_a_node_survive_its_death() {
     mobula::worker_entry();
     let c = cluster();
     let rt = connect(&c);
-    let head = rt.node_id().hex();
-    let status = c.status();
-    let worker = status
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("node_"))
-        .find(|id| !head.starts_with(id) && !id.is_empty())
-        .unwrap_or_else(|| panic!("no worker node:\n{status}"))
-        .to_string();
+    let worker = c.worker_node_id();
     let there = TaskOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
         node: mobula::NodeId::parse(&worker).expect("node id"),
         soft: false,

@@ -51,25 +51,13 @@ fn dead_section(s: &str) -> &str {
     s.split("Dead:").nth(1).unwrap_or_default()
 }
 
-fn worker_node(c: &Cluster, head: &str) -> String {
-    let s = c.status();
-    let ids: Vec<&str> = s
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("node_"))
-        .collect();
-    ids.into_iter()
-        .find(|id| !head.starts_with(id) && !id.is_empty())
-        .unwrap_or_else(|| panic!("no worker node in status:\n{s}"))
-        .to_string()
-}
-
 /// The scenario: tasks on both nodes, `cut` once one runs on the worker node, the node
 /// declared dead and its tasks run again on the head, `heal`, the node alive and taking work
 /// again. Prints the figures under `label`.
 fn cut_and_heal(c: &Cluster, label: &str, cut: impl FnOnce(), heal: impl FnOnce()) {
     let rt = connect(c);
     let head = rt.node_id().hex();
-    let worker = worker_node(c, &head);
+    let worker = c.worker_node_id();
     let marks = tempfile::tempdir().expect("tempdir");
     let dir = marks.path().to_string_lossy().to_string();
     let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);

@@ -175,6 +175,17 @@ impl Cluster {
         self.start_node(&["--head", "--dashboard-port", "0", "--port", &port]);
     }
 
+    /// The id of a node other than the head, as `mobula status` prints it.
+    pub fn worker_node_id(&self) -> String {
+        let head = self.head_record().node_id;
+        let s = self.status();
+        s.split_whitespace()
+            .filter_map(|w| w.strip_prefix("node_"))
+            .find(|id| !id.is_empty() && !head.starts_with(id))
+            .unwrap_or_else(|| panic!("no worker node in status:\n{s}"))
+            .to_string()
+    }
+
     /// What `mobula status` prints for this cluster.
     pub fn status(&self) -> String {
         let o = Command::new(BIN)
