@@ -197,7 +197,7 @@ impl ObjectTable {
     /// when the table is dropped).
     pub fn with_spill_dir(limit: u64, dir: std::path::PathBuf) -> Arc<Self> {
         let (tx, rx) = flume::bounded::<()>(1);
-        let table = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+        Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             let weak = weak.clone();
             let spawned = std::thread::Builder::new()
                 .name("mobula-spill".to_string())
@@ -228,8 +228,7 @@ impl ObjectTable {
                 closed: RwLock::new(false),
             });
             t
-        });
-        table
+        })
     }
 
     /// Deletes the spill directory and what is in it (the node is shutting down); nothing is
