@@ -945,7 +945,9 @@ impl Raylet {
         let Some(slot) = self.workers.get(&wid) else {
             return;
         };
-        if slot.running != Some(spec.task_id) {
+        let attempt = self.running.get(&spec.task_id).map(|r| r.task.spec.attempt);
+        if slot.running != Some(spec.task_id) || attempt != Some(spec.attempt) {
+            // Cancelled, retried or its worker reused while its arguments were read.
             return;
         }
         let Worker::Process(p) = &slot.worker else {

@@ -92,6 +92,9 @@ struct Entry {
     refs: u32,
     nested: Vec<ObjectId>,
     size: u64,
+    /// When the value entered memory (sealed or restored; the table's clock): the oldest
+    /// spill first.
+    age: u64,
 }
 
 /// What a lookup found.
@@ -148,6 +151,8 @@ pub struct ObjectTable {
     used: AtomicU64,
     limit: u64,
     spill: Option<Spill>,
+    /// Ticks once per value entering memory (`Entry::age`).
+    clock: AtomicU64,
 }
 
 /// Where and how much a table spilled.
@@ -158,8 +163,9 @@ struct Spill {
     /// Numbers the spill files.
     seq: AtomicU64,
     restored: AtomicU64,
-    /// The shard the next search for objects to spill starts at (spreads the spilling).
-    next: AtomicU64,
+    /// Held while choosing and writing victims: two threads short of room do not write
+    /// the same values twice (the second finds the room made, or makes the rest).
+    writer: Mutex<()>,
     /// Wakes the spill thread (`None`: it did not start; seals spill on their own thread).
     wake: Option<flume::Sender<()>>,
     /// Set once the directory is removed: no file is written any more. Writers hold it
@@ -189,6 +195,7 @@ impl ObjectTable {
             used: AtomicU64::new(0),
             limit,
             spill: None,
+            clock: AtomicU64::new(0),
         }
     }
 
@@ -223,7 +230,7 @@ impl ObjectTable {
                 written: AtomicU64::new(0),
                 seq: AtomicU64::new(0),
                 restored: AtomicU64::new(0),
-                next: AtomicU64::new(0),
+                writer: Mutex::new(()),
                 wake,
                 closed: RwLock::new(false),
             });
@@ -283,71 +290,71 @@ impl ObjectTable {
         Ok(path)
     }
 
-    /// Spills sealed objects (other than `keep`) until `needed` more bytes fit under the
-    /// limit, or nothing more can go. Returns whether they fit now.
+    /// Spills sealed objects (other than `keep`), oldest first, until `needed` more bytes fit
+    /// under the limit, or nothing more can go. Returns whether they fit now.
     fn make_room(&self, needed: u64, keep: Option<&ObjectId>) -> bool {
         let Some(sp) = &self.spill else {
             return false;
         };
-        let fits = || self.used.load(Ordering::Acquire).saturating_add(needed) <= self.limit;
-        let start = sp.next.fetch_add(1, Ordering::Relaxed) as usize;
-        for i in 0..SHARDS {
-            if fits() {
-                return true;
-            }
-            let idx = (start + i) % SHARDS;
-            let over = self
-                .used
+        let over = || {
+            self.used
                 .load(Ordering::Acquire)
                 .saturating_add(needed)
-                .saturating_sub(self.limit);
-            // Candidates under the lock, files written outside it.
-            let victims: Vec<(ObjectId, Bytes)> = {
-                let shard = self.shards[idx].lock();
-                let mut sum = 0u64;
-                shard
-                    .iter()
-                    .filter_map(|(id, e)| match &e.state {
-                        State::Ready(o) if !o.is_error && e.size > 0 && Some(id) != keep => {
-                            Some((*id, o.data.clone()))
-                        }
-                        _ => None,
-                    })
-                    .take_while(|(_, d)| {
-                        let go = sum < over;
-                        sum += d.len() as u64;
-                        go
-                    })
-                    .collect()
-            };
-            for (id, data) in victims {
-                let path = match Self::write_spill(sp, &id, &data) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot spill an object");
-                        return fits();
-                    }
-                };
-                let mut shard = self.shards[idx].lock();
-                let swapped = match shard.get_mut(&id) {
-                    // Still the same value in memory: it lives on disk from now on.
-                    Some(e) if matches!(&e.state, State::Ready(o) if o.data.as_ptr() == data.as_ptr()) =>
-                    {
-                        e.state = State::Spilled(path.clone());
-                        self.used.fetch_sub(e.size, Ordering::AcqRel);
-                        sp.bytes.fetch_add(e.size, Ordering::AcqRel);
-                        sp.written.fetch_add(1, Ordering::Relaxed);
-                        true
-                    }
-                    _ => false,
-                };
-                drop(shard);
-                if !swapped {
-                    let _ = std::fs::remove_file(&path);
+                .saturating_sub(self.limit)
+        };
+        if over() == 0 {
+            return true;
+        }
+        let _writer = sp.writer.lock();
+        // The values in memory, the oldest first (each shard locked in turn, briefly).
+        let mut candidates: Vec<(u64, ObjectId, usize)> = Vec::new();
+        for (idx, shard) in self.shards.iter().enumerate() {
+            candidates.extend(shard.lock().iter().filter_map(|(id, e)| match &e.state {
+                State::Ready(o) if !o.is_error && e.size > 0 && Some(id) != keep => {
+                    Some((e.age, *id, idx))
                 }
+                _ => None,
+            }));
+        }
+        candidates.sort_unstable_by_key(|c| c.0);
+        for (_, id, idx) in candidates {
+            if over() == 0 {
+                break;
+            }
+            let data = match self.shards[idx].lock().get(&id) {
+                Some(Entry {
+                    state: State::Ready(o),
+                    ..
+                }) => o.data.clone(),
+                _ => continue,
+            };
+            // Written outside the shard's lock, swapped in under it.
+            let path = match Self::write_spill(sp, &id, &data) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot spill an object");
+                    break;
+                }
+            };
+            let mut shard = self.shards[idx].lock();
+            let swapped = match shard.get_mut(&id) {
+                // Still the same value in memory: it lives on disk from now on.
+                Some(e) if matches!(&e.state, State::Ready(o) if o.data.as_ptr() == data.as_ptr()) =>
+                {
+                    e.state = State::Spilled(path.clone());
+                    self.used.fetch_sub(e.size, Ordering::AcqRel);
+                    sp.bytes.fetch_add(e.size, Ordering::AcqRel);
+                    sp.written.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                _ => false,
+            };
+            drop(shard);
+            if !swapped {
+                let _ = std::fs::remove_file(&path);
             }
         }
-        fits()
+        over() == 0
     }
 
     /// Room for `size` bytes: reserved in memory (spilling others if need be), or `false`
@@ -370,6 +377,10 @@ impl ObjectTable {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
     fn shard(&self, id: &ObjectId) -> &Mutex<HashMap<ObjectId, Entry>> {
@@ -405,6 +416,7 @@ impl ObjectTable {
             refs: 1,
             nested: Vec::new(),
             size: 0,
+            age: 0,
         });
     }
 
@@ -438,7 +450,7 @@ impl ObjectTable {
             match shard.get_mut(&id) {
                 Some(e) => {
                     e.refs += 1;
-                    Self::fill(e, state, nested, size)
+                    Self::fill(e, state, nested, size, self.tick())
                 }
                 None => {
                     shard.insert(
@@ -448,6 +460,7 @@ impl ObjectTable {
                             refs: 1,
                             nested,
                             size,
+                            age: self.tick(),
                         },
                     );
                     Vec::new()
@@ -491,11 +504,18 @@ impl ObjectTable {
         }
     }
 
-    fn fill(e: &mut Entry, state: State, nested: Vec<ObjectId>, size: u64) -> Vec<Waiter> {
+    fn fill(
+        e: &mut Entry,
+        state: State,
+        nested: Vec<ObjectId>,
+        size: u64,
+        age: u64,
+    ) -> Vec<Waiter> {
         match std::mem::replace(&mut e.state, state) {
             State::Pending(w) => {
                 e.nested = nested;
                 e.size = size;
+                e.age = age;
                 w
             }
             old => {
@@ -546,7 +566,7 @@ impl ObjectTable {
                 Some(e) if matches!(e.state, State::Pending(_)) => {
                     // Nested refs live in other shards: they are counted after unlocking.
                     let st = state.take().map_or(State::Pending(Vec::new()), |s| s);
-                    Some(Self::fill(e, st, nested.clone(), size))
+                    Some(Self::fill(e, st, nested.clone(), size, self.tick()))
                 }
                 _ => None,
             }
@@ -621,6 +641,7 @@ impl ObjectTable {
                         data: data.clone(),
                         is_error: false,
                     });
+                    e.age = self.tick();
                     true
                 }
                 _ => false,
@@ -952,6 +973,28 @@ mod tests {
             t.get(&new).map(|o| o.data),
             Some(Bytes::from(vec![2u8; 80]))
         );
+    }
+
+    #[test]
+    fn the_oldest_values_spill_first_and_a_restored_one_counts_as_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = ObjectTable::with_spill_dir(100, dir.path().join("s"));
+        let put = || {
+            let id = ObjectId::new();
+            t.put(id, Bytes::from(vec![0u8; 40]), vec![], false)
+                .expect("put");
+            id
+        };
+        let spilled = |id: &ObjectId| matches!(t.peek(id), Peek::Sealed { spilled: true, .. });
+        let (a, b, c) = (put(), put(), put());
+        assert!(spilled(&a) && !spilled(&b) && !spilled(&c));
+        t.decref(b);
+        assert_eq!(t.get(&a).map(|o| o.data.len()), Some(40));
+        assert!(!spilled(&a), "restored: there is room again");
+        let d = put();
+        assert!(spilled(&c), "older than the restored one");
+        assert!(!spilled(&a) && !spilled(&d));
+        assert_eq!(t.stats().restored_objects, 1);
     }
 
     #[test]
