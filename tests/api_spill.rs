@@ -3,12 +3,14 @@
 //! directory, come back intact, are task arguments, a task result over the limit spills
 //! too, and freeing them deletes the files. A head started with `--object-store-memory`
 //! does the same for a driver over its socket with worker processes (spilled arguments are
-//! read off the raylet's thread), and `/metrics` reports the spilling.
+//! read off the raylet's thread), and `/metrics` reports the spilling; another node pulls
+//! spilled values from it in parts (read from the files, not restored).
 
 mod common;
 
-use common::cluster::head_with;
+use common::cluster::{connect, head_with};
 use common::http::get_typed;
+use mobula::{SchedulingStrategy, TaskOptions};
 use serde_bytes::ByteBuf;
 
 const MIB: usize = 1 << 20;
@@ -36,6 +38,11 @@ fn digest_of(b: &[u8]) -> (usize, u64, u8) {
 #[mobula::remote]
 fn digest(b: ByteBuf) -> (usize, u64, u8) {
     digest_of(&b)
+}
+
+#[mobula::remote]
+fn where_am_i() -> mobula::Result<String> {
+    Ok(mobula::runtime()?.node_id().hex())
 }
 
 #[mobula::remote]
@@ -184,4 +191,40 @@ fn a_head_with_object_store_memory_spills_a_drivers_objects_and_reports_it() {
     metrics("freed objects leave the disk", &|body| {
         sample(body, "mobula_object_store_spilled_bytes") == Some(0.0)
     });
+}
+
+#[test]
+fn another_node_pulls_values_spilled_on_the_head() {
+    mobula::worker_entry();
+    let store = STORE.to_string();
+    let c = head_with(&["--object-store-memory", &store]);
+    c.join(&[]);
+    let rt = connect(&c);
+    let refs: Vec<_> = (0..VALUES)
+        .map(|i| rt.put(&ByteBuf::from(value(i))).expect("put"))
+        .collect();
+    let here = rt.node_id().hex();
+    let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let there = loop {
+        let n = rt
+            .get(&where_am_i::options(spread.clone()).remote(&rt))
+            .expect("where");
+        if n != here {
+            break n;
+        }
+    };
+    let pin = TaskOptions::new().scheduling_strategy(SchedulingStrategy::NodeAffinity {
+        node: mobula::NodeId::parse(&there).expect("node id"),
+        soft: false,
+    });
+    let digests: Vec<_> = refs
+        .iter()
+        .map(|r| digest::options(pin.clone()).remote(&rt, r))
+        .collect();
+    let got = rt.get_all(&digests);
+    if got.is_err() {
+        c.dump_logs();
+    }
+    let want: Vec<_> = (0..VALUES).map(|i| digest_of(&value(i))).collect();
+    assert_eq!(got.expect("tasks on the other node"), want);
 }

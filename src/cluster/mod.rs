@@ -805,12 +805,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     };
     // Object values travel over a data plane of their own (see `net::data`).
     let provider_table = table.clone();
-    let provider: net::data::Provider = std::sync::Arc::new(move |id: &crate::ObjectId| {
-        provider_table
-            .get(id)
-            .filter(|o| !o.is_error)
-            .map(|o| o.data)
-    });
+    // A spilled value is read from its file for the peer, not restored here.
+    let provider: net::data::Provider =
+        std::sync::Arc::new(move |id: &crate::ObjectId| match provider_table.peek(id) {
+            crate::store::Peek::Sealed {
+                is_error: false, ..
+            } => provider_table.read_part(id, 0, u64::MAX).map(|(_, b)| b),
+            _ => None,
+        });
     let data_bind: std::net::SocketAddr = format!("{}:0", opts.bind)
         .parse()
         .map_err(|e| ClusterError::Usage(format!("bad --bind {}: {e}", opts.bind)))?;
