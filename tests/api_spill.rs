@@ -1,10 +1,10 @@
 //! Object spilling through the public API. An embedded runtime with a 64 MiB store takes ten
 //! 16 MiB puts and a put bigger than the whole store: they go to files in its spill
-//! directory, come back intact, are task arguments, a task result over the limit spills
-//! too, and freeing them deletes the files. A head started with `--object-store-memory`
-//! does the same for a driver over its socket with worker processes (spilled arguments are
-//! read off the raylet's thread), and `/metrics` reports the spilling; another node pulls
-//! spilled values from it in parts (read from the files, not restored).
+//! directory, come back intact, are task and async actor call arguments, a task result over
+//! the limit spills too, and freeing them deletes the files. A head started with
+//! `--object-store-memory` does the same for a driver over its socket with worker processes
+//! (spilled arguments are read off the raylet's thread), and `/metrics` reports the
+//! spilling; another node pulls spilled values from it (read from the files, not restored).
 
 mod common;
 
@@ -38,6 +38,21 @@ fn digest_of(b: &[u8]) -> (usize, u64, u8) {
 #[mobula::remote]
 fn digest(b: ByteBuf) -> (usize, u64, u8) {
     digest_of(&b)
+}
+
+#[mobula::actor]
+pub struct Digester;
+
+#[mobula::actor]
+impl Digester {
+    pub fn new() -> Self {
+        Digester
+    }
+
+    /// An async method: its spilled arguments are read off the actor's event loop.
+    pub async fn digest(&self, b: ByteBuf) -> (usize, u64, u8) {
+        digest_of(&b)
+    }
 }
 
 #[mobula::remote]
@@ -95,6 +110,10 @@ fn objects_past_the_store_limit_spill_come_back_and_their_files_go_when_freed() 
     let digests: Vec<_> = refs.iter().map(|r| digest::remote(&rt, r)).collect();
     let want: Vec<_> = (0..VALUES).map(|i| digest_of(&value(i))).collect();
     assert_eq!(rt.get_all(&digests).expect("tasks"), want);
+    let d = Digester::remote(&rt).expect("an async actor");
+    let calls: Vec<_> = refs.iter().map(|r| d.digest(r)).collect();
+    assert_eq!(rt.get_all(&calls).expect("actor calls"), want);
+    drop((calls, d));
     assert_eq!(
         rt.get(&digest::remote(&rt, &huge))
             .expect("a task on the huge value"),
