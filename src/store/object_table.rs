@@ -338,8 +338,11 @@ impl ObjectTable {
             };
             let mut shard = self.shards[idx].lock();
             let swapped = match shard.get_mut(&id) {
-                // Still the same value in memory: it lives on disk from now on.
-                Some(e) if matches!(&e.state, State::Ready(o) if o.data.as_ptr() == data.as_ptr()) =>
+                // Still the same value in memory, and the room still wanted (frees meanwhile
+                // may have made it): it lives on disk from now on.
+                Some(e)
+                    if matches!(&e.state, State::Ready(o) if o.data.as_ptr() == data.as_ptr())
+                        && over() > 0 =>
                 {
                     e.state = State::Spilled(path.clone());
                     self.used.fetch_sub(e.size, Ordering::AcqRel);
