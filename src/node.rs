@@ -173,7 +173,7 @@ impl NodeClient {
     ) -> Result<Vec<Object>> {
         let wait_all = async {
             for id in &ids {
-                if matches!(table.lookup(id), Lookup::Pending) {
+                if matches!(table.peek(id), store::Peek::Pending) {
                     store::sealed(&table, *id).await;
                 }
             }
@@ -186,7 +186,19 @@ impl NodeClient {
             }
             None => wait_all.await,
         }
-        ids.iter().map(|id| ready_or_lost(&table, id)).collect()
+        let spilled = ids
+            .iter()
+            .any(|id| matches!(table.peek(id), store::Peek::Sealed { spilled: true, .. }));
+        let read = move || ids.iter().map(|id| ready_or_lost(&table, id)).collect();
+        // Spilled values are read back from their files on a blocking thread, not the
+        // executor's (outside a tokio runtime, here).
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if spilled => rt
+                .spawn_blocking(read)
+                .await
+                .unwrap_or_else(|e| Err(Error::runtime(format!("reading objects failed: {e}")))),
+            _ => read(),
+        }
     }
 }
 
@@ -238,7 +250,7 @@ impl Core for NodeClient {
     fn get_objects(&self, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<Object>> {
         let pending: Vec<ObjectId> = ids
             .iter()
-            .filter(|id| matches!(self.table.lookup(id), Lookup::Pending))
+            .filter(|id| matches!(self.table.peek(id), store::Peek::Pending))
             .copied()
             .collect();
         if !pending.is_empty() {
@@ -594,10 +606,10 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         ),
     };
     // Objects past the limit spill to this node's own directory (removed at shutdown).
-    let table = Arc::new(ObjectTable::with_spill_dir(
+    let table = ObjectTable::with_spill_dir(
         object_store_limit(&config),
         temp_dir.join(format!("spill-{}", node_id.hex())),
-    ));
+    );
     let directory = Arc::new(ActorDirectory::new(table.clone()));
     let (tx, rx) = flume::bounded::<RayletMsg>(RAYLET_CHANNEL);
     let command = if config.worker_mode == WorkerMode::Process {

@@ -1,5 +1,6 @@
 //! Objects: put / get / get_all, reference counting (objects nobody can reach are freed,
-//! including through refs nested in stored values), the memory limit, and the KV store.
+//! including through refs nested in stored values) and the KV store; spilling past the memory
+//! limit is in `api_spill.rs`.
 
 mod common;
 
@@ -10,11 +11,6 @@ use mobula::ObjectRef;
 fn make_refs(n: u64) -> mobula::Result<Vec<ObjectRef<u64>>> {
     let rt = mobula::runtime()?;
     (0..n).map(|i| rt.put(&i)).collect()
-}
-
-#[mobula::remote]
-fn big(bytes: usize) -> serde_bytes::ByteBuf {
-    serde_bytes::ByteBuf::from(vec![1u8; bytes])
 }
 
 #[test]
@@ -58,64 +54,6 @@ fn unreachable_objects_are_freed() {
     common::eventually("every object freed", || {
         rt.object_store_stats().expect("stats").objects == base.objects
     });
-}
-
-fn spill_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("spill-"))
-                .map(|e| std::fs::read_dir(e.path()).map_or(0, |f| f.count()))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-#[test]
-fn objects_past_the_memory_limit_spill_to_disk_and_come_back() {
-    let temp = tempfile::tempdir().expect("tempdir");
-    let mut config = threads(1.0).object_store_memory(4 << 20);
-    config.temp_dir = Some(temp.path().to_path_buf());
-    let rt = start(config);
-    // Ten puts of 1 MiB each into a 4 MiB store, and one bigger than the whole store.
-    let values: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1 << 20]).collect();
-    let refs: Vec<_> = values
-        .iter()
-        .map(|v| rt.put(&serde_bytes::ByteBuf::from(v.clone())).expect("put"))
-        .collect();
-    let huge = rt
-        .put(&vec![u64::MAX; 1 << 20])
-        .expect("a put over the whole limit");
-    let s = rt.object_store_stats().expect("stats");
-    assert!(s.used_bytes <= 4 << 20, "{s:?}");
-    assert!(s.spilled_bytes >= 7 << 20, "{s:?}");
-    assert!(
-        spill_files(temp.path()) >= 7,
-        "the spilled values are files"
-    );
-    // Read back intact, and a task takes spilled objects as its arguments.
-    for (r, v) in refs.iter().zip(&values) {
-        let back: serde_bytes::ByteBuf = rt.get(r).expect("get");
-        assert_eq!(&back.into_vec(), v);
-    }
-    assert_eq!(rt.get(&huge).expect("get").len(), 1 << 20);
-    let sizes: Vec<_> = refs.iter().map(|r| byte_len::remote(&rt, r)).collect();
-    assert_eq!(rt.get_all(&sizes).expect("tasks"), vec![1 << 20; 10]);
-    // A task result over the limit is spilled too, not an error.
-    let r = big::remote(&rt, 5 << 20);
-    assert_eq!(rt.get(&r).expect("a big result").len(), 5 << 20);
-    // Freed objects take their files along.
-    drop((refs, sizes, huge, r));
-    common::eventually("the spill files are deleted", || {
-        spill_files(temp.path()) == 0
-    });
-    let s = rt.object_store_stats().expect("stats");
-    assert_eq!((s.spilled_bytes, s.used_bytes), (0, 0), "{s:?}");
-}
-
-#[mobula::remote]
-fn byte_len(b: serde_bytes::ByteBuf) -> usize {
-    b.len()
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::registry::{ActorInstance, UserError};
 use crate::spec::ActorSpec;
 use crate::store::ObjectTable;
-use crate::worker::thread::resolve_args;
+use crate::worker::thread::{resolve_args, resolve_args_off_thread};
 use crate::worker::{CallStart, construct_actor, event_loop, start_call, user_error};
 
 /// Capacity of a host's call channel: callers block (back-pressure) past it.
@@ -226,7 +226,8 @@ impl Instance {
                         crate::store::sealed(&self.table, dep).await;
                     }
                 }
-                let args = match resolve_args(&self.table, &q.call.args) {
+                // Spilled arguments are read off the event loop: its other calls go on.
+                let args = match resolve_args_off_thread(&self.table, &q.call.args).await {
                     Ok(a) => a,
                     Err(e) => {
                         seal_error(&self.table, q.call.return_id, &e);

@@ -106,6 +106,12 @@ pub struct NodeMetrics {
     /// Bytes of the node's objects now spilled to disk; `None` for a store that does not
     /// spill (`/metrics` omits the family while no node reports it).
     pub store_spilled_bytes: Option<u64>,
+    /// Objects the store has written to disk so far (reported with `store_spilled_bytes`).
+    #[serde(default)]
+    pub store_spilled_objects: u64,
+    /// Spilled objects read back into memory so far.
+    #[serde(default)]
+    pub store_restored_objects: u64,
     /// Scheduling latency of tasks dispatched here.
     pub sched_latency: Histogram,
 }
@@ -117,6 +123,8 @@ pub(crate) fn store_metrics(m: &mut NodeMetrics, table: &crate::store::ObjectTab
     m.store_used_bytes = s.used_bytes;
     m.store_limit_bytes = s.limit_bytes;
     m.store_spilled_bytes = s.spilling.then_some(s.spilled_bytes);
+    m.store_spilled_objects = s.spilled_objects;
+    m.store_restored_objects = s.restored_objects;
 }
 
 /// This node's snapshot: the raylet's numbers and the GCS's actors and jobs. A part whose

@@ -67,6 +67,12 @@ pub(crate) enum RayletMsg {
     WorkerReady(WorkerId),
     /// The memory monitor found the node's memory over its limit.
     MemoryPressure(crate::actors::memory_monitor::Pressure),
+    /// A task's spilled arguments, read back off the raylet's thread, for its worker process.
+    ArgsRead {
+        worker: WorkerId,
+        spec: Arc<TaskSpec>,
+        args: Result<Vec<bytes::Bytes>, Error>,
+    },
 }
 
 /// The jobs whose drivers left, most recent `ENDED_JOBS` of them: a long-lived node that
@@ -776,7 +782,7 @@ impl Raylet {
         let freed: Vec<ObjectId> = self
             .copies
             .keys()
-            .filter(|id| matches!(table.lookup(id), crate::store::Lookup::Missing))
+            .filter(|id| matches!(table.peek(id), crate::store::Peek::Missing))
             .copied()
             .collect();
         for id in freed {
@@ -901,27 +907,68 @@ impl Raylet {
             .unwrap_or_default();
         let pushed = match self.workers.get(&wid).map(|s| &s.worker) {
             Some(Worker::Thread(t)) => t.push(spec, gpus).is_ok(),
-            Some(Worker::Process(p)) => {
-                match crate::worker::thread::resolve_args(&self.table, &spec.args) {
-                    Ok(args) => p.execute(&spec, args, gpus).is_ok(),
-                    Err(e) => {
-                        // A dependency failed: the task fails with that error, not the worker.
-                        self.task_done(
-                            wid,
-                            spec.task_id,
-                            TaskOutcome::Failed {
-                                error: e,
-                                user: false,
-                            },
-                        );
-                        true
-                    }
-                }
+            Some(Worker::Process(_))
+                if crate::worker::thread::any_spilled(&self.table, &spec.args) =>
+            {
+                // Reading spilled arguments back is disk I/O: a blocking thread does it and
+                // hands the task back (`ArgsRead`).
+                let (table, tx) = (self.table.clone(), self.tx.clone());
+                drop(tokio::task::spawn_blocking(move || {
+                    let args = crate::worker::thread::resolve_args(&table, &spec.args);
+                    let _ = tx.send(RayletMsg::ArgsRead {
+                        worker: wid,
+                        spec,
+                        args,
+                    });
+                }));
+                true
+            }
+            Some(Worker::Process(_)) => {
+                let args = crate::worker::thread::resolve_args(&self.table, &spec.args);
+                return self.execute_on_process(wid, spec, args);
             }
             None => false,
         };
         if !pushed {
             self.worker_gone(wid, "worker stopped accepting tasks".to_string());
+        }
+    }
+
+    /// Sends a task with its arguments to its worker process (unless the worker went or
+    /// stopped running it meanwhile); a failed argument fails the task, not the worker.
+    fn execute_on_process(
+        &mut self,
+        wid: WorkerId,
+        spec: Arc<TaskSpec>,
+        args: Result<Vec<bytes::Bytes>, Error>,
+    ) {
+        let Some(slot) = self.workers.get(&wid) else {
+            return;
+        };
+        let attempt = self.running.get(&spec.task_id).map(|r| r.task.spec.attempt);
+        if slot.running != Some(spec.task_id) || attempt != Some(spec.attempt) {
+            // Cancelled, retried or its worker reused while its arguments were read.
+            return;
+        }
+        let Worker::Process(p) = &slot.worker else {
+            return;
+        };
+        let gpus = self
+            .running
+            .get(&spec.task_id)
+            .map(|r| r.alloc.gpu_indices())
+            .unwrap_or_default();
+        match args {
+            Ok(args) => {
+                if p.execute(&spec, args, gpus).is_err() {
+                    self.worker_gone(wid, "worker stopped accepting tasks".to_string());
+                }
+            }
+            Err(error) => self.task_done(
+                wid,
+                spec.task_id,
+                TaskOutcome::Failed { error, user: false },
+            ),
         }
     }
 
@@ -1693,6 +1740,17 @@ pub(crate) fn inline_args(
             continue;
         };
         let id = *id;
+        // A large value stays a reference: its size is enough (a spilled one is not read).
+        if let crate::store::Peek::Sealed {
+            size,
+            is_error: false,
+            ..
+        } = table.peek(&id)
+            && size as usize > INLINE_ARG
+        {
+            nested.extend(table.nested_of(&id));
+            continue;
+        }
         match table.lookup(&id) {
             crate::store::Lookup::Ready(o) if o.is_error => {
                 return Err(crate::codec::decode::<Error>(&o.data).unwrap_or_else(|e| e));
@@ -1733,11 +1791,12 @@ fn locality(
     let mut bytes: HashMap<NodeId, usize> = HashMap::new();
     for a in &spec.args {
         if let crate::spec::TaskArg::Ref(id) = a
-            && let Some(o) = table.get(id)
+            && let crate::store::Peek::Sealed { size, .. } = table.peek(id)
         {
-            *bytes.entry(here).or_default() += o.data.len();
+            let size = size as usize;
+            *bytes.entry(here).or_default() += size;
             for n in copies.get(id).into_iter().flatten() {
-                *bytes.entry(*n).or_default() += o.data.len();
+                *bytes.entry(*n).or_default() += size;
             }
         }
     }
@@ -1866,6 +1925,9 @@ impl StreamHandler<RayletMsg> for Raylet {
             RayletMsg::Cancel { return_id, force } => self.cancel(return_id, force),
             RayletMsg::WorkerExited { worker, detail } => self.worker_gone(worker, detail),
             RayletMsg::MemoryPressure(p) => self.memory_pressure(p),
+            RayletMsg::ArgsRead { worker, spec, args } => {
+                self.execute_on_process(worker, spec, args)
+            }
             RayletMsg::WorkerReady(w) => {
                 if let Some(slot) = self.workers.get_mut(&w)
                     && slot.starting

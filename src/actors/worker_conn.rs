@@ -27,11 +27,11 @@ use crate::error::Error;
 use crate::ids::{ObjectId, TaskId, WorkerId};
 use crate::node::NodeClient;
 use crate::spec::ActorSpec;
-use crate::store::Lookup;
+use crate::store::Peek;
 use crate::worker::TaskOutcome;
 use crate::worker::process::{PoolCtx, ProcShared, attach};
 use crate::worker::protocol::{self, FromWorker, Reply, Request, ToWorker};
-use crate::worker::thread::resolve_args;
+use crate::worker::thread::resolve_args_off_thread;
 
 #[derive(Default)]
 struct Inflight {
@@ -304,7 +304,7 @@ impl WorkerConn {
                         crate::store::sealed(&table, dep).await;
                     }
                 }
-                let args = match resolve_args(&table, &q.call.args) {
+                let args = match resolve_args_off_thread(&table, &q.call.args).await {
                     Ok(a) => a,
                     Err(e) => {
                         seal_error(&table, q.call.return_id, &e);
@@ -456,6 +456,24 @@ impl WorkerConn {
     fn on_request(&mut self, req: u64, body: Request, ctx: &mut Context<Self>) {
         let client = self.client();
         match body {
+            Request::Put { id, value } if self.ctx.table.would_spill(value.data.len() as u64) => {
+                // This put spills: the files are written off this arbiter. The hold comes
+                // first, so a `DecRef` right after the reply finds it (a failed put holds an
+                // id the table does not know, which releasing ignores).
+                self.hold(id);
+                self.reply_blocking(ctx, req, move |c| {
+                    let r = c.put_with_id(
+                        id,
+                        Encoded {
+                            data: value.data,
+                            nested: value.nested,
+                            pins: Vec::new(),
+                        },
+                        false,
+                    );
+                    Reply::Unit(r)
+                });
+            }
             Request::Put { id, value } => {
                 let r = client.put_with_id(
                     id,
@@ -491,12 +509,16 @@ impl WorkerConn {
                 let table = self.ctx.table.clone();
                 let all_ready = ids
                     .iter()
-                    .all(|id| !matches!(table.lookup(id), Lookup::Pending));
+                    .all(|id| !matches!(table.peek(id), Peek::Pending));
+                // Spilled values are read back off this arbiter (by `get_async_many`).
+                let spilled = ids
+                    .iter()
+                    .any(|id| matches!(table.peek(id), Peek::Sealed { spilled: true, .. }));
                 let timeout = timeout_ms.map(Duration::from_millis);
                 let to_reply = |r: crate::Result<Vec<crate::store::Object>>| {
                     Reply::Objects(r.map(|v| v.into_iter().map(|o| (o.data, o.is_error)).collect()))
                 };
-                if all_ready {
+                if all_ready && !spilled {
                     let r = futures::executor::block_on(NodeClient::get_async_many(
                         table, ids, timeout,
                     ));
@@ -507,10 +529,14 @@ impl WorkerConn {
                 let wid = self.wid;
                 let out = self.out.clone();
                 let pid = self.pid;
-                let _ = raylet_tx.try_send(RayletMsg::Blocked(wid));
+                if !all_ready {
+                    let _ = raylet_tx.try_send(RayletMsg::Blocked(wid));
+                }
                 ctx.spawn(actix::fut::wrap_future(async move {
                     let r = NodeClient::get_async_many(table, ids, timeout).await;
-                    let _ = raylet_tx.send_async(RayletMsg::Unblocked(wid)).await;
+                    if !all_ready {
+                        let _ = raylet_tx.send_async(RayletMsg::Unblocked(wid)).await;
+                    }
                     if let Some(f) = frame(
                         pid,
                         &ToWorker::Reply {

@@ -808,12 +808,14 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     };
     // Object values travel over a data plane of their own (see `net::data`).
     let provider_table = table.clone();
-    let provider: net::data::Provider = std::sync::Arc::new(move |id: &crate::ObjectId| {
-        provider_table
-            .get(id)
-            .filter(|o| !o.is_error)
-            .map(|o| o.data)
-    });
+    // A spilled value is read from its file for the peer, not restored here.
+    let provider: net::data::Provider =
+        std::sync::Arc::new(move |id: &crate::ObjectId| match provider_table.peek(id) {
+            crate::store::Peek::Sealed {
+                is_error: false, ..
+            } => provider_table.read_part(id, 0, u64::MAX).map(|(_, b)| b),
+            _ => None,
+        });
     let data_bind: std::net::SocketAddr = format!("{}:0", opts.bind)
         .parse()
         .map_err(|e| ClusterError::Usage(format!("bad --bind {}: {e}", opts.bind)))?;
@@ -1434,12 +1436,18 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 }
                             }
                             Ok(ClusterMsg::FetchChunk { id, offset, len }) => {
-                                let chunk = table.get(&id).map(|o| {
-                                    let start = (offset as usize).min(o.data.len());
-                                    let end = (start + len as usize).min(o.data.len());
-                                    (o.data.len() as u64, serde_bytes::ByteBuf::from(o.data[start..end].to_vec()))
-                                });
-                                let _ = reply.send(encode(&ClusterMsg::Chunk(chunk)));
+                                let part = move |table: &crate::store::ObjectTable| {
+                                    table.read_part(&id, offset, len).map(|(size, b)| (size, serde_bytes::ByteBuf::from(b.to_vec())))
+                                };
+                                if matches!(table.peek(&id), crate::store::Peek::Sealed { spilled: true, .. }) {
+                                    // A part of a spilled value is read from its file off this thread.
+                                    let table = table.clone();
+                                    tokio::task::spawn_blocking(move || {
+                                        let _ = reply.send(encode(&ClusterMsg::Chunk(part(&table))));
+                                    });
+                                } else {
+                                    let _ = reply.send(encode(&ClusterMsg::Chunk(part(&table))));
+                                }
                             }
                             Ok(ClusterMsg::FetchExe { hash, offset, len }) => {
                                 let path = exes.lock().get(&hash).cloned();
@@ -1962,7 +1970,7 @@ async fn pull_object(
             pull_rest(net, origin, id, size, first).await?
         }
     };
-    if matches!(table.lookup(&id), crate::store::Lookup::Pending) {
+    if matches!(table.peek(&id), crate::store::Peek::Pending) {
         table.seal(id, data, Vec::new(), false);
         return Ok(());
     }

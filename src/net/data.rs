@@ -74,7 +74,7 @@ enum Header {
     Missing,
 }
 
-/// Gives the value of an object this node holds.
+/// Gives the value of an object this node holds (called on a blocking thread).
 pub type Provider = Arc<dyn Fn(&ObjectId) -> Option<Bytes> + Send + Sync>;
 
 fn mac(secret: &[u8; 32], role: &[u8], nc: &[u8; 32], ns: &[u8; 32]) -> Res<Hmac<Sha256>> {
@@ -242,6 +242,15 @@ async fn server_handshake(mut stream: TcpStream, secret: &[u8; 32]) -> Res<Conn>
     })
 }
 
+/// The provider's value of `id`, asked on a blocking thread: it may read a spilled value
+/// back from disk.
+async fn value_of(provider: &Provider, id: ObjectId) -> Res<Option<Bytes>> {
+    let p = provider.clone();
+    Ok(tokio::task::spawn_blocking(move || p(&id))
+        .await
+        .map_err(std::io::Error::other)?)
+}
+
 /// Serves one connection until the peer closes it or misbehaves.
 async fn serve_conn(stream: TcpStream, secret: [u8; 32], provider: Provider) -> Res<()> {
     let mut conn = timed(HANDSHAKE_TIMEOUT, server_handshake(stream, &secret)).await?;
@@ -254,7 +263,7 @@ async fn serve_conn(stream: TcpStream, secret: [u8; 32], provider: Provider) -> 
             Err(e) => return Err(e),
         };
         match req {
-            Request::Get(id) => match provider(&id) {
+            Request::Get(id) => match value_of(&provider, id).await? {
                 None => conn.write_message(&Header::Missing).await?,
                 Some(data) => {
                     conn.write_message(&Header::Value(data.len() as u64))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 pub use gcs_storage::{
     GcsStorage, MemoryStorage, SledStorage, StorageError, WriteBehind, open_durable,
 };
-pub use object_table::{Lookup, Object, ObjectTable, StoreError, StoreStats, Waiter};
+pub use object_table::{Lookup, Object, ObjectTable, Peek, StoreError, StoreStats, Waiter};
 
 use crate::ids::ObjectId;
 

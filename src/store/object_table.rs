@@ -3,20 +3,28 @@
 //! reference counts, the memory limit, and spilling: with a spill directory, an object that
 //! does not fit under the limit makes room by writing other sealed objects to files there
 //! (or goes there itself), a read of a spilled object restores it when it fits again, and
-//! freeing one deletes its file.
+//! freeing one deletes its file. A `put` spills on the putting thread; a `seal` (often on an
+//! actor's or the network's thread) never touches the disk: it keeps its value over the limit
+//! for a moment and wakes the table's spill thread, which writes other values out.
 //!
 //! The table is sharded by id so that many submitting threads and workers do not contend on
 //! one lock. Callbacks run after the shard lock is released.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::ids::ObjectId;
 
 const SHARDS: usize = 64;
+
+/// Reads of a spilled object that found its file gone (restored, freed or spilled again by
+/// another thread meanwhile) before the object counts as lost.
+const RESTORE_TRIES: usize = 4;
 
 /// Errors of the object table.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -84,6 +92,9 @@ struct Entry {
     refs: u32,
     nested: Vec<ObjectId>,
     size: u64,
+    /// When the value entered memory (sealed or restored; the table's clock): the oldest
+    /// spill first.
+    age: u64,
 }
 
 /// What a lookup found.
@@ -95,6 +106,24 @@ pub enum Lookup {
     Pending,
     /// Unknown or freed.
     Missing,
+}
+
+/// What [`ObjectTable::peek`] found, without reading anything from disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// Unknown or freed.
+    Missing,
+    /// Known but not sealed yet.
+    Pending,
+    /// Sealed.
+    Sealed {
+        /// Size of the value in bytes.
+        size: u64,
+        /// The object holds an error.
+        is_error: bool,
+        /// The value is in a file of the spill directory, not in memory.
+        spilled: bool,
+    },
 }
 
 /// Counters for metrics and the state API.
@@ -122,6 +151,8 @@ pub struct ObjectTable {
     used: AtomicU64,
     limit: u64,
     spill: Option<Spill>,
+    /// Ticks once per value entering memory (`Entry::age`).
+    clock: AtomicU64,
 }
 
 /// Where and how much a table spilled.
@@ -129,9 +160,17 @@ struct Spill {
     dir: std::path::PathBuf,
     bytes: AtomicU64,
     written: AtomicU64,
+    /// Numbers the spill files.
+    seq: AtomicU64,
     restored: AtomicU64,
-    /// The shard the next search for objects to spill starts at (spreads the spilling).
-    next: AtomicU64,
+    /// Held while choosing and writing victims: two threads short of room do not write
+    /// the same values twice (the second finds the room made, or makes the rest).
+    writer: Mutex<()>,
+    /// Wakes the spill thread (`None`: it did not start; seals spill on their own thread).
+    wake: Option<flume::Sender<()>>,
+    /// Set once the directory is removed: no file is written any more. Writers hold it
+    /// shared for the length of a write, so the removal waits for them.
+    closed: RwLock<bool>,
 }
 
 impl std::fmt::Debug for ObjectTable {
@@ -156,32 +195,77 @@ impl ObjectTable {
             used: AtomicU64::new(0),
             limit,
             spill: None,
+            clock: AtomicU64::new(0),
         }
     }
 
     /// A table over `limit` bytes that spills to files in `dir` (created when first needed,
-    /// removed by [`ObjectTable::remove_spill_dir`]).
-    pub fn with_spill_dir(limit: u64, dir: std::path::PathBuf) -> Self {
-        let mut t = Self::new(limit);
-        t.spill = Some(Spill {
-            dir,
-            bytes: AtomicU64::new(0),
-            written: AtomicU64::new(0),
-            restored: AtomicU64::new(0),
-            next: AtomicU64::new(0),
-        });
-        t
+    /// removed by [`ObjectTable::remove_spill_dir`]), with its spill thread (which ends
+    /// when the table is dropped).
+    pub fn with_spill_dir(limit: u64, dir: std::path::PathBuf) -> Arc<Self> {
+        let (tx, rx) = flume::bounded::<()>(1);
+        Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+            let weak = weak.clone();
+            let spawned = std::thread::Builder::new()
+                .name("mobula-spill".to_string())
+                .spawn(move || {
+                    while rx.recv().is_ok() {
+                        let Some(t) = weak.upgrade() else {
+                            break;
+                        };
+                        t.relieve();
+                    }
+                });
+            let wake = match spawned {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no spill thread: seals spill on their own thread");
+                    None
+                }
+            };
+            let mut t = Self::new(limit);
+            t.spill = Some(Spill {
+                dir,
+                bytes: AtomicU64::new(0),
+                written: AtomicU64::new(0),
+                seq: AtomicU64::new(0),
+                restored: AtomicU64::new(0),
+                writer: Mutex::new(()),
+                wake,
+                closed: RwLock::new(false),
+            });
+            t
+        })
     }
 
-    /// Deletes the spill directory and what is in it (the node is shutting down).
+    /// Deletes the spill directory and what is in it (the node is shutting down); nothing is
+    /// spilled any more.
     pub fn remove_spill_dir(&self) {
         if let Some(sp) = &self.spill {
+            *sp.closed.write() = true;
             let _ = std::fs::remove_dir_all(&sp.dir);
         }
     }
 
+    /// Spills sealed values until the table is under its limit again, or nothing more can
+    /// go (the spill thread's work; also how a producing thread takes its share).
+    pub fn relieve(&self) {
+        if self.spill.is_some() && self.used.load(Ordering::Acquire) > self.limit {
+            self.make_room(0, None);
+        }
+    }
+
+    /// Whether storing `size` more bytes would spill (a cheap check, for callers that move
+    /// such a put off their thread).
+    pub fn would_spill(&self, size: u64) -> bool {
+        self.spill.is_some() && self.used.load(Ordering::Acquire).saturating_add(size) > self.limit
+    }
+
+    /// A file of its own for each write (`<object id>.<n>`): two threads spilling the same
+    /// value, or a value spilled again after a restore, never share (or delete) a file.
     fn spill_path(sp: &Spill, id: &ObjectId) -> std::path::PathBuf {
-        sp.dir.join(id.hex())
+        let n = sp.seq.fetch_add(1, Ordering::Relaxed);
+        sp.dir.join(format!("{}.{n}", id.hex()))
     }
 
     fn write_spill(
@@ -195,91 +279,111 @@ impl ObjectTable {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
+        let closed = sp.closed.read();
+        if *closed {
+            return Err(fail(std::io::Error::other("the node is shutting down")));
+        }
         std::fs::create_dir_all(&sp.dir).map_err(fail)?;
         std::fs::write(&path, data).map_err(fail)?;
-        sp.written.fetch_add(1, Ordering::Relaxed);
+        drop(closed);
         tracing::debug!(object = %id, bytes = data.len(), path = %path.display(), "spilled an object to disk");
         Ok(path)
     }
 
-    /// Spills sealed objects (other than `keep`) until `needed` more bytes fit under the
-    /// limit, or nothing more can go. Returns whether they fit now.
-    fn make_room(&self, needed: u64, keep: &ObjectId) -> bool {
+    /// Spills sealed objects (other than `keep`), oldest first, until `needed` more bytes fit
+    /// under the limit, or nothing more can go. Returns whether they fit now.
+    fn make_room(&self, needed: u64, keep: Option<&ObjectId>) -> bool {
         let Some(sp) = &self.spill else {
             return false;
         };
-        let fits = || self.used.load(Ordering::Acquire).saturating_add(needed) <= self.limit;
-        let start = sp.next.fetch_add(1, Ordering::Relaxed) as usize;
-        for i in 0..SHARDS {
-            if fits() {
-                return true;
-            }
-            let idx = (start + i) % SHARDS;
-            let over = self
-                .used
+        let over = || {
+            self.used
                 .load(Ordering::Acquire)
                 .saturating_add(needed)
-                .saturating_sub(self.limit);
-            // Candidates under the lock, files written outside it.
-            let victims: Vec<(ObjectId, Bytes)> = {
-                let shard = self.shards[idx].lock();
-                let mut sum = 0u64;
-                shard
-                    .iter()
-                    .filter_map(|(id, e)| match &e.state {
-                        State::Ready(o) if !o.is_error && e.size > 0 && id != keep => {
-                            Some((*id, o.data.clone()))
-                        }
-                        _ => None,
-                    })
-                    .take_while(|(_, d)| {
-                        let go = sum < over;
-                        sum += d.len() as u64;
-                        go
-                    })
-                    .collect()
-            };
-            for (id, data) in victims {
-                let path = match Self::write_spill(sp, &id, &data) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot spill an object");
-                        return fits();
-                    }
-                };
-                let mut shard = self.shards[idx].lock();
-                let swapped = match shard.get_mut(&id) {
-                    // Still the same value in memory: it lives on disk from now on.
-                    Some(e) if matches!(&e.state, State::Ready(o) if o.data.as_ptr() == data.as_ptr()) =>
-                    {
-                        e.state = State::Spilled(path.clone());
-                        self.used.fetch_sub(e.size, Ordering::AcqRel);
-                        sp.bytes.fetch_add(e.size, Ordering::AcqRel);
-                        true
-                    }
-                    _ => false,
-                };
-                drop(shard);
-                if !swapped {
-                    let _ = std::fs::remove_file(&path);
+                .saturating_sub(self.limit)
+        };
+        if over() == 0 {
+            return true;
+        }
+        let _writer = sp.writer.lock();
+        // The values in memory, the oldest first (each shard locked in turn, briefly).
+        let mut candidates: Vec<(u64, ObjectId, usize)> = Vec::new();
+        for (idx, shard) in self.shards.iter().enumerate() {
+            candidates.extend(shard.lock().iter().filter_map(|(id, e)| match &e.state {
+                State::Ready(o) if !o.is_error && e.size > 0 && Some(id) != keep => {
+                    Some((e.age, *id, idx))
                 }
+                _ => None,
+            }));
+        }
+        candidates.sort_unstable_by_key(|c| c.0);
+        for (_, id, idx) in candidates {
+            if over() == 0 {
+                break;
+            }
+            let data = match self.shards[idx].lock().get(&id) {
+                Some(Entry {
+                    state: State::Ready(o),
+                    ..
+                }) => o.data.clone(),
+                _ => continue,
+            };
+            // Written outside the shard's lock, swapped in under it.
+            let path = match Self::write_spill(sp, &id, &data) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot spill an object");
+                    break;
+                }
+            };
+            let mut shard = self.shards[idx].lock();
+            let swapped = match shard.get_mut(&id) {
+                // Still the same value in memory, and the room still wanted (frees meanwhile
+                // may have made it): it lives on disk from now on.
+                Some(e)
+                    if matches!(&e.state, State::Ready(o) if o.data.as_ptr() == data.as_ptr())
+                        && over() > 0 =>
+                {
+                    e.state = State::Spilled(path.clone());
+                    self.used.fetch_sub(e.size, Ordering::AcqRel);
+                    sp.bytes.fetch_add(e.size, Ordering::AcqRel);
+                    sp.written.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                _ => false,
+            };
+            drop(shard);
+            if !swapped {
+                let _ = std::fs::remove_file(&path);
             }
         }
-        fits()
+        over() == 0
     }
 
     /// Room for `size` bytes: reserved in memory (spilling others if need be), or `false`
-    /// when the value has to go to disk itself.
-    fn admit(&self, id: &ObjectId, size: u64) -> Result<bool, StoreError> {
+    /// when the value has to go to disk itself. With `defer` (a seal) nothing is written
+    /// here: the value is counted over the limit and the spill thread makes the room.
+    fn admit(&self, id: &ObjectId, size: u64, defer: bool) -> Result<bool, StoreError> {
         match self.reserve(size) {
             Ok(()) => return Ok(true),
             Err(e) if self.spill.is_none() => return Err(e),
             Err(_) => {}
         }
-        if size <= self.limit && self.make_room(size, id) && self.reserve(size).is_ok() {
+        if let Some(wake) = self.spill.as_ref().and_then(|sp| sp.wake.as_ref())
+            && defer
+        {
+            self.used.fetch_add(size, Ordering::AcqRel);
+            let _ = wake.try_send(());
+            return Ok(true);
+        }
+        if size <= self.limit && self.make_room(size, Some(id)) && self.reserve(size).is_ok() {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
     fn shard(&self, id: &ObjectId) -> &Mutex<HashMap<ObjectId, Entry>> {
@@ -315,6 +419,7 @@ impl ObjectTable {
             refs: 1,
             nested: Vec::new(),
             size: 0,
+            age: 0,
         });
     }
 
@@ -335,7 +440,7 @@ impl ObjectTable {
             // Errors are tiny and must reach their reader even when the store is full.
             self.used.fetch_add(size, Ordering::AcqRel);
             State::Ready(Object { data, is_error })
-        } else if self.admit(&id, size)? {
+        } else if self.admit(&id, size, false)? {
             State::Ready(Object { data, is_error })
         } else {
             self.spilled_state(&id, &data)?
@@ -348,7 +453,7 @@ impl ObjectTable {
             match shard.get_mut(&id) {
                 Some(e) => {
                     e.refs += 1;
-                    Self::fill(e, state, nested, size)
+                    Self::fill(e, state, nested, size, self.tick())
                 }
                 None => {
                     shard.insert(
@@ -358,6 +463,7 @@ impl ObjectTable {
                             refs: 1,
                             nested,
                             size,
+                            age: self.tick(),
                         },
                     );
                     Vec::new()
@@ -381,6 +487,7 @@ impl ObjectTable {
         };
         let path = Self::write_spill(sp, id, data)?;
         sp.bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
+        sp.written.fetch_add(1, Ordering::Relaxed);
         Ok(State::Spilled(path))
     }
 
@@ -400,11 +507,18 @@ impl ObjectTable {
         }
     }
 
-    fn fill(e: &mut Entry, state: State, nested: Vec<ObjectId>, size: u64) -> Vec<Waiter> {
+    fn fill(
+        e: &mut Entry,
+        state: State,
+        nested: Vec<ObjectId>,
+        size: u64,
+        age: u64,
+    ) -> Vec<Waiter> {
         match std::mem::replace(&mut e.state, state) {
             State::Pending(w) => {
                 e.nested = nested;
                 e.size = size;
+                e.age = age;
                 w
             }
             old => {
@@ -417,7 +531,8 @@ impl ObjectTable {
 
     /// Seals a pending object with a task's result. Returns false when nobody holds a
     /// reference any more (the value is dropped) or the object was already sealed.
-    /// A value over the memory limit is replaced by a store-full error.
+    /// A value over the memory limit of a table that does not spill is replaced by a
+    /// store-full error; one that spills keeps it and wakes its spill thread.
     pub fn seal(&self, id: ObjectId, data: Bytes, nested: Vec<ObjectId>, is_error: bool) -> bool {
         let size = data.len() as u64;
         let placed = if is_error {
@@ -425,7 +540,7 @@ impl ObjectTable {
             self.used.fetch_add(size, Ordering::AcqRel);
             Ok(State::Ready(Object { data, is_error }))
         } else {
-            match self.admit(&id, size) {
+            match self.admit(&id, size, true) {
                 Ok(true) => Ok(State::Ready(Object { data, is_error })),
                 Ok(false) => self.spilled_state(&id, &data),
                 Err(e) => Err(e),
@@ -454,7 +569,7 @@ impl ObjectTable {
                 Some(e) if matches!(e.state, State::Pending(_)) => {
                     // Nested refs live in other shards: they are counted after unlocking.
                     let st = state.take().map_or(State::Pending(Vec::new()), |s| s);
-                    Some(Self::fill(e, st, nested.clone(), size))
+                    Some(Self::fill(e, st, nested.clone(), size, self.tick()))
                 }
                 _ => None,
             }
@@ -478,47 +593,48 @@ impl ObjectTable {
         }
     }
 
-    /// The object's state.
+    /// The object's state; a spilled object is read back from its file (on this thread).
     pub fn lookup(&self, id: &ObjectId) -> Lookup {
-        let path = match self.shard(id).lock().get(id) {
-            Some(Entry {
-                state: State::Ready(o),
-                ..
-            }) => return Lookup::Ready(o.clone()),
-            Some(Entry {
-                state: State::Spilled(p),
-                ..
-            }) => p.clone(),
-            Some(_) => return Lookup::Pending,
-            None => return Lookup::Missing,
+        let mut last = None;
+        for _ in 0..RESTORE_TRIES {
+            let path = match self.shard(id).lock().get(id) {
+                Some(Entry {
+                    state: State::Ready(o),
+                    ..
+                }) => return Lookup::Ready(o.clone()),
+                Some(Entry {
+                    state: State::Spilled(p),
+                    ..
+                }) => p.clone(),
+                Some(_) => return Lookup::Pending,
+                None => return Lookup::Missing,
+            };
+            match std::fs::read(&path) {
+                Ok(d) => return self.restore(id, &path, Bytes::from(d)),
+                // Restored, freed or spilled again by another thread meanwhile: look again.
+                Err(e) => last = Some((path, e)),
+            }
+        }
+        let Some((path, e)) = last else {
+            return Lookup::Missing;
         };
-        self.restore(id, &path)
+        tracing::error!(object = %id, path = %path.display(), error = %e, "cannot read a spilled object back");
+        let err = crate::Error::ObjectLost {
+            id: id.hex(),
+            reason: format!("its spill file {} is unreadable: {e}", path.display()),
+        };
+        let enc = crate::codec::encode(&err)
+            .map(|e| e.data)
+            .unwrap_or_default();
+        Lookup::Ready(Object {
+            data: enc,
+            is_error: true,
+        })
     }
 
-    /// Reads a spilled object back (on the reading thread), and keeps it in memory again
-    /// when it fits without spilling others.
-    fn restore(&self, id: &ObjectId, path: &std::path::Path) -> Lookup {
-        let data = match std::fs::read(path) {
-            Ok(d) => Bytes::from(d),
-            Err(e) => {
-                // Freed meanwhile (its file went with it), or the disk lost it.
-                if self.shard(id).lock().contains_key(id) {
-                    tracing::error!(object = %id, path = %path.display(), error = %e, "cannot read a spilled object back");
-                    let err = crate::Error::ObjectLost {
-                        id: id.hex(),
-                        reason: format!("its spill file {} is unreadable: {e}", path.display()),
-                    };
-                    let enc = crate::codec::encode(&err)
-                        .map(|e| e.data)
-                        .unwrap_or_default();
-                    return Lookup::Ready(Object {
-                        data: enc,
-                        is_error: true,
-                    });
-                }
-                return Lookup::Missing;
-            }
-        };
+    /// Keeps a spilled object read back from `path` in memory again when it fits without
+    /// spilling others (its file goes); otherwise it stays on disk and is read each time.
+    fn restore(&self, id: &ObjectId, path: &std::path::Path, data: Bytes) -> Lookup {
         let size = data.len() as u64;
         if self.reserve(size).is_ok() {
             let mut shard = self.shard(id).lock();
@@ -528,6 +644,7 @@ impl ObjectTable {
                         data: data.clone(),
                         is_error: false,
                     });
+                    e.age = self.tick();
                     true
                 }
                 _ => false,
@@ -537,7 +654,9 @@ impl ObjectTable {
                 (true, Some(sp)) => {
                     sp.bytes.fetch_sub(size, Ordering::AcqRel);
                     sp.restored.fetch_add(1, Ordering::Relaxed);
+                    // Each write has a file of its own: this one is nobody else's.
                     let _ = std::fs::remove_file(path);
+                    tracing::debug!(object = %id, bytes = size, "restored a spilled object");
                 }
                 _ => {
                     self.used.fetch_sub(size, Ordering::AcqRel);
@@ -548,6 +667,66 @@ impl ObjectTable {
             data,
             is_error: false,
         })
+    }
+
+    /// The object's state and size, never touching the disk (for the callers that only
+    /// decide something from them: the raylet, the scheduler, waits).
+    pub fn peek(&self, id: &ObjectId) -> Peek {
+        match self.shard(id).lock().get(id) {
+            None => Peek::Missing,
+            Some(e) => match &e.state {
+                State::Pending(_) => Peek::Pending,
+                State::Ready(o) => Peek::Sealed {
+                    size: e.size,
+                    is_error: o.is_error,
+                    spilled: false,
+                },
+                State::Spilled(_) => Peek::Sealed {
+                    size: e.size,
+                    is_error: false,
+                    spilled: true,
+                },
+            },
+        }
+    }
+
+    /// Bytes `offset..offset + len` of a sealed value (cut to its end) with the value's size:
+    /// a slice of the memory, or of a spilled value's file read without restoring it.
+    pub fn read_part(&self, id: &ObjectId, offset: u64, len: u64) -> Option<(u64, Bytes)> {
+        let cut = |size: u64| {
+            let start = offset.min(size);
+            (start, (start.saturating_add(len)).min(size))
+        };
+        for _ in 0..RESTORE_TRIES {
+            let (path, size) = match self.shard(id).lock().get(id) {
+                Some(Entry {
+                    state: State::Ready(o),
+                    ..
+                }) => {
+                    let (s, e) = cut(o.data.len() as u64);
+                    return Some((o.data.len() as u64, o.data.slice(s as usize..e as usize)));
+                }
+                Some(Entry {
+                    state: State::Spilled(p),
+                    size,
+                    ..
+                }) => (p.clone(), *size),
+                _ => return None,
+            };
+            let (s, e) = cut(size);
+            let read = || -> std::io::Result<Vec<u8>> {
+                let mut f = std::fs::File::open(&path)?;
+                f.seek(std::io::SeekFrom::Start(s))?;
+                let mut buf = vec![0u8; (e - s) as usize];
+                f.read_exact(&mut buf)?;
+                Ok(buf)
+            };
+            if let Ok(buf) = read() {
+                return Some((size, Bytes::from(buf)));
+            }
+            // Its file went (restored, freed, spilled again): look again.
+        }
+        None
     }
 
     /// The objects a sealed object's value refers to (empty if none, or not sealed here).
@@ -735,6 +914,8 @@ mod tests {
         let big = ObjectId::new();
         t.create_pending(big);
         assert!(t.seal(big, Bytes::from(vec![9u8; 150]), vec![], false));
+        // The seal left the writing to the spill thread; this thread takes its share.
+        t.relieve();
         assert_eq!(t.stats().spilled_bytes, 150);
         assert_eq!(t.get(&big).map(|o| o.data.len()), Some(150));
         assert_eq!(
@@ -760,6 +941,170 @@ mod tests {
         if spilled_small {
             assert_eq!(t.stats().spilled_bytes, 60, "no room yet: still on disk");
         }
+    }
+
+    /// Waits for `cond` (the spill thread works on its own), failing after a generous bound.
+    fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_seal_over_the_limit_leaves_the_writing_to_the_spill_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = ObjectTable::with_spill_dir(100, dir.path().join("s"));
+        let old = ObjectId::new();
+        t.put(old, Bytes::from(vec![1u8; 80]), vec![], false)
+            .expect("put");
+        let new = ObjectId::new();
+        t.create_pending(new);
+        assert!(t.seal(new, Bytes::from(vec![2u8; 80]), vec![], false));
+        assert!(t.is_ready(&new));
+        until("the store is under its limit", || {
+            t.stats().used_bytes <= 100
+        });
+        let s = t.stats();
+        assert_eq!(s.used_bytes + s.spilled_bytes, 160, "{s:?}");
+        assert_eq!(
+            t.get(&old).map(|o| o.data),
+            Some(Bytes::from(vec![1u8; 80]))
+        );
+        assert_eq!(
+            t.get(&new).map(|o| o.data),
+            Some(Bytes::from(vec![2u8; 80]))
+        );
+    }
+
+    #[test]
+    fn the_oldest_values_spill_first_and_a_restored_one_counts_as_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = ObjectTable::with_spill_dir(100, dir.path().join("s"));
+        let put = || {
+            let id = ObjectId::new();
+            t.put(id, Bytes::from(vec![0u8; 40]), vec![], false)
+                .expect("put");
+            id
+        };
+        let spilled = |id: &ObjectId| matches!(t.peek(id), Peek::Sealed { spilled: true, .. });
+        let (a, b, c) = (put(), put(), put());
+        assert!(spilled(&a) && !spilled(&b) && !spilled(&c));
+        t.decref(b);
+        assert_eq!(t.get(&a).map(|o| o.data.len()), Some(40));
+        assert!(!spilled(&a), "restored: there is room again");
+        let d = put();
+        assert!(spilled(&c), "older than the restored one");
+        assert!(!spilled(&a) && !spilled(&d));
+        assert_eq!(t.stats().restored_objects, 1);
+    }
+
+    #[test]
+    fn a_seal_never_fails_on_the_disk_but_a_put_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").expect("write");
+        let t = ObjectTable::with_spill_dir(100, file.join("spill"));
+        let id = ObjectId::new();
+        t.create_pending(id);
+        assert!(t.seal(id, Bytes::from(vec![3u8; 150]), vec![], false));
+        t.relieve();
+        assert_eq!(
+            t.get(&id).map(|o| o.data.len()),
+            Some(150),
+            "kept in memory"
+        );
+        let err = t
+            .put(ObjectId::new(), Bytes::from(vec![0u8; 10]), vec![], false)
+            .expect_err("nothing can be spilled");
+        assert!(
+            matches!(&err, StoreError::Spill { path, .. } if path.contains("not-a-dir")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn peek_and_read_part_leave_a_spilled_value_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = ObjectTable::with_spill_dir(100, dir.path().join("s"));
+        let id = ObjectId::new();
+        let value: Vec<u8> = (0..150u8).collect();
+        t.put(id, Bytes::from(value.clone()), vec![], false)
+            .expect("a put bigger than the store");
+        assert_eq!(
+            t.peek(&id),
+            Peek::Sealed {
+                size: 150,
+                is_error: false,
+                spilled: true
+            }
+        );
+        let (size, part) = t.read_part(&id, 100, 80).expect("a part");
+        assert_eq!((size, &part[..]), (150, &value[100..]));
+        let (_, part) = t.read_part(&id, 10, 5).expect("a part");
+        assert_eq!(&part[..], &value[10..15]);
+        let s = t.stats();
+        assert_eq!((s.spilled_bytes, s.restored_objects), (150, 0), "{s:?}");
+        assert_eq!(t.peek(&ObjectId::new()), Peek::Missing);
+    }
+
+    #[test]
+    fn concurrent_spills_and_restores_keep_every_value_intact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = ObjectTable::with_spill_dir(1000, dir.path().join("s"));
+        let ids: Vec<ObjectId> = (0..40).map(|_| ObjectId::new()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            t.put(*id, Bytes::from(vec![i as u8; 100]), vec![], false)
+                .expect("put");
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|k| {
+                let (t, ids) = (t.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    for round in 0..20 {
+                        for (i, id) in ids.iter().enumerate().skip((k + round) % 3) {
+                            let o = t.get(id).expect("sealed");
+                            assert!(!o.is_error, "object {i} lost");
+                            assert_eq!(o.data, Bytes::from(vec![i as u8; 100]), "object {i}");
+                        }
+                        // Room taken by new values spills the restored ones again.
+                        let extra = ObjectId::new();
+                        t.put(extra, Bytes::from(vec![0u8; 300]), vec![], false)
+                            .expect("put");
+                        t.decref(extra);
+                    }
+                })
+            })
+            .collect();
+        for h in threads {
+            h.join().expect("a reader failed");
+        }
+        let s = t.stats();
+        assert!(s.restored_objects > 0 && s.spilled_objects > 40, "{s:?}");
+        for id in &ids {
+            t.decref(*id);
+        }
+        until("every file is deleted", || {
+            let s = t.stats();
+            (s.used_bytes, s.spilled_bytes) == (0, 0) && files_in(&dir.path().join("s")) == 0
+        });
+    }
+
+    #[test]
+    fn nothing_is_spilled_once_the_directory_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spill = dir.path().join("s");
+        let t = ObjectTable::with_spill_dir(10, spill.clone());
+        t.put(ObjectId::new(), Bytes::from(vec![0u8; 20]), vec![], false)
+            .expect("spilled");
+        t.remove_spill_dir();
+        assert!(!spill.exists());
+        let err = t
+            .put(ObjectId::new(), Bytes::from(vec![0u8; 20]), vec![], false)
+            .expect_err("shut down");
+        assert!(err.to_string().contains("shutting down"), "{err}");
+        assert!(!spill.exists());
     }
 
     #[test]

@@ -257,22 +257,39 @@ pub fn render(report: &StatusReport, submissions: &Counts) -> String {
         "Objects in the node's object store (pending or sealed).",
     );
     each(&mut e, "mobula_object_store_objects", &|m| m.objects);
+    // Spilling: only nodes whose store spills report these (all three or none).
+    type Of = fn(&NodeMetrics) -> u64;
+    let spill: [(&str, &str, &str, Of); 3] = [
+        (
+            "mobula_object_store_spilled_bytes",
+            "gauge",
+            "Bytes of the node's objects spilled to disk now.",
+            |m| m.store_spilled_bytes.unwrap_or(0),
+        ),
+        (
+            "mobula_object_store_spilled_objects_total",
+            "counter",
+            "Objects the node's store has written to disk.",
+            |m| m.store_spilled_objects,
+        ),
+        (
+            "mobula_object_store_restored_objects_total",
+            "counter",
+            "Spilled objects read back into the node's memory.",
+            |m| m.store_restored_objects,
+        ),
+    ];
     if nodes
         .iter()
         .any(|n| n.metrics.store_spilled_bytes.is_some())
     {
-        e.family(
-            "mobula_object_store_spilled_bytes",
-            "gauge",
-            "Bytes of the node's objects spilled to disk.",
-        );
-        for n in nodes {
-            if let Some(v) = n.metrics.store_spilled_bytes {
-                e.sample(
-                    "mobula_object_store_spilled_bytes",
-                    &[("node_id", &n.node_id)],
-                    v as f64,
-                );
+        for (name, kind, help, of) in spill {
+            e.family(name, kind, help);
+            for n in nodes
+                .iter()
+                .filter(|n| n.metrics.store_spilled_bytes.is_some())
+            {
+                e.sample(name, &[("node_id", &n.node_id)], of(&n.metrics) as f64);
             }
         }
     }
@@ -479,5 +496,39 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("spilled_bytes"), "{t}");
+    }
+
+    #[test]
+    fn spilling_nodes_report_their_spill_families() {
+        let node = |id: &str, spilled: Option<u64>| NodeStatus {
+            node_id: id.to_string(),
+            metrics: NodeMetrics {
+                store_spilled_bytes: spilled,
+                store_spilled_objects: 3,
+                store_restored_objects: 1,
+                ..NodeMetrics::default()
+            },
+            is_head: false,
+            alive: true,
+            ip: String::new(),
+            total: Default::default(),
+            available: Default::default(),
+            pending: Vec::new(),
+        };
+        let r = StatusReport {
+            nodes: vec![node("aa", Some(48)), node("bb", None)],
+            pending: Vec::new(),
+        };
+        let t = render(&r, &Counts::new());
+        for line in [
+            "# TYPE mobula_object_store_spilled_bytes gauge\n",
+            "mobula_object_store_spilled_bytes{node_id=\"aa\"} 48\n",
+            "# TYPE mobula_object_store_spilled_objects_total counter\n",
+            "mobula_object_store_spilled_objects_total{node_id=\"aa\"} 3\n",
+            "mobula_object_store_restored_objects_total{node_id=\"aa\"} 1\n",
+        ] {
+            assert!(t.contains(line), "{line}{t}");
+        }
+        assert!(!t.contains("node_id=\"bb\"} 3"), "{t}");
     }
 }

@@ -88,6 +88,33 @@ pub(crate) fn resolve_args(
     Ok(out)
 }
 
+/// Whether an argument is a spilled object (resolving the arguments reads its file).
+pub(crate) fn any_spilled(table: &ObjectTable, args: &[TaskArg]) -> bool {
+    args.iter().any(|a| {
+        matches!(a, TaskArg::Ref(id)
+            if matches!(table.peek(id), crate::store::Peek::Sealed { spilled: true, .. }))
+    })
+}
+
+/// [`resolve_args`] for a caller on an actor's thread: when an argument is spilled, its
+/// file is read on a blocking thread, not the caller's.
+pub(crate) async fn resolve_args_off_thread(
+    table: &Arc<ObjectTable>,
+    args: &[TaskArg],
+) -> Result<Vec<Bytes>, crate::Error> {
+    if !any_spilled(table, args) {
+        return resolve_args(table, args);
+    }
+    let (table, args) = (table.clone(), args.to_vec());
+    tokio::task::spawn_blocking(move || resolve_args(&table, &args))
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::Error::runtime(format!(
+                "reading arguments failed: {e}"
+            )))
+        })
+}
+
 fn run(table: &ObjectTable, spec: &TaskSpec) -> TaskOutcome {
     let args = match resolve_args(table, &spec.args) {
         Ok(a) => a,
@@ -96,6 +123,9 @@ fn run(table: &ObjectTable, spec: &TaskSpec) -> TaskOutcome {
     match invoke_function(spec, args) {
         Ok(enc) => {
             table.seal(spec.return_id, enc.data, enc.nested, false);
+            // A worker thread takes its share of the spilling a big result causes: a task
+            // making results faster than the spill thread writes them waits here.
+            table.relieve();
             TaskOutcome::Sealed
         }
         Err((error, user)) => TaskOutcome::Failed { error, user },
