@@ -608,7 +608,11 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
     // Objects past the limit spill to this node's own directory (removed at shutdown).
     let table = ObjectTable::with_spill_dir(
         object_store_limit(&config),
-        temp_dir.join(format!("spill-{}", node_id.hex())),
+        config
+            .spill_root
+            .as_ref()
+            .unwrap_or(&temp_dir)
+            .join(format!("spill-{}", node_id.hex())),
     );
     let directory = Arc::new(ActorDirectory::new(table.clone()));
     let (tx, rx) = flume::bounded::<RayletMsg>(RAYLET_CHANNEL);

@@ -202,6 +202,12 @@ fn a_head_with_object_store_memory_spills_a_drivers_objects_and_reports_it() {
             && sample(body, "mobula_object_store_spilled_bytes").is_some_and(|v| v > 0.0)
             && sample(body, "mobula_object_store_spilled_objects_total").is_some_and(|v| v >= 1.0)
     });
+    // The head spills into its cluster directory (under `--temp-dir`).
+    assert!(
+        spill_files(&c.dir()) >= 1,
+        "spill files under {:?}",
+        c.dir()
+    );
     for (i, r) in (0..VALUES).zip(&refs) {
         let back: ByteBuf = rt.get(r).expect("get");
         assert!(back.as_slice() == value(i).as_slice(), "value {i} intact");
@@ -209,6 +215,9 @@ fn a_head_with_object_store_memory_spills_a_drivers_objects_and_reports_it() {
     drop((refs, digests, big));
     metrics("freed objects leave the disk", &|body| {
         sample(body, "mobula_object_store_spilled_bytes") == Some(0.0)
+    });
+    common::eventually("the head's spill files are deleted", || {
+        spill_files(&c.dir()) == 0
     });
 }
 

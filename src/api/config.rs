@@ -35,6 +35,10 @@ pub struct Config {
     pub worker_start_timeout: Duration,
     /// Directory for sockets and logs (default: a fresh one under the system temp dir).
     pub temp_dir: Option<std::path::PathBuf>,
+    /// Where objects past the store's limit spill: a `spill-<node id>` directory inside it,
+    /// removed at shutdown (default: the temp dir; `mobula start` uses its cluster directory
+    /// under `--temp-dir`).
+    pub spill_root: Option<std::path::PathBuf>,
     /// A running cluster to connect to (`HOST:PORT` of its head) instead of starting an
     /// embedded one; this machine must run a node of it (`mobula start`).
     pub address: Option<String>,
@@ -66,6 +70,7 @@ impl Default for Config {
             prestart_workers: None,
             worker_start_timeout: Duration::from_secs(30),
             temp_dir: None,
+            spill_root: None,
             address: None,
             cluster_root: std::path::PathBuf::from("/tmp/mobula"),
             infeasible_timeout: Duration::ZERO,

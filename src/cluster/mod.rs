@@ -737,6 +737,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         num_gpus: opts.num_gpus,
         memory: opts.memory,
         object_store_memory: opts.object_store_memory,
+        // Spilled objects go where the user pointed `--temp-dir` (a disk with room).
+        spill_root: Some(dir.dir.clone()),
         resources: opts.resources.clone(),
         namespace: "_mobula_node".to_string(),
         // Drivers connect over the node's socket and get worker processes of their own
