@@ -1500,12 +1500,13 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 if let (Some(plane), Some(a)) = (&plane, data.and_then(|d| d.parse().ok())) {
                                     plane.set_addr(from, a);
                                 }
-                                if !peers.contains_key(&n) {
-                                    if let Ok(a) = addr.parse::<libp2p::Multiaddr>() {
-                                        let _ = net.add_address(from, a).await;
-                                    }
-                                    peers.insert(n.clone(), from);
+                                // Its listen address is learnt from its first heartbeat (a
+                                // node that registered is in `peers` already, without one).
+                                let first = members.get(&n).is_none_or(|m| m.status.ip.is_empty());
+                                if first && let Ok(a) = addr.parse::<libp2p::Multiaddr>() {
+                                    let _ = net.add_address(from, a).await;
                                 }
+                                peers.entry(n.clone()).or_insert(from);
                                 let e = members.entry(n.clone()).or_insert_with(|| Member {
                                     status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, ip: String::new(), total: total.clone(), available: available.clone(), pending: Vec::new(), metrics: Default::default() },
                                     last_seen: Instant::now(),
