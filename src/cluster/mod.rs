@@ -1067,11 +1067,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             let (here, net, own) = (here.clone(), net.clone(), node_id.clone());
                             let include_own = node.as_ref().is_none_or(|n| *n == own);
                             tokio::spawn(async move {
-                                let mut all = state::gather(&here, &own, asked, &net, &query).await;
-                                if !include_own {
-                                    all.remove(0);
-                                }
-                                let _ = done.send(all);
+                                let own = include_own.then_some(own.as_str());
+                                let _ = done.send(state::gather(&here, own, asked, &net, &query).await);
                             });
                         }
                         crate::node::ClusterAsk::CommitBundles { node, pg, bundles, done } => {

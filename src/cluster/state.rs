@@ -319,11 +319,12 @@ pub fn tail(path: &Path, lines: usize) -> Result<String, String> {
     Ok(all[from..].concat())
 }
 
-/// Asks each of `peers` (node id, libp2p peer) at once and gathers their answers with this
-/// node's own; a node that fails or does not answer within [`NODE_TIMEOUT`] gives an error.
+/// Asks each of `peers` (node id, libp2p peer) at once and gathers their answers, first this
+/// node's own when `own_id` is given; a node that fails or does not answer within
+/// [`NODE_TIMEOUT`] gives an error.
 pub(crate) async fn gather(
     here: &Here,
-    own_id: &str,
+    own_id: Option<&str>,
     peers: Vec<(String, libp2p::PeerId)>,
     net: &crate::net::NetHandle,
     q: &StateQuery,
@@ -348,15 +349,17 @@ pub(crate) async fn gather(
             NodeAnswer { node_id, result }
         }
     });
-    let (own, mut rest) = futures::join!(here.answer(q), futures::future::join_all(asks));
-    rest.insert(
-        0,
-        NodeAnswer {
-            node_id: own_id.to_string(),
-            result: own,
-        },
-    );
-    rest
+    let own = async {
+        match own_id {
+            Some(id) => Some(NodeAnswer {
+                node_id: id.to_string(),
+                result: here.answer(q).await,
+            }),
+            None => None,
+        }
+    };
+    let (own, rest) = futures::join!(own, futures::future::join_all(asks));
+    own.into_iter().chain(rest).collect()
 }
 
 #[cfg(test)]
