@@ -20,6 +20,7 @@ use crate::ids::{ActorId, JobId, NodeId, PlacementGroupId};
 use crate::sched::{ClusterView, PlaceError, PlacementStrategy, ResourceSet};
 use crate::spec::ActorSpec;
 use crate::store::GcsStorage;
+use crate::web::now_ms;
 
 /// Lifecycle states of an actor (Ray's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,12 +100,6 @@ pub struct JobRecord {
     /// The Jobs API submission whose entrypoint started this driver, if any.
     #[serde(default)]
     pub submission_id: Option<String>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The GCS actor.

@@ -11,12 +11,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::actors::raylet::{Outbound, RegisterJob, RemoteDone, RemoteNode, SetSpill};
 use crate::net::{self, NetConfig, NetEvent};
+use crate::web::now_ms;
 
 mod actors;
 #[cfg(test)]
@@ -673,12 +674,6 @@ async fn ask_head(
     net.add_address(peer, addr).await?;
     let reply = net.request(peer, reg).await?;
     decode(&reply)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Member {

@@ -782,12 +782,11 @@ async fn working_dir(st: &WebState, info: &JobInfo) -> Res<PathBuf> {
     Ok(dir)
 }
 
+/// The last `n` lines of a log, at most 20,000 characters of them, for a failure message.
 fn last_lines(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+    // Read from the end (`state::tail`), not the whole log.
+    let text = crate::cluster::state::tail(path, n).unwrap_or_default();
+    let tail = text.lines().collect::<Vec<_>>().join("\n");
     let max = 20_000;
     if tail.len() > max {
         let mut cut = tail.len() - max;
