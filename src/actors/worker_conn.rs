@@ -456,34 +456,24 @@ impl WorkerConn {
     fn on_request(&mut self, req: u64, body: Request, ctx: &mut Context<Self>) {
         let client = self.client();
         match body {
-            Request::Put { id, value } if self.ctx.table.would_spill(value.data.len() as u64) => {
-                // This put spills: the files are written off this arbiter. The hold comes
-                // first, so a `DecRef` right after the reply finds it (a failed put holds an
-                // id the table does not know, which releasing ignores).
-                self.hold(id);
-                self.reply_blocking(ctx, req, move |c| {
-                    let r = c.put_with_id(
-                        id,
-                        Encoded {
-                            data: value.data,
-                            nested: value.nested,
-                            pins: Vec::new(),
-                        },
-                        false,
-                    );
-                    Reply::Unit(r)
-                });
-            }
             Request::Put { id, value } => {
-                let r = client.put_with_id(
-                    id,
-                    Encoded {
-                        data: value.data,
-                        nested: value.nested,
-                        pins: Vec::new(),
-                    },
-                    false,
-                );
+                let spills = self.ctx.table.would_spill(value.data.len() as u64);
+                let enc = Encoded {
+                    data: value.data,
+                    nested: value.nested,
+                    pins: Vec::new(),
+                };
+                if spills {
+                    // This put spills: the files are written off this arbiter. The hold comes
+                    // first, so a `DecRef` right after the reply finds it (a failed put holds
+                    // an id the table does not know, which releasing ignores).
+                    self.hold(id);
+                    self.reply_blocking(ctx, req, move |c| {
+                        Reply::Unit(c.put_with_id(id, enc, false))
+                    });
+                    return;
+                }
+                let r = client.put_with_id(id, enc, false);
                 if r.is_ok() {
                     self.hold(id);
                 }
