@@ -121,13 +121,7 @@ fn a_drivers_exit_ends_its_jobs_work() {
     let h = common::cluster::head_only();
     let addr = format!("127.0.0.1:{}", h.port);
     let marker = h.temp.path().join("sleeper.pid");
-    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "child_driver_of_the_exit_test",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = common::child_test("child_driver_of_the_exit_test")
         .env("CHILD_ADDRESS", &addr)
         .env("CHILD_ROOT", h.temp.path())
         .env("CHILD_MARKER", &marker)

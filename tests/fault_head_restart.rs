@@ -82,13 +82,7 @@ fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
     // A new driver on the head finds the actor by name: the same one, with its state.
     let deadline = Instant::now() + common::HANG;
     let seen = loop {
-        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "child_driver_of_the_head_restart_test",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let out = common::child_test("child_driver_of_the_head_restart_test")
             .env("CHILD_ADDRESS", &addr)
             .env("CHILD_ROOT", c.temp.path())
             .env_remove("MOBULA_DRIVER_NODE")

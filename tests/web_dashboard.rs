@@ -336,14 +336,7 @@ fn the_dashboard_shows_the_live_cluster_in_a_browser() {
     b.screenshot("placement-groups");
 
     // Logs: the worker node's files, then one of them opened from its link.
-    let (_, nodes) = get(&format!("{url}/api/v0/nodes"), &[]);
-    let nodes = common::http::json(&nodes);
-    let worker = nodes["data"]["result"]["result"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["is_head_node"] == false))
-        .and_then(|n| n["node_id"].as_str())
-        .expect("the worker node")
-        .to_string();
+    let worker = c.worker_node_id();
     b.goto(&format!("{url}/#/logs/{worker}"));
     b.await_text("the node's log file", |t| t.contains("node.log"));
     b.screenshot("node-logs");

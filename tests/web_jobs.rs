@@ -349,14 +349,7 @@ fn an_entrypoint_runs_on_the_node_that_has_its_resources() {
     let c = common::cluster::cluster_with(&["--resources", r#"{"gizmo": 1}"#]);
     let url = c.dashboard();
     c.await_status("the gizmo node", |s| s.contains("gizmo"));
-    let (_, nodes) = get(&format!("{url}/api/v0/nodes"), &[]);
-    let nodes = json(&nodes);
-    let worker = nodes["data"]["result"]["result"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["is_head_node"] == false))
-        .and_then(|n| n["node_id"].as_str())
-        .expect("the worker node")
-        .to_string();
+    let worker = c.worker_node_id();
 
     // A working dir travels with the job to that node.
     let pkg = format!("{url}/api/packages/gcs/_ray_pkg_00000000000000aa.zip");

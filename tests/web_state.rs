@@ -256,15 +256,7 @@ fn tasks_workers_objects_logs_and_the_timeline_span_both_nodes() {
     );
 
     // Logs: each node lists its own log; the other node's is read through the head.
-    let nodes = rows(&format!("{url}/api/v0/nodes"));
-    let worker_node = nodes["result"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .find(|n| n["is_head_node"] == false)
-        .and_then(|n| n["node_id"].as_str())
-        .expect("the worker node")
-        .to_string();
+    let worker_node = c.worker_node_id();
     let (status, body) = get(&format!("{url}/api/v0/logs?node_id={worker_node}"), &[]);
     assert_eq!(status, 200, "{body}");
     let cats = json(&body)["data"]["result"].clone();

@@ -60,6 +60,13 @@ pub fn processes(cpus: f64) -> Config {
 /// A long guard against hangs (not a speed expectation).
 pub const HANG: Duration = Duration::from_secs(120);
 
+/// This test binary running only its test `name` (a child driver process of another test).
+pub fn child_test(name: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("exe"));
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"]);
+    cmd
+}
+
 /// Waits until `path` exists and returns its contents.
 pub fn wait_for_file(path: &Path) -> String {
     let deadline = Instant::now() + HANG;
