@@ -356,18 +356,29 @@ fn read_chunk(path: &Path, from: u64) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_job_runs_here_and_reports_its_output_and_end() {
+    /// A cluster directory with its `logs/`.
+    fn cluster_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("logs")).expect("logs");
+        dir
+    }
+
+    fn job(sid: &str, entrypoint: &str, env: Vec<(String, String)>) -> RemoteJob {
+        RemoteJob {
+            sid: sid.into(),
+            entrypoint: entrypoint.into(),
+            env,
+            package: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_runs_here_and_reports_its_output_and_end() {
+        let dir = cluster_dir();
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let (tx, rx) = flume::unbounded();
-        let job = RemoteJob {
-            sid: "raysubmit_t".into(),
-            entrypoint: "echo one; echo $FOO; pwd; exit 3".into(),
-            env: vec![("FOO".into(), "two".into())],
-            package: None,
-        };
+        let env = vec![("FOO".into(), "two".into())];
+        let job = job("raysubmit_t", "echo one; echo $FOO; pwd; exit 3", env);
         run_here(job, dir.path().to_path_buf(), "n1".into(), vec![], stop, tx).await;
         let events: Vec<JobEvent> = rx.drain().collect();
         assert!(
@@ -399,16 +410,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_job_is_terminated() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("logs")).expect("logs");
+        let dir = cluster_dir();
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let (tx, rx) = flume::unbounded();
-        let job = RemoteJob {
-            sid: "raysubmit_s".into(),
-            entrypoint: "echo started; sleep 600".into(),
-            env: vec![],
-            package: None,
-        };
+        let job = job("raysubmit_s", "echo started; sleep 600", vec![]);
         let run = tokio::spawn(run_here(
             job,
             dir.path().to_path_buf(),
