@@ -131,6 +131,17 @@ enum Worker {
     Process(ProcessWorker),
 }
 
+impl Worker {
+    /// The pid it runs in: its own process, or this one for a thread (0 for a process not
+    /// started yet or gone).
+    fn pid(&self) -> u32 {
+        match self {
+            Worker::Process(p) => p.pid(),
+            Worker::Thread(_) => std::process::id(),
+        }
+    }
+}
+
 struct WorkerSlot {
     worker: Worker,
     running: Option<TaskId>,
@@ -873,10 +884,7 @@ impl Raylet {
             return;
         };
         self.metrics.sched_latency.observe(task.submitted.elapsed());
-        let pid = match self.workers.get(&wid).map(|s| &s.worker) {
-            Some(Worker::Process(p)) => Some(p.pid()),
-            _ => Some(std::process::id()),
-        };
+        let pid = self.workers.get(&wid).map(|s| s.worker.pid());
         self.cfg
             .history
             .running(tid, spec.attempt, wid, pid.filter(|p| *p != 0));
@@ -2373,10 +2381,7 @@ impl Handler<Shutdown> for Raylet {
 
 /// A worker's state-API row (Ray's `WorkerState`; `ip` is the daemon's to add).
 fn worker_row(wid: WorkerId, slot: &WorkerSlot, node: NodeId) -> serde_json::Value {
-    let pid = match &slot.worker {
-        Worker::Process(p) => p.pid(),
-        Worker::Thread(_) => std::process::id(),
-    };
+    let pid = slot.worker.pid();
     serde_json::json!({
         "worker_id": wid.hex(),
         "is_alive": true,
