@@ -353,8 +353,6 @@ fn row(r: &Record) -> Value {
     let first = |s: TaskState| r.events.iter().find(|(e, _)| *e == s).map(|(_, t)| *t);
     let creation = r.events.first().map(|(_, t)| *t);
     let end = r.events.iter().find(|(e, _)| e.terminal()).map(|(_, t)| *t);
-    let resources: std::collections::BTreeMap<&str, f64> =
-        r.resources.iter().map(|(k, a)| (k, a.to_f64())).collect();
     let events: Vec<Value> = r
         .events
         .iter()
@@ -375,7 +373,7 @@ fn row(r: &Record) -> Value {
         "worker_pid": r.worker_pid,
         "error_type": r.error.as_ref().map(|e| e.0),
         "language": "RUST",
-        "required_resources": resources,
+        "required_resources": crate::cluster::state::resources(&r.resources),
         "runtime_env_info": null,
         "placement_group_id": r.pg,
         "events": events,

@@ -69,7 +69,8 @@ pub(crate) struct Here {
     pub is_head: bool,
 }
 
-fn resources(r: &ResourceSet) -> Value {
+/// Resources as a JSON object of amounts, in name order (the rows' `required_resources`).
+pub(crate) fn resources(r: &ResourceSet) -> Value {
     let m: BTreeMap<&str, f64> = r.iter().map(|(k, a)| (k, a.to_f64())).collect();
     json!(m)
 }
