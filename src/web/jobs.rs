@@ -963,7 +963,12 @@ async fn supervise_remote(
                         std::fs::OpenOptions::new().create(true).append(true).open(&path)
                             .and_then(|mut f| f.write_all(&bytes))
                     }).await;
-                    if let Ok(Err(e)) | Err(e) = appended.map_err(|e| std::io::Error::other(e.to_string())) {
+                    let failed = match appended {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(e) = failed {
                         tracing::warn!(job = %sid, error = %e, "cannot append to the job's log");
                     }
                 }
