@@ -122,14 +122,12 @@ impl Outgoing {
                 continue;
             }
             tracing::debug!(node = %node, calls = calls.len(), "forwarding actor calls");
-            let reply = net
-                .request(peer, encode(&ClusterMsg::ActorCalls { calls }))
-                .await
-                .map_err(Error::runtime)
-                .and_then(|b| decode(&b).map_err(Error::runtime));
+            // On a lane, in order with the batches before it; else a request, answered once
+            // the host queued the calls.
+            let reply = super::lane::send(&net, peer, &ClusterMsg::ActorCalls { calls }).await;
             let failure = match reply {
-                Ok(ClusterMsg::Accepted) => None,
-                Ok(other) => Some(format!("node {node} answered {other:?}")),
+                Ok(None | Some(ClusterMsg::Accepted)) => None,
+                Ok(Some(other)) => Some(format!("node {node} answered {other:?}")),
                 Err(e) => Some(format!("node {node} could not be reached: {e}")),
             };
             if let Some(reason) = failure {

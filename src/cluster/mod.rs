@@ -23,6 +23,7 @@ mod actors;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod jobs;
+mod lane;
 pub mod state;
 
 /// Errors of the cluster commands.
@@ -444,6 +445,10 @@ impl Reporter {
                 batch.push(f);
             }
             let msg = encode(&ClusterMsg::TaskFinished(batch.clone()));
+            // On the lane when there is one (it retries a broken connection itself).
+            let Err(msg) = self.net.tell(origin, msg).await else {
+                continue;
+            };
             let mut delivered = false;
             for attempt in 0..3u64 {
                 match self.net.request(origin, msg.clone()).await {
@@ -816,7 +821,12 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     let data_bind: std::net::SocketAddr = format!("{}:0", opts.bind)
         .parse()
         .map_err(|e| ClusterError::Usage(format!("bad --bind {}: {e}", opts.bind)))?;
-    let (plane, data_addr) = match net::data::DataPlane::start(data_bind, secret, provider) {
+    let (plane, data_addr) = match net::data::DataPlane::start(
+        data_bind,
+        secret,
+        provider,
+        net.peer_id(),
+    ) {
         Ok((p, bound)) => {
             net.set_data(p.clone());
             (Some(p), Some(format!("{ip}:{}", bound.port())))
@@ -931,6 +941,19 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         held: held.clone(),
         queues: Default::default(),
     });
+    let hot = std::sync::Arc::new(lane::Hot {
+        rt: rt.clone(),
+        raylet: raylet.clone(),
+        net: net.clone(),
+        held: held.clone(),
+        shipping: shipping.clone(),
+        reporter: reporter.clone(),
+        outgoing: outgoing.clone(),
+        table: table.clone(),
+    });
+    if let Some(p) = &plane {
+        p.set_sink(hot.clone().sink());
+    }
     let result = runtime.block_on(async {
         let mut members: HashMap<String, Member> = HashMap::new();
         let mut peers: HashMap<String, libp2p::PeerId> = HashMap::new();
@@ -1319,21 +1342,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             }
                             Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
                                 let _ = reply.send(encode(&ClusterMsg::Accepted));
-                                let rt = rt.clone();
-                                let raylet = raylet.clone();
-                                let net = net.clone();
-                                let held = held.clone();
-                                let shipping = shipping.clone();
-                                let reporter = reporter.clone();
-                                tokio::spawn(async move {
-                                    let task_id = spec.task_id;
-                                    let return_id = spec.return_id;
-                                    let answer = match shipping.resolve(&net, from, launch).await {
-                                        Ok(launch) => execute_here(&rt, raylet, &net, from, *spec, launch, &held).await,
-                                        Err(e) => ClusterMsg::TaskResult(Err(e)),
-                                    };
-                                    reporter.report(from, Finished { task_id, return_id, answer });
-                                });
+                                hot.execute_remote(from, spec, launch);
                             }
                             Ok(ClusterMsg::CreateActor { spec, launch }) => {
                                 let _ = reply.send(encode(&ClusterMsg::Accepted));
@@ -1378,56 +1387,15 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 }
                             }
                             Ok(ClusterMsg::ActorCalls { calls }) => {
-                                let args = actors::prepare_calls(&calls, &table, &net, from);
-                                let (rt, held, reporter) = (rt.clone(), held.clone(), reporter.clone());
+                                let hot = hot.clone();
                                 tokio::spawn(async move {
-                                    let ids: Vec<_> = calls.iter().map(|c| (c.task_id, c.return_id)).collect();
-                                    let core = rt.core().clone();
-                                    let submitted = tokio::task::spawn_blocking(move || {
-                                        for c in calls {
-                                            let _ = core.submit_actor_call(c);
-                                        }
-                                    }).await;
                                     // Answered once queued at the actors: the next batch cannot overtake.
-                                    let _ = reply.send(encode(&match submitted {
-                                        Ok(()) => ClusterMsg::Accepted,
-                                        Err(e) => ClusterMsg::TaskResult(Err(crate::Error::runtime(e))),
-                                    }));
-                                    for ((task_id, return_id), args) in ids.into_iter().zip(args) {
-                                        let (rt, held, reporter) = (rt.clone(), held.clone(), reporter.clone());
-                                        tokio::spawn(async move {
-                                            let obj = rt.core().get_object_async(return_id).await;
-                                            let answer = answer_of(return_id, obj, &held);
-                                            release_all(&held.table, &args);
-                                            reporter.report(from, Finished { task_id, return_id, answer });
-                                        });
-                                    }
+                                    let _ = reply.send(encode(&hot.actor_calls(from, calls).await));
                                 });
                             }
                             Ok(ClusterMsg::TaskFinished(done)) => {
                                 let _ = reply.send(encode(&ClusterMsg::Released));
-                                for Finished { task_id, return_id, answer } in done {
-                                let net = net.clone();
-                                let raylet = raylet.clone();
-                                let outgoing = outgoing.clone();
-                                let table = table.clone();
-                                tokio::spawn(async move {
-                                    // A task's large value stays there too (the raylet records the copy).
-                                    let call = outgoing.take(&return_id);
-                                    let keep = call.is_none() && raylet.is_some();
-                                    let (result, node_lost, refs, kept) = receive_result(&net, from, &table, return_id, answer, keep).await;
-                                    if let Some(q) = call {
-                                        actors::seal_forwarded(&table, q, result);
-                                    } else if let Some(r) = raylet {
-                                        r.do_send(RemoteDone { task_id, result, node_lost, kept });
-                                        if !refs.is_empty() {
-                                            // Sealing counts the value's references; ours can go after.
-                                            crate::store::sealed(&table, return_id).await;
-                                        }
-                                    }
-                                    release_all(&table, &refs);
-                                });
-                                }
+                                hot.task_finished(from, done);
                             }
                             Ok(ClusterMsg::FetchChunk { id, offset, len }) => {
                                 let part = move |table: &crate::store::ObjectTable| {
@@ -1574,15 +1542,14 @@ async fn hand_over(
             true,
         ));
     };
-    match net.request(peer, encode(&msg)).await.map(|b| decode(&b)) {
-        Ok(Ok(ClusterMsg::Accepted)) => Ok(()),
-        Ok(Ok(ClusterMsg::TaskResult(Err(e)))) => Err((e, false)),
-        Ok(Ok(other)) => Err((
+    match lane::send(net, peer, &msg).await {
+        Ok(None | Some(ClusterMsg::Accepted)) => Ok(()),
+        Ok(Some(ClusterMsg::TaskResult(Err(e)))) => Err((e, false)),
+        Ok(Some(other)) => Err((
             crate::Error::runtime(format!("unexpected reply {other:?}")),
             false,
         )),
-        Ok(Err(e)) => Err((crate::Error::runtime(e), false)),
-        Err(e) => Err((crate::Error::runtime(e), true)),
+        Err(e) => Err((e, true)),
     }
 }
 

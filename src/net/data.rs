@@ -64,6 +64,9 @@ const POOLED: usize = 4;
 enum Request {
     /// The whole value of an object.
     Get(ObjectId),
+    /// The connection becomes a lane: one-way messages from the peer with this libp2p peer
+    /// id (its bytes) follow, until it closes.
+    Lane(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,6 +79,25 @@ enum Header {
 
 /// Gives the value of an object this node holds (called on a blocking thread).
 pub type Provider = Arc<dyn Fn(&ObjectId) -> Option<Bytes> + Send + Sync>;
+
+/// Takes the messages that arrive on lanes, in the order each peer sent them: the next
+/// message of a lane is read once the future of the one before has finished (called on the
+/// data plane's runtime; it must not block).
+pub type LaneSink =
+    Arc<dyn Fn(libp2p::PeerId, Vec<u8>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// An open outgoing lane: its number and its queue.
+type Lane = (u64, flume::Sender<Vec<u8>>);
+
+/// The largest lane message (as libp2p's request limit).
+pub const MAX_LANE_MESSAGE: usize = 64 << 20;
+/// Messages queued for one peer's lane, at most (senders wait past it).
+const LANE_QUEUE: usize = 4096;
+/// How often a lane whose connection broke is dialled again before its queue is dropped.
+const LANE_RETRIES: u32 = 3;
+/// The first byte of a lane frame: more frames of the message follow, or this is its last.
+const MORE: u8 = 0;
+const LAST: u8 = 1;
 
 fn mac(secret: &[u8; 32], role: &[u8], nc: &[u8; 32], ns: &[u8; 32]) -> Res<Hmac<Sha256>> {
     let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(secret)
@@ -252,7 +274,12 @@ async fn value_of(provider: &Provider, id: ObjectId) -> Res<Option<Bytes>> {
 }
 
 /// Serves one connection until the peer closes it or misbehaves.
-async fn serve_conn(stream: TcpStream, secret: [u8; 32], provider: Provider) -> Res<()> {
+async fn serve_conn(
+    stream: TcpStream,
+    secret: [u8; 32],
+    provider: Provider,
+    sink: Arc<std::sync::OnceLock<LaneSink>>,
+) -> Res<()> {
     let mut conn = timed(HANDSHAKE_TIMEOUT, server_handshake(stream, &secret)).await?;
     loop {
         let req: Request = match conn.read_message().await {
@@ -273,6 +300,59 @@ async fn serve_conn(stream: TcpStream, secret: [u8; 32], provider: Provider) -> 
                     }
                 }
             },
+            Request::Lane(from) => {
+                let from = libp2p::PeerId::from_bytes(&from)
+                    .map_err(|e| DataError::Malformed(format!("bad peer id on a lane: {e}")))?;
+                return serve_lane(conn, from, sink).await;
+            }
+        }
+    }
+}
+
+/// Reads one lane message (frames whose first byte says whether more follow).
+async fn read_lane_message(conn: &mut Conn) -> Res<Vec<u8>> {
+    let mut msg = Vec::new();
+    loop {
+        let start = msg.len();
+        conn.read_frame_into(&mut msg, FRAME + 1).await?;
+        let Some(&flag) = msg.get(start) else {
+            return Err(DataError::Malformed("an empty lane frame".to_string()));
+        };
+        msg.remove(start);
+        if msg.len() > MAX_LANE_MESSAGE {
+            return Err(DataError::Malformed(format!(
+                "a lane message over {MAX_LANE_MESSAGE} bytes"
+            )));
+        }
+        match flag {
+            LAST => return Ok(msg),
+            MORE => {}
+            f => return Err(DataError::Malformed(format!("lane frame flag {f}"))),
+        }
+    }
+}
+
+/// Hands the messages of one lane to the sink, one after the other, until the peer closes.
+async fn serve_lane(
+    mut conn: Conn,
+    from: libp2p::PeerId,
+    sink: Arc<std::sync::OnceLock<LaneSink>>,
+) -> Res<()> {
+    tracing::debug!(peer = %from, "lane opened");
+    loop {
+        let msg = match read_lane_message(&mut conn).await {
+            Ok(m) => m,
+            Err(DataError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(peer = %from, "lane closed");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match sink.get() {
+            Some(sink) => sink(from, msg).await,
+            None => {
+                tracing::warn!(peer = %from, "a lane message arrived before this node could take it: dropped")
+            }
         }
     }
 }
@@ -285,6 +365,14 @@ pub struct DataPlane {
     idle: parking_lot::Mutex<HashMap<SocketAddr, Vec<Conn>>>,
     /// The runtime transfers run on (off the daemon's event loop: encryption is CPU work).
     rt: tokio::runtime::Handle,
+    /// Where lane messages from peers go.
+    sink: Arc<std::sync::OnceLock<LaneSink>>,
+    /// This node's libp2p peer id (said when a lane opens).
+    me: Vec<u8>,
+    /// The queue of each peer's outgoing lane.
+    lanes: parking_lot::Mutex<HashMap<libp2p::PeerId, Lane>>,
+    /// Numbers the lanes (a broken lane removes only its own entry).
+    next_lane: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -302,6 +390,7 @@ impl DataPlane {
         bind: SocketAddr,
         secret: [u8; 32],
         provider: Provider,
+        me: libp2p::PeerId,
     ) -> Res<(Arc<Self>, SocketAddr)> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -312,6 +401,8 @@ impl DataPlane {
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, "data plane listening");
         let handle = rt.handle().clone();
+        let sink: Arc<std::sync::OnceLock<LaneSink>> = Default::default();
+        let sink2 = sink.clone();
         std::thread::Builder::new()
             .name("mobula-data-accept".to_string())
             .spawn(move || {
@@ -325,9 +416,9 @@ impl DataPlane {
                                 continue;
                             }
                         };
-                        let provider = provider.clone();
+                        let (provider, sink) = (provider.clone(), sink2.clone());
                         tokio::spawn(async move {
-                            if let Err(e) = serve_conn(stream, secret, provider).await {
+                            if let Err(e) = serve_conn(stream, secret, provider, sink).await {
                                 tracing::warn!(peer = %from, error = %e, "data connection dropped");
                             }
                         });
@@ -340,9 +431,136 @@ impl DataPlane {
                 addrs: Default::default(),
                 idle: Default::default(),
                 rt: handle,
+                sink,
+                me: me.to_bytes(),
+                lanes: Default::default(),
+                next_lane: Default::default(),
             }),
             local,
         ))
+    }
+
+    /// Sets where lane messages from peers go (once; messages before it are dropped).
+    pub fn set_sink(&self, sink: LaneSink) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Queues a one-way message to `peer` on its lane (a connection of this plane kept open
+    /// for messages to it, opened on first use). Messages to one peer arrive in the order
+    /// queued. Waits while the lane's queue is full. `Err` gives the message back when
+    /// `peer`'s data plane is not known. A lane whose connection breaks is dialled again up
+    /// to `LANE_RETRIES` times, the message in hand sent again; past that, its queue is
+    /// dropped with a warning (the peer is then unreachable, and its death is noticed by the
+    /// heartbeats).
+    pub async fn tell(self: &Arc<Self>, peer: libp2p::PeerId, msg: Vec<u8>) -> Result<(), Vec<u8>> {
+        if msg.len() > MAX_LANE_MESSAGE {
+            return Err(msg);
+        }
+        let tx = {
+            let mut lanes = self.lanes.lock();
+            match lanes.get(&peer) {
+                Some((_, tx)) if !tx.is_disconnected() => tx.clone(),
+                _ => {
+                    let Some(addr) = self.addr_of(&peer) else {
+                        return Err(msg);
+                    };
+                    let (tx, rx) = flume::bounded(LANE_QUEUE);
+                    let id = self
+                        .next_lane
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    lanes.insert(peer, (id, tx.clone()));
+                    let me = self.clone();
+                    self.rt
+                        .spawn(async move { me.lane_writer(peer, addr, id, rx).await });
+                    tx
+                }
+            }
+        };
+        tx.send_async(msg).await.map_err(|e| e.into_inner())
+    }
+
+    /// Whether messages to `peer` can go on a lane.
+    pub fn has_lane(&self, peer: &libp2p::PeerId) -> bool {
+        self.addr_of(peer).is_some()
+    }
+
+    async fn lane_connect(&self, addr: SocketAddr) -> Res<Conn> {
+        let stream = timed(HANDSHAKE_TIMEOUT, async {
+            Ok(TcpStream::connect(addr).await?)
+        })
+        .await?;
+        let mut conn = timed(HANDSHAKE_TIMEOUT, client_handshake(stream, &self.secret)).await?;
+        conn.write_message(&Request::Lane(self.me.clone())).await?;
+        Ok(conn)
+    }
+
+    /// Writes one message as lane frames.
+    async fn write_lane_message(conn: &mut Conn, msg: &[u8], part: &mut Vec<u8>) -> Res<()> {
+        let mut chunks = msg.chunks(FRAME).peekable();
+        if chunks.peek().is_none() {
+            return conn.write_frame(&[LAST]).await;
+        }
+        while let Some(c) = chunks.next() {
+            part.clear();
+            part.push(if chunks.peek().is_some() { MORE } else { LAST });
+            part.extend_from_slice(c);
+            conn.write_frame(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn lane_writer(
+        self: Arc<Self>,
+        peer: libp2p::PeerId,
+        addr: SocketAddr,
+        id: u64,
+        rx: flume::Receiver<Vec<u8>>,
+    ) {
+        let mut conn: Option<Conn> = None;
+        let mut part = Vec::new();
+        'messages: while let Ok(msg) = rx.recv_async().await {
+            let mut failures = 0;
+            loop {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match self.lane_connect(addr).await {
+                        Ok(c) => conn.insert(c),
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(peer = %peer, addr = %addr, error = %e, attempt = failures, "could not open a lane");
+                            if failures >= LANE_RETRIES {
+                                break 'messages;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures)))
+                                .await;
+                            continue;
+                        }
+                    },
+                };
+                match Self::write_lane_message(c, &msg, &mut part).await {
+                    Ok(()) => continue 'messages,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(peer = %peer, addr = %addr, error = %e, attempt = failures, "a lane broke: opening it again");
+                        conn = None;
+                        if failures >= LANE_RETRIES {
+                            break 'messages;
+                        }
+                    }
+                }
+            }
+        }
+        // Gone: the next message opens a new lane.
+        {
+            let mut lanes = self.lanes.lock();
+            if lanes.get(&peer).is_some_and(|(i, _)| *i == id) {
+                lanes.remove(&peer);
+            }
+        }
+        let dropped = rx.drain().count();
+        if dropped > 0 {
+            tracing::warn!(peer = %peer, dropped, "messages to an unreachable peer dropped");
+        }
     }
 
     /// Learns where `peer`'s data plane listens.
@@ -461,8 +679,13 @@ mod tests {
         let id = ObjectId::new();
         let served = big.clone();
         let p: Provider = Arc::new(move |_: &ObjectId| Some(served.clone()));
-        let (plane, addr) =
-            DataPlane::start("127.0.0.1:0".parse().expect("addr"), [1u8; 32], p).expect("start");
+        let (plane, addr) = DataPlane::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            [1u8; 32],
+            p,
+            libp2p::PeerId::random(),
+        )
+        .expect("start");
         let rt = tokio::runtime::Runtime::new().expect("rt");
         for _ in 0..4 {
             let t = std::time::Instant::now();
@@ -483,8 +706,13 @@ mod tests {
         let id = ObjectId::new();
         let map: HashMap<ObjectId, Bytes> = [(id, big.clone())].into_iter().collect();
         let p: Provider = Arc::new(move |i: &ObjectId| map.get(i).cloned());
-        let (server, addr) =
-            DataPlane::start("127.0.0.1:0".parse().expect("addr"), secret, p).expect("start");
+        let (server, addr) = DataPlane::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            secret,
+            p,
+            libp2p::PeerId::random(),
+        )
+        .expect("start");
         let rt = tokio::runtime::Runtime::new().expect("rt");
         // Twice: the second request reuses the pooled connection.
         for _ in 0..2 {
@@ -498,9 +726,13 @@ mod tests {
 
         // A client with another secret is refused at the handshake.
         let nothing: Provider = Arc::new(|_: &ObjectId| None);
-        let (stranger, _) =
-            DataPlane::start("127.0.0.1:0".parse().expect("addr"), [8u8; 32], nothing)
-                .expect("start");
+        let (stranger, _) = DataPlane::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            [8u8; 32],
+            nothing,
+            libp2p::PeerId::random(),
+        )
+        .expect("start");
         match rt.block_on(stranger.fetch(addr, id)) {
             Err(DataError::Auth(_)) | Err(DataError::Io(_)) => {}
             other => panic!("expected a refusal, got {other:?}"),
@@ -514,6 +746,84 @@ mod tests {
             .block_on(server.fetch(addr, id))
             .expect("fetch after garbage");
         assert_eq!(got.map(|b| b.len()), Some(big.len()));
+    }
+
+    type Arrivals = flume::Receiver<(libp2p::PeerId, Vec<u8>)>;
+
+    /// A plane whose lane sink sends what arrives on the returned channel.
+    fn lane_end(secret: [u8; 32]) -> (Arc<DataPlane>, SocketAddr, Arrivals) {
+        let nothing: Provider = Arc::new(|_: &ObjectId| None);
+        let (plane, addr) = DataPlane::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            secret,
+            nothing,
+            libp2p::PeerId::random(),
+        )
+        .expect("start");
+        let (tx, rx) = flume::unbounded();
+        plane.set_sink(Arc::new(move |from, msg| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let _ = tx.send_async((from, msg)).await;
+            })
+        }));
+        (plane, addr, rx)
+    }
+
+    #[test]
+    fn lane_messages_arrive_whole_and_in_order() {
+        let secret = [5u8; 32];
+        let (receiver, addr, got) = lane_end(secret);
+        let (sender, _, _) = lane_end(secret);
+        let to = libp2p::PeerId::random();
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        // Unknown peer: the message comes back.
+        assert_eq!(rt.block_on(sender.tell(to, vec![1, 2])), Err(vec![1, 2]));
+        assert!(!sender.has_lane(&to));
+        sender.set_addr(to, addr);
+        assert!(sender.has_lane(&to));
+        // Small, empty and multi-frame (3 MiB + 5) messages, interleaved.
+        let big: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
+        let mut sent = Vec::new();
+        for i in 0..200u32 {
+            let m = match i % 50 {
+                7 => big.clone(),
+                8 => Vec::new(),
+                _ => i.to_be_bytes().to_vec(),
+            };
+            sent.push(m.clone());
+            rt.block_on(sender.tell(to, m)).expect("queued");
+        }
+        for want in sent {
+            let (from, m) = got
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a lane message");
+            assert_eq!(from.to_bytes(), sender.me);
+            assert_eq!(m.len(), want.len());
+            assert!(m == want, "a lane message changed on the way");
+        }
+        drop(receiver);
+    }
+
+    #[test]
+    fn a_lane_to_a_stranger_carries_nothing() {
+        let (_theirs, addr, got) = lane_end([6u8; 32]);
+        let (sender, _, _) = lane_end([7u8; 32]);
+        let to = libp2p::PeerId::random();
+        sender.set_addr(to, addr);
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        rt.block_on(sender.tell(to, b"hello".to_vec()))
+            .expect("queued");
+        // The writer gives up after its retries and forgets the lane.
+        rt.block_on(async {
+            while sender.lanes.lock().contains_key(&to) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(
+            got.try_recv().is_err(),
+            "a stranger's lane delivered a message"
+        );
     }
 
     #[test]
@@ -536,8 +846,13 @@ mod tests {
             }
         });
         let nothing: Provider = Arc::new(|_: &ObjectId| None);
-        let (client, _) =
-            DataPlane::start("127.0.0.1:0".parse().expect("addr"), secret, nothing).expect("start");
+        let (client, _) = DataPlane::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            secret,
+            nothing,
+            libp2p::PeerId::random(),
+        )
+        .expect("start");
         for round in 0..3 {
             let got = rt.block_on(client.fetch(addr, ObjectId::new()));
             assert!(
@@ -577,7 +892,7 @@ mod tests {
                 let nothing: Provider = Arc::new(|_: &ObjectId| None);
                 let out = tokio::time::timeout(
                     Duration::from_secs(60),
-                    serve_conn(stream, SECRET, nothing),
+                    serve_conn(stream, SECRET, nothing, Default::default()),
                 )
                 .await
                 .expect("the server hung on bad input");
@@ -628,6 +943,45 @@ mod tests {
                 let mut data = n.to_be_bytes().to_vec();
                 data.extend_from_slice(&tail);
                 let out = serve_one(move |s| send_after_handshake(s, data));
+                prop_assert!(matches!(out, Err(DataError::Malformed(_))), "got {out:?}");
+            }
+
+            #[test]
+            fn bad_lane_frames_end_the_lane(
+                flag in 2u8..=255,
+                body in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let out = serve_one(move |s| async move {
+                    let Ok(mut conn) = client_handshake(s, &SECRET).await else {
+                        return;
+                    };
+                    let me = libp2p::PeerId::random().to_bytes();
+                    if conn.write_message(&Request::Lane(me)).await.is_err() {
+                        return;
+                    }
+                    let mut frame = vec![flag];
+                    frame.extend_from_slice(&body);
+                    let _ = conn.write_frame(&frame).await;
+                    let _ = conn.write_frame(&[]).await;
+                    let _ = conn.stream.shutdown().await;
+                });
+                prop_assert!(matches!(out, Err(DataError::Malformed(_))), "got {out:?}");
+            }
+
+            #[test]
+            fn a_lane_from_a_bad_peer_id_is_refused(
+                id in proptest::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let out = serve_one(move |s| async move {
+                    let Ok(mut conn) = client_handshake(s, &SECRET).await else {
+                        return;
+                    };
+                    // A sha-256 multihash cut short.
+                    let mut bad = vec![0x12, 0x20];
+                    bad.extend_from_slice(&id);
+                    let _ = conn.write_message(&Request::Lane(bad)).await;
+                    let _ = conn.stream.shutdown().await;
+                });
                 prop_assert!(matches!(out, Err(DataError::Malformed(_))), "got {out:?}");
             }
 

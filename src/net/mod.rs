@@ -169,6 +169,27 @@ impl NetHandle {
         Some((plane.clone(), plane.addr_of(peer)?))
     }
 
+    /// Sends a one-way message to `peer` over its lane on the data plane (in order with the
+    /// others sent that way); gives the message back when no lane to `peer` can be had, for
+    /// the caller to send as a request instead.
+    pub async fn tell(&self, peer: PeerId, data: Vec<u8>) -> Result<(), Vec<u8>> {
+        match self.data.get() {
+            Some(plane) => plane.tell(peer, data).await,
+            None => Err(data),
+        }
+    }
+
+    /// Whether messages to `peer` go on a lane (its data plane is known).
+    pub fn has_lane(&self, peer: &PeerId) -> bool {
+        self.data.get().is_some_and(|p| p.has_lane(peer))
+    }
+
+    /// Counts a message that arrived from `peer` outside the swarm (on a lane) as hearing
+    /// from it.
+    pub fn heard_from(&self, peer: PeerId) {
+        self.heard.lock().insert(peer, std::time::Instant::now());
+    }
+
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id

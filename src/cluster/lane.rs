@@ -1,0 +1,213 @@
+//! The hot messages between nodes and their handlers: tasks sent here to run
+//! (`ExecuteRemote`), calls to actors hosted here (`ActorCalls`), and the results of both
+//! coming back (`TaskFinished`).
+//!
+//! They travel on lanes (`net::data`: one encrypted TCP connection per sending node, kept open,
+//! its messages in order and unanswered) once the peer's data plane is known from its
+//! heartbeats, and as libp2p requests before that or when no lane can be opened. Both ways
+//! end in the same handlers here. A lane's messages are handled on the data plane's runtime,
+//! not the daemon's event loop; a call batch is queued at its actors before the next message
+//! of its lane is read, which keeps the calls in submission order without an answer per
+//! batch.
+
+use std::sync::Arc;
+
+use super::actors::{self, Outgoing};
+use super::{
+    ClusterMsg, Finished, Held, Reporter, Shipping, decode, encode, execute_here, receive_result,
+    release_all,
+};
+use crate::actors::raylet::{Raylet, RemoteDone};
+use crate::net::NetHandle;
+use crate::store::ObjectTable;
+
+/// What the hot handlers need of the daemon.
+pub(super) struct Hot {
+    pub rt: crate::Runtime,
+    pub raylet: Option<actix::Addr<Raylet>>,
+    pub net: NetHandle,
+    pub held: Arc<Held>,
+    pub shipping: Arc<Shipping>,
+    pub reporter: Arc<Reporter>,
+    pub outgoing: Arc<Outgoing>,
+    pub table: Arc<ObjectTable>,
+}
+
+impl Hot {
+    /// Sends the result of a task or call `from` sent back to it.
+    fn report(
+        &self,
+        from: libp2p::PeerId,
+        task_id: crate::TaskId,
+        return_id: crate::ObjectId,
+        answer: ClusterMsg,
+    ) {
+        let done = Finished {
+            task_id,
+            return_id,
+            answer,
+        };
+        self.reporter.report(from, done);
+    }
+
+    /// Runs a task `from` sent; its value goes back in a `TaskFinished`.
+    pub fn execute_remote(
+        self: &Arc<Self>,
+        from: libp2p::PeerId,
+        spec: Box<crate::spec::TaskSpec>,
+        launch: crate::worker::process::JobLaunch,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let task_id = spec.task_id;
+            let return_id = spec.return_id;
+            let answer = match me.shipping.resolve(&me.net, from, launch).await {
+                Ok(launch) => {
+                    execute_here(
+                        &me.rt,
+                        me.raylet.clone(),
+                        &me.net,
+                        from,
+                        *spec,
+                        launch,
+                        &me.held,
+                    )
+                    .await
+                }
+                Err(e) => ClusterMsg::TaskResult(Err(e)),
+            };
+            me.report(from, task_id, return_id, answer);
+        });
+    }
+
+    /// Queues calls `from` sent at their actors, in order, and returns once they are queued
+    /// (`Accepted`, or why not); each result goes back in a `TaskFinished`.
+    pub async fn actor_calls(
+        self: &Arc<Self>,
+        from: libp2p::PeerId,
+        calls: Vec<crate::spec::ActorCall>,
+    ) -> ClusterMsg {
+        let args = actors::prepare_calls(&calls, &self.table, &self.net, from);
+        let ids: Vec<_> = calls.iter().map(|c| (c.task_id, c.return_id)).collect();
+        let core = self.rt.core().clone();
+        // A full actor queue blocks the submission: off the runtime's threads.
+        let submitted = tokio::task::spawn_blocking(move || {
+            for c in calls {
+                let _ = core.submit_actor_call(c);
+            }
+        })
+        .await;
+        for ((task_id, return_id), args) in ids.into_iter().zip(args) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let obj = me.rt.core().get_object_async(return_id).await;
+                let answer = super::answer_of(return_id, obj, &me.held);
+                release_all(&me.held.table, &args);
+                me.report(from, task_id, return_id, answer);
+            });
+        }
+        match submitted {
+            Ok(()) => ClusterMsg::Accepted,
+            Err(e) => ClusterMsg::TaskResult(Err(crate::Error::runtime(e))),
+        }
+    }
+
+    /// Takes the results of tasks and calls this node sent `from`.
+    pub fn task_finished(self: &Arc<Self>, from: libp2p::PeerId, done: Vec<Finished>) {
+        for Finished {
+            task_id,
+            return_id,
+            answer,
+        } in done
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                // A task's large value stays there too (the raylet records the copy).
+                let call = me.outgoing.take(&return_id);
+                let keep = call.is_none() && me.raylet.is_some();
+                let (result, node_lost, refs, kept) =
+                    receive_result(&me.net, from, &me.table, return_id, answer, keep).await;
+                if let Some(q) = call {
+                    actors::seal_forwarded(&me.table, q, result);
+                } else if let Some(r) = &me.raylet {
+                    r.do_send(RemoteDone {
+                        task_id,
+                        result,
+                        node_lost,
+                        kept,
+                    });
+                    if !refs.is_empty() {
+                        // Sealing counts the value's references; ours can go after.
+                        crate::store::sealed(&me.table, return_id).await;
+                    }
+                }
+                release_all(&me.table, &refs);
+            });
+        }
+    }
+
+    /// Where the data plane hands lane messages: the hot messages are handled, anything
+    /// else (or garbage: the peer holds the secret, but may be of another version) is logged
+    /// and dropped.
+    pub fn sink(self: Arc<Self>) -> crate::net::data::LaneSink {
+        Arc::new(move |from, bytes| {
+            let me = self.clone();
+            Box::pin(async move {
+                me.net.heard_from(from);
+                match decode(&bytes) {
+                    Ok(ClusterMsg::ExecuteRemote { spec, launch }) => {
+                        me.execute_remote(from, spec, launch)
+                    }
+                    Ok(ClusterMsg::ActorCalls { calls }) => {
+                        if let ClusterMsg::TaskResult(Err(e)) = me.actor_calls(from, calls).await {
+                            tracing::warn!(peer = %from, error = %e, "could not queue actor calls from a lane");
+                        }
+                    }
+                    Ok(ClusterMsg::TaskFinished(done)) => me.task_finished(from, done),
+                    Ok(other) => {
+                        tracing::warn!(peer = %from, msg = ?other, "unexpected message on a lane")
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %from, error = %e, "malformed lane message dropped")
+                    }
+                }
+            })
+        })
+    }
+}
+
+/// Whether `msg` is one of the messages a lane's sink takes.
+fn is_hot(msg: &ClusterMsg) -> bool {
+    matches!(
+        msg,
+        ClusterMsg::ExecuteRemote { .. }
+            | ClusterMsg::ActorCalls { .. }
+            | ClusterMsg::TaskFinished(_)
+    )
+}
+
+/// Sends a message to `peer`: a hot one on its lane when there is one, anything else (or
+/// with no lane) as a request; `Ok` with the answer of a request, `Ok(None)` when it went
+/// on a lane.
+pub(super) async fn send(
+    net: &NetHandle,
+    peer: libp2p::PeerId,
+    msg: &ClusterMsg,
+) -> Result<Option<ClusterMsg>, crate::Error> {
+    let bytes = encode(msg);
+    let sent = if is_hot(msg) {
+        net.tell(peer, bytes).await
+    } else {
+        Err(bytes)
+    };
+    match sent {
+        Ok(()) => Ok(None),
+        Err(bytes) => {
+            let answer = net
+                .request(peer, bytes)
+                .await
+                .map_err(crate::Error::runtime)?;
+            decode(&answer).map(Some).map_err(crate::Error::runtime)
+        }
+    }
+}
