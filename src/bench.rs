@@ -151,15 +151,16 @@ fn node_of_task() -> Result<String> {
     here()
 }
 
-/// `len` bytes made on the node the task runs on (touched, as `np.ones` is).
+/// `len` bytes made on the node the task runs on (touched, as `np.ones` is). A `Buffer`, as
+/// Ray's side uses a numpy array: both are read without a copy from the object they arrive in.
 #[crate::remote]
-fn make_bytes(len: usize) -> serde_bytes::ByteBuf {
-    serde_bytes::ByteBuf::from(vec![1u8; len])
+fn make_bytes(len: usize) -> crate::Buffer {
+    crate::Buffer::from(vec![1u8; len])
 }
 
 /// The length of a buffer argument.
 #[crate::remote]
-fn byte_len(data: serde_bytes::ByteBuf) -> usize {
+fn byte_len(data: crate::Buffer) -> usize {
     data.len()
 }
 
@@ -549,7 +550,7 @@ fn run_cross_node(rt: &Runtime, cfg: &ClusterBenchConfig, t: &mut Timer<'_>) -> 
         Ok(())
     })?;
     if t.wanted("cross-node task arg gigabytes") {
-        let data = serde_bytes::ByteBuf::from(vec![1u8; cfg.object_bytes]);
+        let data = crate::Buffer::from(vec![1u8; cfg.object_bytes]);
         t.timeit("cross-node task arg gigabytes", gb, || {
             let arg = rt.put(&data)?;
             let n = rt.get(&byte_len::options(task.clone()).remote(rt, &arg))?;

@@ -48,6 +48,7 @@ pub use api::{
     RawActorHandle, RawArg, RawRef, Runtime, TaskOptions, WorkerMode, get, init, init_with,
     is_initialized, put, runtime, shutdown,
 };
+pub use codec::Buffer;
 pub use error::{Error, Result};
 pub use ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 pub use mobula_macros::{actor, main, remote};

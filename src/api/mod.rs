@@ -574,7 +574,8 @@ pub mod __private {
         let b = args
             .get(i)
             .ok_or_else(|| UserError::BadArgs(format!("missing argument {i} ({name})")))?;
-        decode(b).map_err(|e| UserError::BadArgs(format!("argument {i} ({name}): {e}")))
+        crate::codec::decode_shared(b)
+            .map_err(|e| UserError::BadArgs(format!("argument {i} ({name}): {e}")))
     }
 
     /// Checks the argument count.

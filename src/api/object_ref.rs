@@ -211,6 +211,6 @@ pub(crate) fn decode_object<T: DeserializeOwned>(o: &crate::store::Object) -> Re
     if o.is_error {
         Err(codec::decode::<Error>(&o.data)?)
     } else {
-        codec::decode(&o.data)
+        codec::decode_shared(&o.data)
     }
 }

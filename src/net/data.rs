@@ -171,6 +171,24 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads one frame of at most `buf.len() - TAG` plaintext bytes into the start of `buf`,
+    /// decrypted in place; returns its plaintext length (the `TAG` bytes after it are spoilt).
+    async fn read_frame_at(&mut self, buf: &mut [u8]) -> Res<usize> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).await?;
+        let n = u32::from_be_bytes(len) as usize;
+        if !(TAG..=buf.len()).contains(&n) {
+            return Err(DataError::Malformed(format!("frame of {n} bytes")));
+        }
+        self.stream.read_exact(&mut buf[..n]).await?;
+        let nonce = self.recv.nonce();
+        self.recv
+            .key
+            .open_in_place(nonce, Aad::empty(), &mut buf[..n])
+            .map_err(|_| DataError::Auth("a frame failed authentication"))?;
+        Ok(n - TAG)
+    }
+
     /// Reads one frame, decrypted, onto the end of `into`; returns its plaintext length.
     async fn read_frame_into(&mut self, into: &mut Vec<u8>, max: usize) -> Res<usize> {
         let mut len = [0u8; 4];
@@ -626,6 +644,39 @@ impl DataPlane {
             }
             Header::Value(n) => n as usize,
         };
+        // A large value lands in shared memory, which a driver or worker process of this node
+        // then maps as it is (`worker::shm`).
+        if let Some(mut landing) = crate::worker::shm::Landing::new(size) {
+            let mut part = Vec::new();
+            let mut at = 0;
+            while at < size {
+                let want = (size - at).min(FRAME);
+                let dst = landing.bytes_mut();
+                // Decrypted where it lands, while the frame's tag fits before the end; the
+                // last frame goes through `part`.
+                let got = if at + want + TAG <= size {
+                    timed(
+                        FRAME_TIMEOUT,
+                        conn.read_frame_at(&mut dst[at..at + want + TAG]),
+                    )
+                    .await
+                } else {
+                    part.resize(want + TAG, 0);
+                    timed(FRAME_TIMEOUT, conn.read_frame_at(&mut part))
+                        .await
+                        .inspect(|&got| dst[at..at + got].copy_from_slice(&part[..got]))
+                }
+                .map_err(Attempt::Failed)?;
+                if got == 0 {
+                    return Err(Attempt::Failed(DataError::Malformed(
+                        "an empty frame".to_string(),
+                    )));
+                }
+                at += got;
+            }
+            self.give_back(addr, conn);
+            return Ok(Some(landing.finish()));
+        }
         // The size is the peer's word: reserve at most one frame ahead, grow as frames arrive.
         let mut out = Vec::with_capacity(size.min(FRAME) + TAG);
         while out.len() < size {

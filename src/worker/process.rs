@@ -856,6 +856,7 @@ pub(crate) fn connect_driver(socket: &std::path::Path, namespace: &str) -> Resul
         ))
     };
     let stream = StdUnixStream::connect(socket).map_err(|e| fail(&e))?;
+    crate::worker::shm::encode_here();
     let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| fail(&e))?);
     let mut command = WorkerCommand::current().map_err(|e| fail(&e))?;
     // Nodes on other machines fetch the executable by this hash.
@@ -908,6 +909,7 @@ pub(crate) fn connect_driver(socket: &std::path::Path, namespace: &str) -> Resul
 
 fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
     let stream = StdUnixStream::connect(&env.socket)?;
+    crate::worker::shm::encode_here();
     let reader = std::io::BufReader::new(stream.try_clone()?);
     let core = Arc::new(WorkerCore {
         env: env.clone(),

@@ -10,6 +10,13 @@
 //! switched on is refused. A receiver only maps files whose name it accepts (`mobula-shm-`
 //! files directly in the shared-memory directory), so a worker cannot make its node read or
 //! delete anything else.
+//!
+//! A worker process or driver also encodes its large values straight into such a file
+//! ([`encoding_here`], [`Writer`]): the value's `Bytes` is then a mapping of a file that still
+//! has its name, and sending it hands that name over instead of writing the value again
+//! ([`NAMED`]). A node hands over the same way the values it received into such a file from
+//! another node ([`Receiver`]), so a driver reads a value pulled from elsewhere without the
+//! node copying it once more.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -130,8 +137,8 @@ pub(crate) fn remove_orphans() -> usize {
     n
 }
 
-/// Writes `data` to a new shared-memory file; returns its name.
-fn write(data: &[u8]) -> std::io::Result<String> {
+/// A fresh shared-memory file, open for writing (and reading: to map it).
+fn create() -> std::io::Result<(std::fs::File, String)> {
     let name = format!(
         "{PREFIX}{}-{}-{}",
         std::process::id(),
@@ -139,11 +146,19 @@ fn write(data: &[u8]) -> std::io::Result<String> {
         uuid::Uuid::new_v4().simple()
     );
     let path = Path::new(DIR).join(&name);
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)?;
+    Ok((f, name))
+}
+
+/// Writes `data` to a new shared-memory file; returns its name.
+fn write(data: &[u8]) -> std::io::Result<String> {
+    let (mut f, name) = create()?;
+    let path = Path::new(DIR).join(&name);
     if let Err(e) = f.write_all(data) {
         let _ = std::fs::remove_file(&path);
         return Err(e);
@@ -215,10 +230,259 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from_owner(Mapping { ptr, len: n }))
 }
 
+/// This process's shared-memory files that still have their name, by the address of the
+/// value's first byte: (its length, the file's name). A value found here is sent by name and
+/// leaves the table; whoever maps it then unlinks it.
+static NAMED: std::sync::LazyLock<
+    parking_lot::Mutex<std::collections::HashMap<usize, (usize, String)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+static ENCODE_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process (a worker process or a driver, which send their values to a node
+/// through shared memory) encode large values straight into shared-memory files.
+pub(crate) fn encode_here() {
+    ENCODE_HERE.store(available(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether large values encoded in this process go straight into shared memory.
+pub(crate) fn encoding_here() -> bool {
+    ENCODE_HERE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A shared-memory file of this process mapped as a value; unlinked on drop unless its name
+/// was handed over.
+struct Named {
+    map: Mapping,
+}
+
+impl AsRef<[u8]> for Named {
+    fn as_ref(&self) -> &[u8] {
+        self.map.as_ref()
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        if let Some((_, name)) = NAMED.lock().remove(&(self.map.ptr as usize)) {
+            let _ = std::fs::remove_file(Path::new(DIR).join(name));
+        }
+    }
+}
+
+/// Maps `f` (`len` bytes, named `name`) as a value that keeps its name until sent.
+fn map_named(f: &std::fs::File, name: String, len: usize) -> std::io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: mapping a regular file this process created, read-only and shared (its pages
+    // are the file's; nobody writes it after this).
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(Path::new(DIR).join(&name));
+        return Err(e);
+    }
+    NAMED.lock().insert(ptr as usize, (len, name));
+    Ok(Bytes::from_owner(Named {
+        map: Mapping { ptr, len },
+    }))
+}
+
+/// The name of `data`'s file if it is the whole of a named value of this process; it is
+/// handed over (the receiver unlinks it), so a later send writes a copy.
+fn hand_over(data: &Bytes) -> Option<String> {
+    let mut named = NAMED.lock();
+    let at = data.as_ptr() as usize;
+    match named.get(&at) {
+        Some((len, _)) if *len == data.len() => named.remove(&at).map(|(_, n)| n),
+        _ => None,
+    }
+}
+
+/// Free bytes in the shared-memory directory (0 if unknown).
+fn free_space() -> u64 {
+    let Ok(dir) = std::ffi::CString::new(DIR) else {
+        return 0;
+    };
+    // SAFETY: statvfs(3) fills the zeroed struct for a NUL-terminated path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(dir.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
+    }
+}
+
+/// A value of known size being received into a fresh shared-memory file (mapped writable);
+/// [`Landing::finish`] makes it a named value. Dropped unfinished, it leaves nothing behind.
+pub(crate) struct Landing {
+    map: Option<Mapping>,
+    name: String,
+}
+
+impl Landing {
+    /// A landing for `len` bytes (at least [`SHM_MIN`]), or `None` where shared memory is not
+    /// available or `len` is small.
+    pub(crate) fn new(len: usize) -> Option<Landing> {
+        // The size is a peer's word: only what the shared-memory directory has room for.
+        if len < SHM_MIN || !available() || len as u64 > free_space() / 2 {
+            return None;
+        }
+        let made = (|| {
+            use std::os::fd::AsRawFd;
+            let (f, name) = create()?;
+            let path = Path::new(DIR).join(&name);
+            let mapped = f.set_len(len as u64).and_then(|()| {
+                // SAFETY: mapping a regular file this process just created and sized, shared
+                // and writable; only this landing writes it until it is finished.
+                let ptr = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED | libc::MAP_POPULATE,
+                        f.as_raw_fd(),
+                        0,
+                    )
+                };
+                if ptr == libc::MAP_FAILED {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(ptr)
+                }
+            });
+            match mapped {
+                Ok(ptr) => Ok(Landing {
+                    map: Some(Mapping { ptr, len }),
+                    name,
+                }),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(e)
+                }
+            }
+        })();
+        made.map_err(|e: std::io::Error| tracing::debug!(error = %e, "no shared memory for a received value"))
+            .ok()
+    }
+
+    /// The bytes to fill.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match &self.map {
+            // SAFETY: `ptr` maps `len` writable bytes, written only through this landing.
+            Some(m) => unsafe { std::slice::from_raw_parts_mut(m.ptr as *mut u8, m.len) },
+            None => &mut [],
+        }
+    }
+
+    /// The received value, named (sent by name to a local reader).
+    pub(crate) fn finish(mut self) -> Bytes {
+        let Some(map) = self.map.take() else {
+            return Bytes::new();
+        };
+        NAMED
+            .lock()
+            .insert(map.ptr as usize, (map.len, std::mem::take(&mut self.name)));
+        Bytes::from_owner(Named { map })
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if self.map.take().is_some() {
+            let _ = std::fs::remove_file(Path::new(DIR).join(&self.name));
+        }
+    }
+}
+
+/// An encoding's output: in memory while small, moved into a shared-memory file once it
+/// reaches [`SHM_MIN`] (large writes go to the file directly, without a copy in memory).
+pub(crate) struct Writer {
+    mem: Vec<u8>,
+    file: Option<(std::io::BufWriter<std::fs::File>, String)>,
+    len: usize,
+    failed: bool,
+}
+
+impl Writer {
+    pub(crate) fn new(mem: Vec<u8>) -> Self {
+        Writer {
+            mem,
+            file: None,
+            len: 0,
+            failed: false,
+        }
+    }
+
+    /// The value written: a mapping of its file, or the bytes in memory.
+    pub(crate) fn finish(mut self) -> std::io::Result<Bytes> {
+        let Some((w, name)) = self.file.take() else {
+            return Ok(Bytes::from(std::mem::take(&mut self.mem)));
+        };
+        let path = Path::new(DIR).join(&name);
+        let f = match w.into_inner() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e.into_error());
+            }
+        };
+        map_named(&f, name, self.len)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // An encoding that failed before `finish` leaves no file behind.
+        if let Some((_, name)) = &self.file {
+            let _ = std::fs::remove_file(Path::new(DIR).join(name));
+        }
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.file.is_none() && !self.failed && self.mem.len() + data.len() >= SHM_MIN {
+            match create() {
+                Ok((f, name)) => {
+                    let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
+                    w.write_all(&self.mem)?;
+                    self.mem = Vec::new();
+                    self.file = Some((w, name));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared memory unavailable; encoding in memory");
+                    self.failed = true;
+                }
+            }
+        }
+        self.len += data.len();
+        match &mut self.file {
+            Some((w, _)) => w.write_all(data)?,
+            None => self.mem.extend_from_slice(data),
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `#[serde(with = "shm")]` for a `Bytes` field.
 pub fn serialize<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
     if data.len() >= SHM_MIN && on() {
-        match write(data) {
+        let named = hand_over(data).map(Ok);
+        match named.unwrap_or_else(|| write(data)) {
             Ok(name) => {
                 let mut t = s.serialize_tuple(2)?;
                 t.serialize_element(&name)?;
@@ -328,6 +592,86 @@ mod tests {
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct V(#[serde(with = "super")] Bytes);
+
+    #[test]
+    fn named_values_are_handed_over_once_and_leave_nothing_behind() {
+        if !available() {
+            return;
+        }
+        let file_of = |b: &Bytes| {
+            NAMED
+                .lock()
+                .get(&(b.as_ptr() as usize))
+                .map(|(_, n)| Path::new(DIR).join(n))
+        };
+        // Small output stays in memory; large output is a named file, written as it grows.
+        let mut w = Writer::new(Vec::new());
+        w.write_all(b"small").expect("write");
+        let small = w.finish().expect("finish");
+        assert_eq!(&small[..], b"small");
+        assert!(file_of(&small).is_none());
+        let mut w = Writer::new(Vec::new());
+        w.write_all(&[1, 2, 3]).expect("write");
+        w.write_all(&vec![4u8; SHM_MIN]).expect("write");
+        let big = w.finish().expect("finish");
+        assert_eq!(big.len(), SHM_MIN + 3);
+        assert_eq!((&big[..3], big[SHM_MIN + 2]), (&[1u8, 2, 3][..], 4));
+        let path = file_of(&big).expect("a named file");
+        assert!(path.exists());
+        // Sent: by name, without a new file; the receiver maps and unlinks it.
+        let wire = {
+            let _s = Scope::enter();
+            rmp_serde::to_vec(&V(big.clone())).expect("encode")
+        };
+        assert!(wire.len() < 200);
+        assert!(file_of(&big).is_none(), "handed over");
+        let back = {
+            let _s = Scope::enter();
+            rmp_serde::from_slice::<V>(&wire).expect("decode").0
+        };
+        assert_eq!(back, big);
+        assert!(!path.exists(), "the receiver unlinked it");
+        // A second send writes a copy.
+        let again = {
+            let _s = Scope::enter();
+            rmp_serde::to_vec(&V(big.clone())).expect("encode")
+        };
+        let copy = {
+            let _s = Scope::enter();
+            rmp_serde::from_slice::<V>(&again).expect("decode").0
+        };
+        assert_eq!(copy, big);
+        // A named value dropped unsent removes its file; so do an unfinished writer and
+        // landing.
+        let mut w = Writer::new(Vec::new());
+        w.write_all(&vec![5u8; SHM_MIN]).expect("write");
+        let unsent = w.finish().expect("finish");
+        let p = file_of(&unsent).expect("named");
+        drop(unsent);
+        assert!(!p.exists());
+        let mut w = Writer::new(Vec::new());
+        w.write_all(&vec![5u8; SHM_MIN]).expect("write");
+        let p = Path::new(DIR).join(&w.file.as_ref().expect("a file").1);
+        drop(w);
+        assert!(!p.exists());
+        let landing = Landing::new(SHM_MIN).expect("a landing");
+        let p = Path::new(DIR).join(&landing.name);
+        assert!(p.exists());
+        drop(landing);
+        assert!(!p.exists());
+        // A landing, filled and finished, is a named value like a writer's.
+        let mut landing = Landing::new(SHM_MIN + 1).expect("a landing");
+        landing.bytes_mut().fill(6);
+        let got = landing.finish();
+        assert!(got.iter().all(|&b| b == 6) && got.len() == SHM_MIN + 1);
+        let p = file_of(&got).expect("named");
+        drop(got);
+        assert!(!p.exists());
+        assert!(
+            Landing::new(SHM_MIN - 1).is_none(),
+            "small values land in memory"
+        );
+    }
 
     #[test]
     fn large_values_travel_by_shared_memory_only_where_switched_on() {
