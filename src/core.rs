@@ -53,6 +53,11 @@ pub(crate) trait Core: Send + Sync + 'static {
     fn create_actor(&self, spec: ActorSpec) -> Result<()>;
     /// Submits a call. Its return object exists when this returns.
     fn submit_actor_call(&self, call: ActorCall) -> Result<()>;
+    /// Whether `n` calls to `actor` would be taken by `submit_actor_call` without waiting for
+    /// room in the actor's queue (`false`: they may wait).
+    fn takes_calls_now(&self, _actor: &ActorId, _n: usize) -> bool {
+        false
+    }
     fn kill_actor(&self, id: ActorId, no_restart: bool) -> Result<()>;
     fn get_named_actor(&self, name: &str, namespace: &str) -> Result<ActorLookup>;
 

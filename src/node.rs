@@ -365,6 +365,10 @@ impl Core for NodeClient {
         created
     }
 
+    fn takes_calls_now(&self, actor: &ActorId, n: usize) -> bool {
+        self.directory.get(actor).is_none_or(|r| r.room() >= n)
+    }
+
     fn submit_actor_call(&self, call: ActorCall) -> Result<()> {
         self.table.create_pending(call.return_id);
         let pins = Pins::new(&self.table, call.deps());

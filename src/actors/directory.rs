@@ -53,6 +53,16 @@ pub(crate) struct ForwardedCall {
 }
 
 impl Endpoint {
+    /// How many calls can be sent before `send` waits.
+    fn room(&self) -> usize {
+        let room =
+            |cap: Option<usize>, len: usize| cap.map_or(usize::MAX, |c| c.saturating_sub(len));
+        match self {
+            Endpoint::Channel(tx) => room(tx.capacity(), tx.len()),
+            Endpoint::Forward { tx, .. } => room(tx.capacity(), tx.len()),
+        }
+    }
+
     /// Sends a call; gives it back when the host is gone.
     fn send(&self, q: QueuedCall) -> Option<QueuedCall> {
         match self {
@@ -88,6 +98,14 @@ pub(crate) struct ActorRoute {
 }
 
 impl ActorRoute {
+    /// How many calls `submit` takes before it waits (a pending or dead route never does).
+    pub fn room(&self) -> usize {
+        match &*self.state.lock() {
+            RouteState::Alive(ep) => ep.room(),
+            RouteState::Pending(_) | RouteState::Dead(_) => usize::MAX,
+        }
+    }
+
     /// Sends (or queues) a call.
     pub fn submit(&self, q: QueuedCall) {
         let ep = {

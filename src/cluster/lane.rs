@@ -90,13 +90,23 @@ impl Hot {
         let args = actors::prepare_calls(&calls, &self.table, &self.net, from);
         let ids: Vec<_> = calls.iter().map(|c| (c.task_id, c.return_id)).collect();
         let core = self.rt.core().clone();
-        // A full actor queue blocks the submission: off the runtime's threads.
-        let submitted = tokio::task::spawn_blocking(move || {
+        // A full actor queue blocks the submission: then off the runtime's threads. (A batch
+        // is of one actor: one forwarder per actor sends them.)
+        let now = calls.first().is_some_and(|c| {
+            calls.iter().all(|d| d.actor_id == c.actor_id)
+                && core.takes_calls_now(&c.actor_id, calls.len())
+        });
+        let submit = move || {
             for c in calls {
                 let _ = core.submit_actor_call(c);
             }
-        })
-        .await;
+        };
+        let submitted = if now {
+            submit();
+            Ok(())
+        } else {
+            tokio::task::spawn_blocking(submit).await
+        };
         for ((task_id, return_id), args) in ids.into_iter().zip(args) {
             let me = self.clone();
             tokio::spawn(async move {

@@ -86,15 +86,21 @@ pub type Provider = Arc<dyn Fn(&ObjectId) -> Option<Bytes> + Send + Sync>;
 pub type LaneSink =
     Arc<dyn Fn(libp2p::PeerId, Vec<u8>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
-/// An open outgoing lane: its number and its queue.
-type Lane = (u64, flume::Sender<Vec<u8>>);
+/// An outgoing lane: its connection (opened on first use) and a reused frame buffer, written
+/// by one sender at a time; `broken` until when it is not tried after failing.
+struct Lane {
+    addr: SocketAddr,
+    conn: tokio::sync::Mutex<(Option<Conn>, Vec<u8>)>,
+    broken: parking_lot::Mutex<Option<std::time::Instant>>,
+}
 
 /// The largest lane message (as libp2p's request limit).
 pub const MAX_LANE_MESSAGE: usize = 64 << 20;
-/// Messages queued for one peer's lane, at most (senders wait past it).
-const LANE_QUEUE: usize = 4096;
-/// How often a lane whose connection broke is dialled again before its queue is dropped.
+/// How often a message is tried on a lane (a broken connection is dialled again) before it is
+/// given back to go as a request.
 const LANE_RETRIES: u32 = 3;
+/// How long a lane that failed is left alone (its messages go as requests meanwhile).
+const LANE_REST: Duration = Duration::from_secs(5);
 /// The first byte of a lane frame: more frames of the message follow, or this is its last.
 const MORE: u8 = 0;
 const LAST: u8 = 1;
@@ -388,9 +394,7 @@ pub struct DataPlane {
     /// This node's libp2p peer id (said when a lane opens).
     me: Vec<u8>,
     /// The queue of each peer's outgoing lane.
-    lanes: parking_lot::Mutex<HashMap<libp2p::PeerId, Lane>>,
-    /// Numbers the lanes (a broken lane removes only its own entry).
-    next_lane: std::sync::atomic::AtomicU64,
+    lanes: parking_lot::Mutex<HashMap<libp2p::PeerId, Arc<Lane>>>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -452,7 +456,6 @@ impl DataPlane {
                 sink,
                 me: me.to_bytes(),
                 lanes: Default::default(),
-                next_lane: Default::default(),
             }),
             local,
         ))
@@ -463,38 +466,63 @@ impl DataPlane {
         let _ = self.sink.set(sink);
     }
 
-    /// Queues a one-way message to `peer` on its lane (a connection of this plane kept open
-    /// for messages to it, opened on first use). Messages to one peer arrive in the order
-    /// queued. Waits while the lane's queue is full. `Err` gives the message back when
-    /// `peer`'s data plane is not known. A lane whose connection breaks is dialled again up
-    /// to `LANE_RETRIES` times, the message in hand sent again; past that, its queue is
-    /// dropped with a warning (the peer is then unreachable, and its death is noticed by the
-    /// heartbeats).
+    /// Sends a one-way message to `peer` on its lane (a connection of this plane kept open for
+    /// messages to it, opened on first use), written by the caller; messages one sender sends
+    /// to a peer arrive in the order sent. Returns once the message is written. `Err` gives
+    /// the message back, for the caller to send another way, when `peer`'s data plane is not
+    /// known, or the lane failed `LANE_RETRIES` times (dialled again each time) or within the
+    /// last `LANE_REST`.
     pub async fn tell(self: &Arc<Self>, peer: libp2p::PeerId, msg: Vec<u8>) -> Result<(), Vec<u8>> {
         if msg.len() > MAX_LANE_MESSAGE {
             return Err(msg);
         }
-        let tx = {
+        let lane = {
             let mut lanes = self.lanes.lock();
             match lanes.get(&peer) {
-                Some((_, tx)) if !tx.is_disconnected() => tx.clone(),
-                _ => {
+                Some(l) => l.clone(),
+                None => {
                     let Some(addr) = self.addr_of(&peer) else {
                         return Err(msg);
                     };
-                    let (tx, rx) = flume::bounded(LANE_QUEUE);
-                    let id = self
-                        .next_lane
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    lanes.insert(peer, (id, tx.clone()));
-                    let me = self.clone();
-                    self.rt
-                        .spawn(async move { me.lane_writer(peer, addr, id, rx).await });
-                    tx
+                    let l = Arc::new(Lane {
+                        addr,
+                        conn: Default::default(),
+                        broken: Default::default(),
+                    });
+                    lanes.insert(peer, l.clone());
+                    l
                 }
             }
         };
-        tx.send_async(msg).await.map_err(|e| e.into_inner())
+        if lane.broken.lock().is_some_and(|t| t.elapsed() < LANE_REST) {
+            return Err(msg);
+        }
+        let mut held = lane.conn.lock().await;
+        let (conn, part) = &mut *held;
+        for attempt in 1..=LANE_RETRIES {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match self.lane_connect(lane.addr).await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        tracing::warn!(peer = %peer, addr = %lane.addr, error = %e, attempt, "could not open a lane");
+                        continue;
+                    }
+                },
+            };
+            match timed(FRAME_TIMEOUT, Self::write_lane_message(c, &msg, part)).await {
+                Ok(()) => {
+                    *lane.broken.lock() = None;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer, addr = %lane.addr, error = %e, attempt, "a lane broke: opening it again");
+                    *conn = None;
+                }
+            }
+        }
+        *lane.broken.lock() = Some(std::time::Instant::now());
+        Err(msg)
     }
 
     /// Whether messages to `peer` can go on a lane.
@@ -525,60 +553,6 @@ impl DataPlane {
             conn.write_frame(part).await?;
         }
         Ok(())
-    }
-
-    async fn lane_writer(
-        self: Arc<Self>,
-        peer: libp2p::PeerId,
-        addr: SocketAddr,
-        id: u64,
-        rx: flume::Receiver<Vec<u8>>,
-    ) {
-        let mut conn: Option<Conn> = None;
-        let mut part = Vec::new();
-        'messages: while let Ok(msg) = rx.recv_async().await {
-            let mut failures = 0;
-            loop {
-                let c = match conn.as_mut() {
-                    Some(c) => c,
-                    None => match self.lane_connect(addr).await {
-                        Ok(c) => conn.insert(c),
-                        Err(e) => {
-                            failures += 1;
-                            tracing::warn!(peer = %peer, addr = %addr, error = %e, attempt = failures, "could not open a lane");
-                            if failures >= LANE_RETRIES {
-                                break 'messages;
-                            }
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures)))
-                                .await;
-                            continue;
-                        }
-                    },
-                };
-                match Self::write_lane_message(c, &msg, &mut part).await {
-                    Ok(()) => continue 'messages,
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(peer = %peer, addr = %addr, error = %e, attempt = failures, "a lane broke: opening it again");
-                        conn = None;
-                        if failures >= LANE_RETRIES {
-                            break 'messages;
-                        }
-                    }
-                }
-            }
-        }
-        // Gone: the next message opens a new lane.
-        {
-            let mut lanes = self.lanes.lock();
-            if lanes.get(&peer).is_some_and(|(i, _)| *i == id) {
-                lanes.remove(&peer);
-            }
-        }
-        let dropped = rx.drain().count();
-        if dropped > 0 {
-            tracing::warn!(peer = %peer, dropped, "messages to an unreachable peer dropped");
-        }
     }
 
     /// Learns where `peer`'s data plane listens.
@@ -863,14 +837,14 @@ mod tests {
         let to = libp2p::PeerId::random();
         sender.set_addr(to, addr);
         let rt = tokio::runtime::Runtime::new().expect("rt");
-        rt.block_on(sender.tell(to, b"hello".to_vec()))
-            .expect("queued");
-        // The writer gives up after its retries and forgets the lane.
-        rt.block_on(async {
-            while sender.lanes.lock().contains_key(&to) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
+        // Given back after the retries, and at once while the lane rests.
+        assert_eq!(
+            rt.block_on(sender.tell(to, b"hello".to_vec())),
+            Err(b"hello".to_vec())
+        );
+        let t = std::time::Instant::now();
+        assert!(rt.block_on(sender.tell(to, b"again".to_vec())).is_err());
+        assert!(t.elapsed() < LANE_REST);
         assert!(
             got.try_recv().is_err(),
             "a stranger's lane delivered a message"
