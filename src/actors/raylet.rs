@@ -231,6 +231,9 @@ pub(crate) struct Raylet {
     forward_tx: Option<flume::Sender<ForwardedCall>>,
     /// Tasks running on other nodes.
     spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
+    /// The spilled tasks sent on beyond their node's free resources (pipelined: they wait in
+    /// its queue); not counted against it.
+    pipelined: HashMap<TaskId, NodeId>,
     /// What was counted against other nodes (work sent there) since their last heartbeat.
     unreported: HashMap<NodeId, ResourceSet>,
     /// Other nodes keeping copies of objects of this node's store (large results of tasks
@@ -372,6 +375,7 @@ impl Raylet {
             spill_tx: None,
             forward_tx: None,
             spilled: HashMap::new(),
+            pipelined: HashMap::new(),
             infeasible_since: HashMap::new(),
             ended_jobs: Default::default(),
             copies: HashMap::new(),
@@ -647,7 +651,25 @@ impl Raylet {
                             break;
                         }
                     }
-                    Decision::Wait => break,
+                    Decision::Wait => {
+                        let eligible = self.spill_tx.is_some()
+                            && matches!(head.spec.strategy, SchedulingStrategy::Default);
+                        let Some(n) =
+                            pipeline_target(&self.view, &self.pipelined, local, eligible, &req)
+                        else {
+                            break;
+                        };
+                        let Some(task) = q.pop_front() else { break };
+                        let tid = task.spec.task_id;
+                        self.pipelined.insert(tid, n);
+                        if let Err(task) = self.spill(task, n, &req) {
+                            self.pipelined.remove(&tid);
+                            if let Some(q) = self.queues.get_mut(&key) {
+                                q.push_front(*task);
+                            }
+                            break;
+                        }
+                    }
                     Decision::Infeasible(e) => {
                         if !self.infeasible_expired(&key) {
                             break;
@@ -691,7 +713,9 @@ impl Raylet {
         {
             return Err(Box::new(task));
         }
-        self.count_against(node, req);
+        if !self.pipelined.contains_key(&tid) {
+            self.count_against(node, req);
+        }
         self.metrics.spilled += 1;
         let attempt = task.spec.attempt;
         self.cfg
@@ -759,7 +783,9 @@ impl Raylet {
         let Some((task, node)) = self.spilled.remove(&tid) else {
             return;
         };
-        self.uncount(node, &request_of(&task.spec.resources, &task.spec.strategy));
+        if self.pipelined.remove(&tid).is_none() {
+            self.uncount(node, &request_of(&task.spec.resources, &task.spec.strategy));
+        }
         if node_lost {
             // Until it heartbeats again, the node gets no more work.
             if let Some(nv) = self.view.nodes.get_mut(&node) {
@@ -863,6 +889,7 @@ impl Raylet {
                     .map(|(t, _)| *t)
                     .collect();
                 for tid in lost {
+                    self.pipelined.remove(&tid);
                     if let Some((task, _)) = self.spilled.remove(&tid) {
                         self.node_lost(task, node, "died");
                     }
@@ -2113,6 +2140,34 @@ pub(crate) struct RemoteDone {
     pub kept: bool,
 }
 
+/// Where a task that fits nowhere now is sent on anyway (pipelining, as Ray pushes the next
+/// task to a leased worker before the last one is done): a DEFAULT-strategy task (`eligible`:
+/// also, this node sends tasks elsewhere) goes to the alive remote node that could hold it
+/// and has the fewest tasks pipelined there from here, fewer than its CPUs. It starts there
+/// the moment a task ends, instead of a network round trip later.
+fn pipeline_target(
+    view: &ClusterView,
+    pipelined: &HashMap<TaskId, NodeId>,
+    local: NodeId,
+    eligible: bool,
+    req: &ResourceSet,
+) -> Option<NodeId> {
+    if !eligible {
+        return None;
+    }
+    view.nodes
+        .iter()
+        .filter(|(id, nv)| **id != local && nv.is_schedulable() && nv.resources.is_feasible(req))
+        .map(|(id, nv)| {
+            let waiting = pipelined.values().filter(|n| *n == id).count();
+            let cpus = nv.resources.total.get("CPU").to_f64().ceil() as usize;
+            (waiting, cpus, *id)
+        })
+        .filter(|(waiting, cpus, _)| waiting < cpus)
+        .min_by_key(|(waiting, _, id)| (*waiting, *id))
+        .map(|(_, _, id)| id)
+}
+
 impl Handler<RemoteDone> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: RemoteDone, _ctx: &mut Self::Context) {
@@ -2459,5 +2514,46 @@ mod tests {
         assert_eq!(ended.set.len(), ENDED_JOBS);
         assert_eq!(ended.order.len(), ENDED_JOBS);
         assert!(!ended.contains(&first), "the oldest is forgotten first");
+    }
+
+    #[test]
+    fn tasks_pipeline_to_remote_nodes_up_to_their_cpus() {
+        use crate::sched::{NodeResources, NodeView, resources::CPU};
+        let cpu = |x: f64| ResourceSet::new().with(CPU, x);
+        let (local, a, b) = (NodeId::new(), NodeId::new(), NodeId::new());
+        let mut view = ClusterView::new();
+        for (id, cpus) in [(local, 4.0), (a, 2.0), (b, 1.0)] {
+            view.nodes
+                .insert(id, NodeView::new(NodeResources::new(cpu(cpus))));
+        }
+        let mut pipelined: HashMap<TaskId, NodeId> = HashMap::new();
+        let mut sent = Vec::new();
+        while let Some(n) = pipeline_target(&view, &pipelined, local, true, &cpu(1.0)) {
+            assert_ne!(n, local, "never the local node");
+            pipelined.insert(TaskId::new(), n);
+            sent.push(n);
+        }
+        // Fewest waiting first; at most one per CPU of each remote node.
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent.iter().filter(|n| **n == a).count(), 2);
+        assert_eq!(sent.iter().filter(|n| **n == b).count(), 1);
+        pipelined.clear();
+        // Not eligible (another strategy, or no spillback), or nowhere it fits: none.
+        assert_eq!(
+            pipeline_target(&view, &pipelined, local, false, &cpu(1.0)),
+            None
+        );
+        assert_eq!(
+            pipeline_target(&view, &pipelined, local, true, &cpu(3.0)),
+            None
+        );
+        if let Some(nv) = view.nodes.get_mut(&a) {
+            nv.alive = false;
+        }
+        assert_eq!(
+            pipeline_target(&view, &pipelined, local, true, &cpu(1.0)),
+            Some(b),
+            "not to a dead node"
+        );
     }
 }
