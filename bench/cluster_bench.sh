@@ -98,6 +98,10 @@ fi
 if [ "${ONLY:-ray}" != mobula ]; then
   export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
   ray=$venv/bin/ray
+  if ! "$venv/bin/python" -c 'import ray, numpy' 2>/dev/null; then
+    echo "bench: $venv lacks ray or numpy: run ../shared/bench/ray_baseline.sh once (it installs both) or set RAY_VENV" >&2
+    exit 1
+  fi
   echo "== ray: $("$ray" --version)" >&2
   "$ray" start --head --port "$rport" --node-ip-address 127.0.0.1 --num-cpus "$cpus" \
     --temp-dir "$rtmp" --include-dashboard=false --disable-usage-stats \
