@@ -91,9 +91,18 @@ impl WorkerConn {
     ) {
         actix_rt::spawn(async move {
             let (r, w) = stream.into_split();
+            // Until the peer has said who it is, frames are small: a hello announcing a
+            // huge frame must not make the node reserve room for it.
             let mut frames = FramedRead::new(r, protocol::codec());
+            frames
+                .decoder_mut()
+                .set_max_frame_length(protocol::MAX_HELLO);
             let first = match tokio::time::timeout(Duration::from_secs(30), frames.next()).await {
                 Ok(Some(Ok(b))) => b,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "bad first frame on a worker connection: dropped");
+                    return;
+                }
                 other => {
                     tracing::warn!(outcome = ?other.map(|o| o.map(|r| r.map(|b| b.len()))), "worker connection closed before its hello");
                     return;
@@ -174,7 +183,7 @@ impl WorkerConn {
 
     /// Starts the connection actor on an identified connection.
     fn serve(
-        frames: FramedRead<
+        mut frames: FramedRead<
             tokio::net::unix::OwnedReadHalf,
             tokio_util::codec::LengthDelimitedCodec,
         >,
@@ -185,6 +194,10 @@ impl WorkerConn {
         actor: Option<crate::worker::process::ActorLaunch>,
         ctx: PoolCtx,
     ) {
+        // Identified: frames up to the protocol's limit from now on.
+        frames
+            .decoder_mut()
+            .set_max_frame_length(protocol::MAX_FRAME);
         let (shared, driver_job) = match peer {
             Peer::Worker(s) => (Some(s), None),
             Peer::Driver(job) => (None, Some(job)),

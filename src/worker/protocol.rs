@@ -19,6 +19,9 @@ use crate::spec::{ActorCall, ActorSpec, TaskSpec};
 
 /// Largest frame accepted (1 GiB).
 pub const MAX_FRAME: usize = 1 << 30;
+/// The largest first frame of a connection (`Hello` / `DriverHello`: a driver's command line
+/// is at most a few MiB).
+pub const MAX_HELLO: usize = 8 << 20;
 
 /// Errors of the frame layer.
 #[derive(Debug, thiserror::Error)]
