@@ -57,6 +57,14 @@ const TAG: usize = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one frame may take to arrive once a transfer runs.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that asks nothing for this long is closed (a lane is exempt: it is quiet
+/// while its peer has nothing to say). Pooled connections closed this way are replaced by
+/// their client on next use.
+const SERVE_IDLE: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(600)
+};
 /// Idle connections kept per peer.
 const POOLED: usize = 4;
 
@@ -306,7 +314,12 @@ async fn serve_conn(
 ) -> Res<()> {
     let mut conn = timed(HANDSHAKE_TIMEOUT, server_handshake(stream, &secret)).await?;
     loop {
-        let req: Request = match conn.read_message().await {
+        let next = tokio::time::timeout(SERVE_IDLE, conn.read_message()).await;
+        let Ok(next) = next else {
+            tracing::debug!("an idle data connection closed");
+            return Ok(());
+        };
+        let req: Request = match next {
             Ok(r) => r,
             Err(DataError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Ok(());
@@ -849,6 +862,44 @@ mod tests {
             got.try_recv().is_err(),
             "a stranger's lane delivered a message"
         );
+    }
+
+    #[test]
+    fn idle_connections_are_closed_and_lanes_are_not() {
+        let secret = [4u8; 32];
+        let (_server, addr, got) = lane_end(secret);
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        rt.block_on(async {
+            // A connection that asks nothing is closed by the server.
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut conn = client_handshake(stream, &secret).await.expect("handshake");
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(60), conn.stream.read(&mut b))
+                .await
+                .expect("the idle connection stayed open");
+            assert!(matches!(r, Ok(0) | Err(_)), "got {r:?}");
+            // A lane outlives the idle time: a message after it still arrives on it.
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut lane = client_handshake(stream, &secret).await.expect("handshake");
+            let me = libp2p::PeerId::random();
+            lane.write_message(&Request::Lane(me.to_bytes()))
+                .await
+                .expect("lane");
+            DataPlane::write_lane_message(&mut lane, b"one", &mut Vec::new())
+                .await
+                .expect("write");
+            let (_, m) = got.recv_async().await.expect("first");
+            assert_eq!(m, b"one");
+            tokio::time::sleep(SERVE_IDLE * 2).await;
+            DataPlane::write_lane_message(&mut lane, b"two", &mut Vec::new())
+                .await
+                .expect("write after the idle time");
+            let (_, m) = tokio::time::timeout(Duration::from_secs(60), got.recv_async())
+                .await
+                .expect("the lane was closed")
+                .expect("second");
+            assert_eq!(m, b"two");
+        });
     }
 
     #[test]
