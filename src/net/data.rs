@@ -538,17 +538,17 @@ impl DataPlane {
         Err(msg)
     }
 
-    /// Whether messages to `peer` can go on a lane.
-    pub fn has_lane(&self, peer: &libp2p::PeerId) -> bool {
-        self.addr_of(peer).is_some()
-    }
-
-    async fn lane_connect(&self, addr: SocketAddr) -> Res<Conn> {
+    /// A new, authenticated connection to `addr`.
+    async fn connect(&self, addr: SocketAddr) -> Res<Conn> {
         let stream = timed(HANDSHAKE_TIMEOUT, async {
             Ok(TcpStream::connect(addr).await?)
         })
         .await?;
-        let mut conn = timed(HANDSHAKE_TIMEOUT, client_handshake(stream, &self.secret)).await?;
+        timed(HANDSHAKE_TIMEOUT, client_handshake(stream, &self.secret)).await
+    }
+
+    async fn lane_connect(&self, addr: SocketAddr) -> Res<Conn> {
+        let mut conn = self.connect(addr).await?;
         conn.write_message(&Request::Lane(self.me.clone())).await?;
         Ok(conn)
     }
@@ -601,11 +601,7 @@ impl DataPlane {
                 Ok(v) => return Ok(v),
             }
         }
-        let stream = timed(HANDSHAKE_TIMEOUT, async {
-            Ok(TcpStream::connect(addr).await?)
-        })
-        .await?;
-        let conn = timed(HANDSHAKE_TIMEOUT, client_handshake(stream, &self.secret)).await?;
+        let conn = self.connect(addr).await?;
         self.fetch_on(addr, conn, id)
             .await
             .map_err(Attempt::into_error)
@@ -709,6 +705,17 @@ impl Attempt {
 mod tests {
     use super::*;
 
+    /// A data plane on a free local port, with a peer id of its own.
+    fn plane(secret: [u8; 32], provider: Provider) -> (Arc<DataPlane>, SocketAddr) {
+        DataPlane::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            secret,
+            provider,
+            libp2p::PeerId::random(),
+        )
+        .expect("start")
+    }
+
     /// `cargo test --release --lib throughput_probe -- --ignored --nocapture`
     #[test]
     #[ignore = "a throughput probe, not a check"]
@@ -717,13 +724,7 @@ mod tests {
         let id = ObjectId::new();
         let served = big.clone();
         let p: Provider = Arc::new(move |_: &ObjectId| Some(served.clone()));
-        let (plane, addr) = DataPlane::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            [1u8; 32],
-            p,
-            libp2p::PeerId::random(),
-        )
-        .expect("start");
+        let (plane, addr) = plane([1u8; 32], p);
         let rt = tokio::runtime::Runtime::new().expect("rt");
         for _ in 0..4 {
             let t = std::time::Instant::now();
@@ -744,13 +745,7 @@ mod tests {
         let id = ObjectId::new();
         let map: HashMap<ObjectId, Bytes> = [(id, big.clone())].into_iter().collect();
         let p: Provider = Arc::new(move |i: &ObjectId| map.get(i).cloned());
-        let (server, addr) = DataPlane::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            secret,
-            p,
-            libp2p::PeerId::random(),
-        )
-        .expect("start");
+        let (server, addr) = plane(secret, p);
         let rt = tokio::runtime::Runtime::new().expect("rt");
         // Twice: the second request reuses the pooled connection.
         for _ in 0..2 {
@@ -764,13 +759,7 @@ mod tests {
 
         // A client with another secret is refused at the handshake.
         let nothing: Provider = Arc::new(|_: &ObjectId| None);
-        let (stranger, _) = DataPlane::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            [8u8; 32],
-            nothing,
-            libp2p::PeerId::random(),
-        )
-        .expect("start");
+        let (stranger, _) = plane([8u8; 32], nothing);
         match rt.block_on(stranger.fetch(addr, id)) {
             Err(DataError::Auth(_)) | Err(DataError::Io(_)) => {}
             other => panic!("expected a refusal, got {other:?}"),
@@ -791,13 +780,7 @@ mod tests {
     /// A plane whose lane sink sends what arrives on the returned channel.
     fn lane_end(secret: [u8; 32]) -> (Arc<DataPlane>, SocketAddr, Arrivals) {
         let nothing: Provider = Arc::new(|_: &ObjectId| None);
-        let (plane, addr) = DataPlane::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            secret,
-            nothing,
-            libp2p::PeerId::random(),
-        )
-        .expect("start");
+        let (plane, addr) = plane(secret, nothing);
         let (tx, rx) = flume::unbounded();
         plane.set_sink(Arc::new(move |from, msg| {
             let tx = tx.clone();
@@ -817,9 +800,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().expect("rt");
         // Unknown peer: the message comes back.
         assert_eq!(rt.block_on(sender.tell(to, vec![1, 2])), Err(vec![1, 2]));
-        assert!(!sender.has_lane(&to));
         sender.set_addr(to, addr);
-        assert!(sender.has_lane(&to));
         // Small, empty and multi-frame (3 MiB + 5) messages, interleaved.
         let big: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
         let mut sent = Vec::new();
@@ -922,13 +903,7 @@ mod tests {
             }
         });
         let nothing: Provider = Arc::new(|_: &ObjectId| None);
-        let (client, _) = DataPlane::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            secret,
-            nothing,
-            libp2p::PeerId::random(),
-        )
-        .expect("start");
+        let (client, _) = plane(secret, nothing);
         for round in 0..3 {
             let got = rt.block_on(client.fetch(addr, ObjectId::new()));
             assert!(

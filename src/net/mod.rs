@@ -179,11 +179,6 @@ impl NetHandle {
         }
     }
 
-    /// Whether messages to `peer` go on a lane (its data plane is known).
-    pub fn has_lane(&self, peer: &PeerId) -> bool {
-        self.data.get().is_some_and(|p| p.has_lane(peer))
-    }
-
     /// Counts a message that arrived from `peer` outside the swarm (on a lane) as hearing
     /// from it.
     pub fn heard_from(&self, peer: PeerId) {
