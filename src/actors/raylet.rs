@@ -644,7 +644,7 @@ impl Raylet {
                     }
                     Decision::Node(n) => {
                         let Some(task) = q.pop_front() else { break };
-                        if let Err(task) = self.spill(task, n, &req) {
+                        if let Err(task) = self.spill(task, n, &req, false) {
                             if let Some(q) = self.queues.get_mut(&key) {
                                 q.push_front(*task);
                             }
@@ -660,10 +660,7 @@ impl Raylet {
                             break;
                         };
                         let Some(task) = q.pop_front() else { break };
-                        let tid = task.spec.task_id;
-                        self.pipelined.insert(tid, n);
-                        if let Err(task) = self.spill(task, n, &req) {
-                            self.pipelined.remove(&tid);
+                        if let Err(task) = self.spill(task, n, &req, true) {
                             if let Some(q) = self.queues.get_mut(&key) {
                                 q.push_front(*task);
                             }
@@ -687,12 +684,14 @@ impl Raylet {
         self.dispatch_actors();
     }
 
-    /// Sends a task to another node (spillback). Gives it back when that is not possible now.
+    /// Sends a task to another node (spillback), counted against it unless `pipelined` (it
+    /// waits in that node's queue). Gives it back when that is not possible now.
     fn spill(
         &mut self,
         task: QueuedTask,
         node: NodeId,
         req: &ResourceSet,
+        pipelined: bool,
     ) -> Result<(), Box<QueuedTask>> {
         let launch = self
             .procs
@@ -713,7 +712,9 @@ impl Raylet {
         {
             return Err(Box::new(task));
         }
-        if !self.pipelined.contains_key(&tid) {
+        if pipelined {
+            self.pipelined.insert(tid, node);
+        } else {
             self.count_against(node, req);
         }
         self.metrics.spilled += 1;
