@@ -19,7 +19,6 @@ use super::{
 };
 use crate::actors::raylet::{Raylet, RemoteDone};
 use crate::net::NetHandle;
-use crate::store::ObjectTable;
 
 /// What the hot handlers need of the daemon.
 pub(super) struct Hot {
@@ -30,7 +29,6 @@ pub(super) struct Hot {
     pub shipping: Arc<Shipping>,
     pub reporter: Arc<Reporter>,
     pub outgoing: Arc<Outgoing>,
-    pub table: Arc<ObjectTable>,
 }
 
 impl Hot {
@@ -87,7 +85,7 @@ impl Hot {
         from: libp2p::PeerId,
         calls: Vec<crate::spec::ActorCall>,
     ) -> ClusterMsg {
-        let args = actors::prepare_calls(&calls, &self.table, &self.net, from);
+        let args = actors::prepare_calls(&calls, &self.held.table, &self.net, from);
         let ids: Vec<_> = calls.iter().map(|c| (c.task_id, c.return_id)).collect();
         let core = self.rt.core().clone();
         // A full actor queue blocks the submission: then off the runtime's threads. (A batch
@@ -136,9 +134,9 @@ impl Hot {
                 let call = me.outgoing.take(&return_id);
                 let keep = call.is_none() && me.raylet.is_some();
                 let (result, node_lost, refs, kept) =
-                    receive_result(&me.net, from, &me.table, return_id, answer, keep).await;
+                    receive_result(&me.net, from, &me.held.table, return_id, answer, keep).await;
                 if let Some(q) = call {
-                    actors::seal_forwarded(&me.table, q, result);
+                    actors::seal_forwarded(&me.held.table, q, result);
                 } else if let Some(r) = &me.raylet {
                     r.do_send(RemoteDone {
                         task_id,
@@ -148,10 +146,10 @@ impl Hot {
                     });
                     if !refs.is_empty() {
                         // Sealing counts the value's references; ours can go after.
-                        crate::store::sealed(&me.table, return_id).await;
+                        crate::store::sealed(&me.held.table, return_id).await;
                     }
                 }
-                release_all(&me.table, &refs);
+                release_all(&me.held.table, &refs);
             });
         }
     }

@@ -949,7 +949,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         shipping: shipping.clone(),
         reporter: reporter.clone(),
         outgoing: outgoing.clone(),
-        table: table.clone(),
     });
     if let Some(p) = &plane {
         p.set_sink(hot.clone().sink());
