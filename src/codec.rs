@@ -41,7 +41,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, Error> {
     // A worker process or driver writes large values into shared memory as it encodes them,
     // to hand them to its node without another copy.
     let res: Result<Bytes, String> = if crate::worker::shm::encoding_here() {
-        let mut w = crate::worker::shm::Writer::new(Vec::new());
+        let mut w = crate::worker::shm::Writer::new();
         rmp_serde::encode::write(&mut w, value)
             .map_err(|e| e.to_string())
             .and_then(|()| w.finish().map_err(|e| e.to_string()))

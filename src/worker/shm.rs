@@ -15,7 +15,7 @@
 //! ([`encoding_here`], [`Writer`]): the value's `Bytes` is then a mapping of a file that still
 //! has its name, and sending it hands that name over instead of writing the value again
 //! ([`NAMED`]). A node hands over the same way the values it received into such a file from
-//! another node ([`Receiver`]), so a driver reads a value pulled from elsewhere without the
+//! another node ([`Landing`]), so a driver reads a value pulled from elsewhere without the
 //! node copying it once more.
 
 use std::cell::Cell;
@@ -166,13 +166,43 @@ fn write(data: &[u8]) -> std::io::Result<String> {
     Ok(name)
 }
 
-/// A read-only mapping of a shared-memory file, unmapped on drop.
+/// A mapping of a shared-memory file, unmapped on drop: read-only, or writable for a
+/// [`Landing`] until it is finished.
 struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
 }
 
-// SAFETY: the mapping is read-only and private to this owner; the pointer is only read.
+impl Mapping {
+    /// Maps `len` bytes of `f` (populated at once) with protection `prot` and `flags`.
+    fn of(
+        f: &std::fs::File,
+        len: usize,
+        prot: libc::c_int,
+        flags: libc::c_int,
+    ) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: mapping a regular file this process opened; the mapping is owned by the
+        // returned value and unmapped once, on its drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags | libc::MAP_POPULATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+}
+
+// SAFETY: the mapping is owned by this value; through it the memory is only read (a
+// landing's mapping is written only through `&mut Landing`).
 unsafe impl Send for Mapping {}
 // SAFETY: as above; shared references only read.
 unsafe impl Sync for Mapping {}
@@ -195,7 +225,6 @@ impl Drop for Mapping {
 
 /// Maps and unlinks shared-memory file `name` of `len` bytes.
 fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     if !name.starts_with(PREFIX)
         || !name
@@ -213,21 +242,8 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
         return Err(bad("shared-memory value of the wrong size"));
     }
     let n = usize::try_from(len).map_err(|_| bad("shared-memory value too large"))?;
-    // SAFETY: mapping a regular file we opened, read-only and private; checked below.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            n,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_POPULATE,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(Bytes::from_owner(Mapping { ptr, len: n }))
+    let map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE)?;
+    Ok(Bytes::from_owner(map))
 }
 
 /// This process's shared-memory files that still have their name, by the address of the
@@ -272,28 +288,12 @@ impl Drop for Named {
 
 /// Maps `f` (`len` bytes, named `name`) as a value that keeps its name until sent.
 fn map_named(f: &std::fs::File, name: String, len: usize) -> std::io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: mapping a regular file this process created, read-only and shared (its pages
-    // are the file's; nobody writes it after this).
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        let e = std::io::Error::last_os_error();
+    // Shared: its pages are the file's (nobody writes it after this).
+    let map = Mapping::of(f, len, libc::PROT_READ, libc::MAP_SHARED).inspect_err(|_| {
         let _ = std::fs::remove_file(Path::new(DIR).join(&name));
-        return Err(e);
-    }
-    NAMED.lock().insert(ptr as usize, (len, name));
-    Ok(Bytes::from_owner(Named {
-        map: Mapping { ptr, len },
-    }))
+    })?;
+    NAMED.lock().insert(map.ptr as usize, (len, name));
+    Ok(Bytes::from_owner(Named { map }))
 }
 
 /// The name of `data`'s file if it is the whole of a named value of this process; it is
@@ -338,35 +338,23 @@ impl Landing {
             return None;
         }
         let made = (|| {
-            use std::os::fd::AsRawFd;
             let (f, name) = create()?;
-            let path = Path::new(DIR).join(&name);
+            // Shared and writable: only this landing writes it until it is finished.
             let mapped = f.set_len(len as u64).and_then(|()| {
-                // SAFETY: mapping a regular file this process just created and sized, shared
-                // and writable; only this landing writes it until it is finished.
-                let ptr = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED | libc::MAP_POPULATE,
-                        f.as_raw_fd(),
-                        0,
-                    )
-                };
-                if ptr == libc::MAP_FAILED {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(ptr)
-                }
+                Mapping::of(
+                    &f,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                )
             });
             match mapped {
-                Ok(ptr) => Ok(Landing {
-                    map: Some(Mapping { ptr, len }),
+                Ok(map) => Ok(Landing {
+                    map: Some(map),
                     name,
                 }),
                 Err(e) => {
-                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(Path::new(DIR).join(&name));
                     Err(e)
                 }
             }
@@ -414,9 +402,9 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(mem: Vec<u8>) -> Self {
+    pub(crate) fn new() -> Self {
         Writer {
-            mem,
+            mem: Vec::new(),
             file: None,
             len: 0,
             failed: false,
@@ -605,12 +593,12 @@ mod tests {
                 .map(|(_, n)| Path::new(DIR).join(n))
         };
         // Small output stays in memory; large output is a named file, written as it grows.
-        let mut w = Writer::new(Vec::new());
+        let mut w = Writer::new();
         w.write_all(b"small").expect("write");
         let small = w.finish().expect("finish");
         assert_eq!(&small[..], b"small");
         assert!(file_of(&small).is_none());
-        let mut w = Writer::new(Vec::new());
+        let mut w = Writer::new();
         w.write_all(&[1, 2, 3]).expect("write");
         w.write_all(&vec![4u8; SHM_MIN]).expect("write");
         let big = w.finish().expect("finish");
@@ -643,13 +631,13 @@ mod tests {
         assert_eq!(copy, big);
         // A named value dropped unsent removes its file; so do an unfinished writer and
         // landing.
-        let mut w = Writer::new(Vec::new());
+        let mut w = Writer::new();
         w.write_all(&vec![5u8; SHM_MIN]).expect("write");
         let unsent = w.finish().expect("finish");
         let p = file_of(&unsent).expect("named");
         drop(unsent);
         assert!(!p.exists());
-        let mut w = Writer::new(Vec::new());
+        let mut w = Writer::new();
         w.write_all(&vec![5u8; SHM_MIN]).expect("write");
         let p = Path::new(DIR).join(&w.file.as_ref().expect("a file").1);
         drop(w);
