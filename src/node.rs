@@ -609,14 +609,20 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
             true,
         ),
     };
-    // Objects past the limit spill to this node's own directory (removed at shutdown).
+    // Objects past the limit spill to this node's own directory (removed at shutdown; one
+    // left by a killed node on the same root, or in a killed driver's temp dir, goes now).
+    let spill_root = config.spill_root.as_ref().unwrap_or(&temp_dir);
+    let swept = ObjectTable::remove_orphan_spill_dirs(spill_root)
+        + ObjectTable::remove_orphan_spill_dirs(&std::env::temp_dir());
+    if swept > 0 {
+        tracing::info!(
+            removed = swept,
+            "removed spill directories of nodes that are gone"
+        );
+    }
     let table = ObjectTable::with_spill_dir(
         object_store_limit(&config),
-        config
-            .spill_root
-            .as_ref()
-            .unwrap_or(&temp_dir)
-            .join(format!("spill-{}", node_id.hex())),
+        spill_root.join(ObjectTable::spill_dir_name(&node_id.hex())),
     );
     let directory = Arc::new(ActorDirectory::new(table.clone()));
     let (tx, rx) = flume::bounded::<RayletMsg>(RAYLET_CHANNEL);

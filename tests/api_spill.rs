@@ -3,8 +3,9 @@
 //! directory, come back intact, are task and async actor call arguments, a task result over
 //! the limit spills too, and freeing them deletes the files. A head started with
 //! `--object-store-memory` does the same for a driver over its socket with worker processes
-//! (spilled arguments are read off the raylet's thread), and `/metrics` reports the
-//! spilling; another node pulls spilled values from it (read from the files, not restored).
+//! (spilled task and constructor arguments are read off the raylet's thread), and `/metrics`
+//! reports the spilling; another node pulls spilled values from it, small ones too (read from
+//! the files, not restored).
 
 mod common;
 
@@ -55,6 +56,26 @@ impl Digester {
     }
 }
 
+/// A sync actor built from a (spilled) value: the raylet reads constructor arguments back
+/// off its thread before the host starts.
+#[mobula::actor]
+pub struct Holder {
+    held: (usize, u64, u8),
+}
+
+#[mobula::actor]
+impl Holder {
+    pub fn new(b: ByteBuf) -> Self {
+        Holder {
+            held: digest_of(&b),
+        }
+    }
+
+    pub fn held(&self) -> (usize, u64, u8) {
+        self.held
+    }
+}
+
 #[mobula::remote]
 fn where_am_i() -> mobula::Result<String> {
     Ok(mobula::runtime()?.node_id().hex())
@@ -65,7 +86,7 @@ fn make(len: usize, fill: u8) -> ByteBuf {
     ByteBuf::from(vec![fill; len])
 }
 
-/// Files in the spill directories (`spill-<node id>`) under `temp`.
+/// Files in the spill directories (`spill-<pid>-<node id>`) under `temp`.
 fn spill_files(temp: &std::path::Path) -> usize {
     std::fs::read_dir(temp)
         .map(|rd| {
@@ -114,6 +135,9 @@ fn objects_past_the_store_limit_spill_come_back_and_their_files_go_when_freed() 
     let calls: Vec<_> = refs.iter().map(|r| d.digest(r)).collect();
     assert_eq!(rt.get_all(&calls).expect("actor calls"), want);
     drop((calls, d));
+    let h = Holder::remote(&rt, &refs[0]).expect("an actor built from a spilled value");
+    assert_eq!(rt.get(&h.held()).expect("held"), want[0]);
+    drop(h);
     assert_eq!(
         rt.get(&digest::remote(&rt, &huge))
             .expect("a task on the huge value"),
@@ -184,6 +208,10 @@ fn a_head_with_object_store_memory_spills_a_drivers_objects_and_reports_it() {
     assert_eq!(rt.get_all(&digests).expect("tasks"), want);
     let big = make::remote(&rt, STORE + MIB, 5);
     assert_eq!(rt.get(&big).expect("a big result").len(), STORE + MIB);
+    // An actor in a worker process, built from the oldest (spilled) value.
+    let h = Holder::remote(&rt, &refs[0]).expect("an actor built from a spilled value");
+    assert_eq!(rt.get(&h.held()).expect("held"), want[0]);
+    drop(h);
 
     let metrics = |what: &str, cond: &dyn Fn(&str) -> bool| {
         common::eventually(what, || {
@@ -228,6 +256,9 @@ fn another_node_pulls_values_spilled_on_the_head() {
     let c = head_with(&["--object-store-memory", &store]);
     c.join(&[]);
     let rt = connect(&c);
+    // A small value put first is the oldest, so among the first to spill: a spilled argument
+    // travels as a reference (read from its file off the daemon's threads), not inline.
+    let small = rt.put(&ByteBuf::from(vec![9u8; 4096])).expect("put");
     let refs: Vec<_> = (0..VALUES)
         .map(|i| rt.put(&ByteBuf::from(value(i))).expect("put"))
         .collect();
@@ -255,4 +286,10 @@ fn another_node_pulls_values_spilled_on_the_head() {
     }
     let want: Vec<_> = (0..VALUES).map(|i| digest_of(&value(i))).collect();
     assert_eq!(got.expect("tasks on the other node"), want);
+    let small = digest::options(pin.clone()).remote(&rt, &small);
+    assert_eq!(
+        rt.get(&small)
+            .expect("a small spilled argument on the other node"),
+        digest_of(&[9u8; 4096])
+    );
 }

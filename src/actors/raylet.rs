@@ -73,6 +73,11 @@ pub(crate) enum RayletMsg {
         spec: Arc<TaskSpec>,
         args: Result<Vec<bytes::Bytes>, Error>,
     },
+    /// An actor's spilled constructor arguments, read back off the raylet's thread.
+    ActorArgsRead {
+        actor: ActorId,
+        args: Result<Vec<bytes::Bytes>, Error>,
+    },
 }
 
 /// The jobs whose drivers left, most recent `ENDED_JOBS` of them: a long-lived node that
@@ -177,6 +182,13 @@ struct WaitingActor {
 enum ActorPlace {
     /// Waiting for resources.
     Queued(ActorSpec, Pins),
+    /// Resources allocated here, spilled constructor arguments being read back from disk
+    /// off the raylet's thread (`RayletMsg::ActorArgsRead` then starts its host).
+    Reading {
+        alloc: Allocation,
+        spec: ActorSpec,
+        pins: Pins,
+    },
     /// Host started, constructor running.
     Starting {
         alloc: Allocation,
@@ -1444,7 +1456,7 @@ impl Raylet {
                         continue;
                     };
                     if let Some(ActorPlace::Queued(spec, pins)) = self.actors.remove(&aid) {
-                        self.start_actor(spec, pins, alloc);
+                        self.read_actor_args(spec, pins, alloc);
                     }
                 }
                 Decision::Node(n) if self.spill_tx.is_some() => {
@@ -1532,9 +1544,43 @@ impl Raylet {
         }
     }
 
-    fn start_actor(&mut self, spec: ActorSpec, pins: Pins, alloc: Allocation) {
+    /// Starts an actor allocated here: at once when its constructor arguments are in memory;
+    /// spilled ones are read back on a blocking thread first (disk I/O stays off this one).
+    fn read_actor_args(&mut self, spec: ActorSpec, pins: Pins, alloc: Allocation) {
+        if !crate::worker::thread::any_spilled(&self.table, &spec.args) {
+            let args = crate::worker::thread::resolve_args(&self.table, &spec.args);
+            return self.start_actor(spec, pins, alloc, args);
+        }
         let aid = spec.actor_id;
-        let args = match crate::worker::thread::resolve_args(&self.table, &spec.args) {
+        tracing::debug!(actor = %spec.display(), "reading an actor's spilled constructor arguments back");
+        let (table, tx, args) = (self.table.clone(), self.tx.clone(), spec.args.clone());
+        drop(tokio::task::spawn_blocking(move || {
+            let args = crate::worker::thread::resolve_args(&table, &args);
+            let _ = tx.send(RayletMsg::ActorArgsRead { actor: aid, args });
+        }));
+        self.actors
+            .insert(aid, ActorPlace::Reading { alloc, spec, pins });
+    }
+
+    /// Spilled constructor arguments are back: the actor starts unless it was killed meanwhile.
+    fn actor_args_read(&mut self, aid: ActorId, args: Result<Vec<bytes::Bytes>, Error>) {
+        if !matches!(self.actors.get(&aid), Some(ActorPlace::Reading { .. })) {
+            return;
+        }
+        if let Some(ActorPlace::Reading { alloc, spec, pins }) = self.actors.remove(&aid) {
+            self.start_actor(spec, pins, alloc, args);
+        }
+    }
+
+    fn start_actor(
+        &mut self,
+        spec: ActorSpec,
+        pins: Pins,
+        alloc: Allocation,
+        args: Result<Vec<bytes::Bytes>, Error>,
+    ) {
+        let aid = spec.actor_id;
+        let args = match args {
             Ok(a) => a,
             Err(e) => {
                 self.local().release(&alloc);
@@ -1653,10 +1699,15 @@ impl Raylet {
             return;
         }
         let not_started = self.waiting_actors.remove(&aid).is_some()
-            || matches!(self.actors.get(&aid), Some(ActorPlace::Queued(..)));
+            || matches!(
+                self.actors.get(&aid),
+                Some(ActorPlace::Queued(..) | ActorPlace::Reading { .. })
+            );
         if not_started {
             // It never ran: tell the GCS, which restarts it or records its death.
-            self.actors.remove(&aid);
+            if let Some(ActorPlace::Reading { alloc, .. }) = self.actors.remove(&aid) {
+                self.local().release(&alloc);
+            }
             self.actor_queue.retain(|a| *a != aid);
             if let Some(g) = &self.gcs {
                 g.do_send(gcs::ActorDied {
@@ -1740,7 +1791,9 @@ impl Raylet {
                 ActorPlace::Starting { host, .. } | ActorPlace::Alive { host, .. } => {
                     Some(host.clone())
                 }
-                ActorPlace::Queued(..) | ActorPlace::Remote { .. } => None,
+                ActorPlace::Queued(..) | ActorPlace::Reading { .. } | ActorPlace::Remote { .. } => {
+                    None
+                }
             })
             .collect();
         for h in hosts {
@@ -1776,13 +1829,14 @@ pub(crate) fn inline_args(
             continue;
         };
         let id = *id;
-        // A large value stays a reference: its size is enough (a spilled one is not read).
+        // A large or spilled value stays a reference (the other node pulls it in parts, read
+        // off the daemon's threads): its size is enough, its file is not read here.
         if let crate::store::Peek::Sealed {
             size,
             is_error: false,
-            ..
+            spilled,
         } = table.peek(&id)
-            && size as usize > INLINE_ARG
+            && (spilled || size as usize > INLINE_ARG)
         {
             nested.extend(table.nested_of(&id));
             continue;
@@ -1964,6 +2018,7 @@ impl StreamHandler<RayletMsg> for Raylet {
             RayletMsg::ArgsRead { worker, spec, args } => {
                 self.execute_on_process(worker, spec, args)
             }
+            RayletMsg::ActorArgsRead { actor, args } => self.actor_args_read(actor, args),
             RayletMsg::WorkerReady(w) => {
                 if let Some(slot) = self.workers.get_mut(&w)
                     && slot.starting

@@ -35,7 +35,7 @@ pub struct Config {
     pub worker_start_timeout: Duration,
     /// Directory for sockets and logs (default: a fresh one under the system temp dir).
     pub temp_dir: Option<std::path::PathBuf>,
-    /// Where objects past the store's limit spill: a `spill-<node id>` directory inside it,
+    /// Where objects past the store's limit spill: a `spill-<pid>-<node id>` directory inside it,
     /// removed at shutdown (default: the temp dir; `mobula start` uses its cluster directory
     /// under `--temp-dir`).
     pub spill_root: Option<std::path::PathBuf>,

@@ -208,8 +208,8 @@ pub(super) fn prepare_calls(
         .map(|c| {
             let mut held = Vec::new();
             for id in c.deps() {
-                match table.lookup(&id) {
-                    crate::store::Lookup::Missing => {
+                match table.peek(&id) {
+                    crate::store::Peek::Missing => {
                         table.create_pending(id);
                         let (table, net) = (table.clone(), net.clone());
                         tokio::spawn(async move {

@@ -247,6 +247,41 @@ impl ObjectTable {
         }
     }
 
+    /// The name of the spill directory of node `node` (hex) in this process:
+    /// `spill-<pid>-<node>`, so that a later node can tell one whose process is gone.
+    pub fn spill_dir_name(node: &str) -> String {
+        format!("spill-{}-{node}", std::process::id())
+    }
+
+    /// Deletes the spill directories under `root` (and under the `mobula-<pid>-*` temp dirs
+    /// in it) whose process is gone: a node killed with SIGKILL never ran its shutdown.
+    /// Run when a node starts. Returns how many went.
+    pub fn remove_orphan_spill_dirs(root: &std::path::Path) -> usize {
+        fn pid_of(name: &str, prefix: &str) -> Option<u32> {
+            name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
+        }
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(pid) = pid_of(name, "spill-")
+                && !crate::worker::shm::alive(pid)
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                tracing::debug!(dir = %e.path().display(), "removed the spill directory of a node that is gone");
+                n += 1;
+            } else if pid_of(name, "mobula-").is_some_and(|p| !crate::worker::shm::alive(p))
+                && e.path().is_dir()
+            {
+                n += Self::remove_orphan_spill_dirs(&e.path());
+            }
+        }
+        n
+    }
+
     /// Spills sealed values until the table is under its limit again, or nothing more can
     /// go (the spill thread's work; also how a producing thread takes its share).
     pub fn relieve(&self) {
@@ -855,6 +890,28 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn spill_dirs_of_gone_processes_are_removed_and_live_ones_kept() {
+        let root = tempfile::tempdir().expect("root");
+        // A process that has exited: its pid is free (and not reused this quickly).
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let gone = child.id();
+        child.wait().expect("wait");
+        let mine = root.path().join(ObjectTable::spill_dir_name("aaaa"));
+        let orphan = root.path().join(format!("spill-{gone}-bbbb"));
+        let nested = root
+            .path()
+            .join(format!("mobula-{gone}-cc/spill-{gone}-dddd"));
+        let other = root.path().join("spilled-notes");
+        for d in [&mine, &orphan, &nested, &other] {
+            std::fs::create_dir_all(d).expect("dir");
+            std::fs::write(d.join("x.0"), b"value").expect("file");
+        }
+        assert_eq!(ObjectTable::remove_orphan_spill_dirs(root.path()), 2);
+        assert!(mine.exists() && other.exists());
+        assert!(!orphan.exists() && !nested.exists());
+    }
 
     #[test]
     fn put_get_and_free() {

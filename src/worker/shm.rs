@@ -102,7 +102,8 @@ fn on() -> bool {
     ON.with(Cell::get)
 }
 
-fn alive(pid: u32) -> bool {
+/// Whether process `pid` exists.
+pub(crate) fn alive(pid: u32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the process exists.
     pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
