@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::actors::raylet::{Outbound, RegisterJob, RemoteDone, RemoteNode, SetSpill};
 use crate::net::{self, NetConfig, NetEvent};
 use crate::web::now_ms;
+use crate::worker::process::alive;
 
 mod actors;
 #[cfg(test)]
@@ -2205,11 +2206,6 @@ pub fn spawn_daemon(opts: &StartOptions, args: Vec<std::ffi::OsString>) -> Res<H
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
 }
 
 fn pid_files(dir: &ClusterDir) -> Vec<(PathBuf, u32)> {

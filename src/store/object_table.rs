@@ -19,6 +19,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use crate::ids::ObjectId;
+use crate::worker::process::alive;
 
 const SHARDS: usize = 64;
 
@@ -268,14 +269,12 @@ impl ObjectTable {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(pid) = pid_of(name, "spill-")
-                && !crate::worker::shm::alive(pid)
+                && !alive(pid)
                 && std::fs::remove_dir_all(e.path()).is_ok()
             {
                 tracing::debug!(dir = %e.path().display(), "removed the spill directory of a node that is gone");
                 n += 1;
-            } else if pid_of(name, "mobula-").is_some_and(|p| !crate::worker::shm::alive(p))
-                && e.path().is_dir()
-            {
+            } else if pid_of(name, "mobula-").is_some_and(|p| !alive(p)) && e.path().is_dir() {
                 n += Self::remove_orphan_spill_dirs(&e.path());
             }
         }

@@ -63,6 +63,12 @@ pub(crate) struct WorkerCommand {
     pub hash: Option<(String, u64)>,
 }
 
+/// Whether process `pid` exists (of any user: only its existence is checked).
+pub(crate) fn alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
 /// The content hash (xxh3-64, hex) and size of a file.
 pub(crate) fn file_hash(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     use std::io::Read;

@@ -23,6 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::worker::process::alive;
 use bytes::Bytes;
 use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
@@ -100,12 +101,6 @@ fn available() -> bool {
 
 fn on() -> bool {
     ON.with(Cell::get)
-}
-
-/// Whether process `pid` exists.
-pub(crate) fn alive(pid: u32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 /// Removes shared-memory values whose writer and reader are both gone (left behind by
