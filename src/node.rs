@@ -701,6 +701,12 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
         namespace: config.namespace.clone(),
         driver_pid: std::process::id(),
         submission_id: None,
+        launch: command
+            .clone()
+            .map(|command| crate::worker::process::JobLaunch {
+                command,
+                namespace: config.namespace.clone(),
+            }),
     });
     gcs.do_send(gcs::RegisterFunctions {
         job_id,
@@ -722,6 +728,8 @@ pub(crate) fn start_embedded(config: Config) -> Result<CoreRef> {
             return Err(e);
         }
     }
+    // Actors an earlier life of this GCS kept in its storage come back now that workers can start.
+    gcs.do_send(gcs::Recover);
     tracing::debug!(node = %node_id, job = %job_id, mode = ?config.worker_mode, "embedded node started");
     Ok(client)
 }

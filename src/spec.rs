@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ActorId, JobId, ObjectId, TaskId};
+use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId};
 use crate::sched::{ResourceSet, SchedulingStrategy};
 
 /// One argument of a call: an inline value, or a reference resolved before the call runs.
@@ -111,6 +111,10 @@ pub struct ActorSpec {
     /// record users see (this node's copy drives the local host and its restarts).
     #[serde(default)]
     pub owned_elsewhere: bool,
+    /// The node whose GCS owns the actor, set when it places the actor on another node: the
+    /// host kills a non-detached actor whose owner node died.
+    #[serde(default)]
+    pub owner: Option<NodeId>,
 }
 
 impl ActorSpec {

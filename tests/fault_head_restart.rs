@@ -4,7 +4,10 @@
 //! itself and tells it again of its actors, so the name resolves cluster-wide again (from a
 //! new driver on the head) to the same actor, which kept its state (not created twice).
 //! Jobs running when the head died are followed by the restarted head to their end (or
-//! their stop). Prints the reconnection time (`fault figures:`) for BENCHMARKS.md.
+//! their stop). The head's own detached actors come back from its storage: one another node
+//! hosts is the same actor, one the head hosted restarts under `max_restarts`; its other
+//! actors end, also on the node hosting them. Prints the reconnection time (`fault
+//! figures:`) for BENCHMARKS.md.
 
 mod common;
 
@@ -12,7 +15,62 @@ use common::{Tally, where_am_i};
 use std::time::Instant;
 
 use common::cluster::cluster;
-use mobula::{ActorOptions, Config};
+use mobula::{ActorOptions, Config, Error, SchedulingStrategy};
+
+/// A counter that says where it runs.
+#[mobula::actor]
+pub struct Keeper {
+    n: u64,
+}
+
+#[mobula::actor]
+impl Keeper {
+    pub fn new() -> Self {
+        Keeper { n: 0 }
+    }
+
+    /// Adds `v`; the new total.
+    pub fn add(&mut self, v: u64) -> u64 {
+        self.n += v;
+        self.n
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// The id of the node it runs on.
+    pub fn node(&self) -> String {
+        mobula::runtime()
+            .map(|r| r.node_id().hex())
+            .unwrap_or_default()
+    }
+}
+
+/// The child driver of the head-actors test (a no-op when run on its own): after the head's
+/// restart, calls its detached actors by name and looks for the one that was not detached.
+#[test]
+fn child_driver_of_the_head_actors_test() {
+    mobula::worker_entry();
+    let (Ok(addr), Ok(root)) = (std::env::var("CHILD_ADDRESS"), std::env::var("CHILD_ROOT")) else {
+        return;
+    };
+    let rt =
+        mobula::init_with(Config::default().address(addr).cluster_root(root)).expect("connect");
+    let kept = rt.get_actor::<Keeper>("kept", None).expect("kept resolves");
+    let reborn = rt
+        .get_actor::<Keeper>("reborn", None)
+        .expect("reborn resolves");
+    let doomed = match rt.get_actor::<Keeper>("doomed", None) {
+        Err(Error::ActorNotFound { .. }) => "gone".to_string(),
+        other => format!("{:?}", other.map(|_| "still there")),
+    };
+    let k = rt.get(&kept.add(1)).expect("kept answers");
+    let kp = rt.get(&kept.pid()).expect("kept's pid");
+    let r = rt.get(&reborn.add(1)).expect("reborn answers");
+    println!("\nCHILD_SAW kept={k} kept_pid={kp} reborn={r} doomed={doomed} ");
+}
 
 fn alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the process exists.
@@ -51,9 +109,18 @@ fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
         rt.node_id().hex().starts_with(&worker),
         "joined the worker node"
     );
-    let survivor = Tally::options(ActorOptions::new().name("survivor"))
-        .remote(&rt)
-        .expect("actor");
+    // Pinned here: a busy node's DEFAULT policy may place it on the head, which dies.
+    let here = SchedulingStrategy::NodeAffinity {
+        node: rt.node_id(),
+        soft: false,
+    };
+    let survivor = Tally::options(
+        ActorOptions::new()
+            .name("survivor")
+            .scheduling_strategy(here),
+    )
+    .remote(&rt)
+    .expect("actor");
     assert_eq!(rt.get(&survivor.add(1)).expect("call"), 1);
 
     // SAFETY: kill(2) on the head daemon this test started.
@@ -188,4 +255,161 @@ fn running_jobs_go_on_across_a_head_restart() {
         job_status(&url, &sleeper)["status"] == "STOPPED"
     });
     common::eventually("the stopped entrypoint is gone", || !alive(pid));
+}
+
+/// The other child driver of the head-actors test, attached to the worker node: holds a
+/// handle of the head's restartable actor across the head's restart, then calls it until it
+/// answers (calls before the head is back may fail, with an error).
+#[test]
+fn child_worker_driver_of_the_head_actors_test() {
+    mobula::worker_entry();
+    let (Ok(addr), Ok(root), Ok(go)) = (
+        std::env::var("CHILD_ADDRESS"),
+        std::env::var("CHILD_ROOT"),
+        std::env::var("CHILD_GO"),
+    ) else {
+        return;
+    };
+    let rt =
+        mobula::init_with(Config::default().address(addr).cluster_root(root)).expect("connect");
+    let reborn = rt
+        .get_actor::<Keeper>("reborn", None)
+        .expect("reborn resolves");
+    let before = rt.get(&reborn.add(0)).expect("reborn answers");
+    println!("\nREADY reborn={before} ");
+    common::wait_for_file(std::path::Path::new(&go));
+    let mut errors = 0;
+    let deadline = Instant::now() + common::HANG;
+    let after = loop {
+        match rt.get(&reborn.add(1)) {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never answered: {e}");
+                errors += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    println!("\nWORKER_SAW reborn={after} errors={errors} ");
+}
+
+/// Reads `child`'s stdout until a line starts with `prefix`; returns that line.
+fn line_of(out: &mut impl std::io::BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = out.read_line(&mut line).expect("child output");
+        assert!(n > 0, "the child ended before printing {prefix}");
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn the_heads_detached_actors_come_back_from_its_storage() {
+    mobula::worker_entry();
+    let c = cluster();
+    let addr = format!("127.0.0.1:{}", c.port);
+    let rt = common::cluster::connect(&c);
+    let head = rt.node_id();
+    // The other node's id, from a SPREAD probe.
+    let spread = ActorOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let probes: Vec<_> = (0..2)
+        .map(|_| Keeper::options(spread.clone()).remote(&rt).expect("probe"))
+        .collect();
+    let worker = rt
+        .get_all(&probes.iter().map(|a| a.node()).collect::<Vec<_>>())
+        .expect("nodes")
+        .into_iter()
+        .find(|n| *n != head.hex())
+        .expect("the other node");
+    let on_worker = SchedulingStrategy::NodeAffinity {
+        node: mobula::NodeId::parse(&worker).expect("node id"),
+        soft: false,
+    };
+    let on_head = SchedulingStrategy::NodeAffinity {
+        node: head,
+        soft: true,
+    };
+    let opts = |name: &str, s: &SchedulingStrategy| {
+        ActorOptions::new()
+            .name(name)
+            .scheduling_strategy(s.clone())
+    };
+    let kept = Keeper::options(opts("kept", &on_worker).detached(true))
+        .remote(&rt)
+        .expect("kept");
+    let doomed = Keeper::options(opts("doomed", &on_worker))
+        .remote(&rt)
+        .expect("doomed");
+    let reborn = Keeper::options(opts("reborn", &on_head).detached(true).max_restarts(1))
+        .remote(&rt)
+        .expect("reborn");
+    assert_eq!(rt.get(&kept.add(5)).expect("kept"), 5);
+    assert_eq!(rt.get(&reborn.add(3)).expect("reborn"), 3);
+    assert_eq!(rt.get(&kept.node()).expect("node"), worker);
+    assert_eq!(rt.get(&doomed.node()).expect("node"), worker);
+    assert_eq!(rt.get(&reborn.node()).expect("node"), head.hex());
+    let kept_pid = rt.get(&kept.pid()).expect("pid");
+    let doomed_pid = rt.get(&doomed.pid()).expect("pid") as i32;
+    // A driver on the worker node holds a handle to the head's actor across the restart.
+    let go = c.temp.path().join("go");
+    let mut far = common::child_test("child_worker_driver_of_the_head_actors_test")
+        .env("CHILD_ADDRESS", &addr)
+        .env("CHILD_ROOT", c.temp.path())
+        .env("CHILD_GO", &go)
+        .env("MOBULA_DRIVER_NODE", &worker)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("worker-node driver");
+    let mut far_out = std::io::BufReader::new(far.stdout.take().expect("stdout"));
+    let ready = line_of(&mut far_out, "READY");
+    assert!(ready.contains("reborn=3 "), "{ready}");
+
+    let head_pid = c.head_record().pid as i32;
+    // SAFETY: kill(2) on the head daemon this test started.
+    assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
+    common::eventually("the head is gone", || !alive(head_pid));
+    c.restart_head();
+
+    let deadline = Instant::now() + common::HANG;
+    let seen = loop {
+        let out = common::child_test("child_driver_of_the_head_actors_test")
+            .env("CHILD_ADDRESS", &addr)
+            .env("CHILD_ROOT", c.temp.path())
+            .output()
+            .expect("child driver");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text.lines().find(|l| l.starts_with("CHILD_SAW")) {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child driver never got through:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert!(
+        seen.contains(&format!("kept=6 kept_pid={kept_pid} ")),
+        "the detached actor the worker node hosts is the same one, its state kept: {seen}"
+    );
+    assert!(
+        seen.contains(" reborn=1 "),
+        "the detached actor the head hosted restarted, fresh: {seen}"
+    );
+    assert!(
+        seen.contains(" doomed=gone "),
+        "the actor that was not detached ended with its owner: {seen}"
+    );
+    // The worker node's driver reaches the restarted actor through the same handle.
+    std::fs::write(&go, b"go").expect("go");
+    let far_saw = line_of(&mut far_out, "WORKER_SAW");
+    assert!(far_saw.contains("reborn=2 "), "{far_saw}");
+    assert!(far.wait().expect("worker-node driver").success());
+    eprintln!("fault figures: head actors {far_saw}");
+    // Its host process ends too, once the worker node declares the old head dead.
+    common::eventually("the orphaned actor's process is killed", || {
+        !alive(doomed_pid)
+    });
 }

@@ -195,6 +195,11 @@ impl ActorRoute {
         }
     }
 
+    /// Whether its calls are forwarded to `node`.
+    pub fn forwards_to(&self, node: crate::ids::NodeId) -> bool {
+        matches!(&*self.state.lock(), RouteState::Alive(Endpoint::Forward { node: n, .. }) if *n == node)
+    }
+
     /// The actor is restarting: calls queue until it is up again.
     pub fn restarting(&self) {
         let mut st = self.state.lock();
@@ -265,6 +270,16 @@ impl ActorDirectory {
 
     pub fn get(&self, id: &ActorId) -> Option<Arc<ActorRoute>> {
         self.routes.read().get(id).cloned()
+    }
+
+    /// The routes whose calls are forwarded to `node`.
+    pub fn forwarding_to(&self, node: crate::ids::NodeId) -> Vec<(ActorId, Arc<ActorRoute>)> {
+        self.routes
+            .read()
+            .iter()
+            .filter(|(_, r)| r.forwards_to(node))
+            .map(|(id, r)| (*id, r.clone()))
+            .collect()
     }
 
     /// Every route (for shutdown).

@@ -100,6 +100,10 @@ pub struct JobRecord {
     /// The Jobs API submission whose entrypoint started this driver, if any.
     #[serde(default)]
     pub submission_id: Option<String>,
+    /// How its workers start (a driver's executable), kept so that a restarted head can
+    /// restart the job's detached actors.
+    #[serde(default)]
+    pub(crate) launch: Option<crate::worker::process::JobLaunch>,
 }
 
 /// The GCS actor.
@@ -123,13 +127,137 @@ pub(crate) struct Gcs {
     pg_in_flight: bool,
     /// A group arrived while a round was running: run another round right after it.
     pg_again: bool,
+    /// Detached actors of an earlier life of this GCS (a restarted head), taken back by
+    /// `Recover`: hosted on another node (which still runs them), or on the head (they died
+    /// with it and restart within `max_restarts`).
+    recovering: Vec<(ActorId, Option<NodeId>)>,
+    /// The nodes hosting actors `recover` took back (the daemon watches for them).
+    adopted_hosts: Vec<NodeId>,
 }
 
 impl Gcs {
     pub fn new(storage: Arc<dyn GcsStorage>, directory: Arc<ActorDirectory>) -> Self {
         let mut gcs = Self::empty(storage, directory);
         gcs.restore_jobs();
+        gcs.restore_actors();
         gcs
+    }
+
+    /// Actor records of an earlier life of this GCS (a head restarted on its storage). The
+    /// head's node died with that process, and the drivers and workers attached to it too, so:
+    /// - actors that were dead stay dead (their records stay listed);
+    /// - an actor the head hosted for another node is dead (its owner restarts it);
+    /// - an actor that is not detached is dead: its owner (a driver or worker of the head)
+    ///   died; a node hosting it kills it when it declares the old head dead;
+    /// - a detached actor keeps its name and is taken back by `Recover`: the node hosting it
+    ///   still runs it, or, if the head hosted it, it restarts within `max_restarts`.
+    fn restore_actors(&mut self) {
+        let old_heads: std::collections::HashSet<NodeId> = match self.storage.scan("nodes") {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|(_, v)| rmp_serde::from_slice::<NodeId>(v).ok())
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored nodes");
+                Default::default()
+            }
+        };
+        let rows = match self.storage.scan("actors") {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored actors");
+                return;
+            }
+        };
+        let mut dead = 0usize;
+        for (_, v) in rows {
+            let mut rec = match rmp_serde::from_slice::<ActorRecord>(&v) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a stored actor record does not decode: skipped");
+                    continue;
+                }
+            };
+            let id = rec.spec.actor_id;
+            let ended = match rec.state {
+                ActorState::Dead => None,
+                _ if rec.spec.owned_elsewhere => Some("its host, the head, stopped"),
+                _ if !rec.spec.detached => Some("its owner died with the head"),
+                _ => {
+                    let elsewhere = rec
+                        .node_id
+                        .filter(|n| rec.state == ActorState::Alive && !old_heads.contains(n));
+                    self.recovering.push((id, elsewhere));
+                    if let Some(name) = &rec.spec.name {
+                        self.named
+                            .insert((rec.spec.namespace.clone(), name.clone()), id);
+                    }
+                    self.directory.register(id, rec.spec.display());
+                    None
+                }
+            };
+            if let Some(reason) = ended {
+                rec.state = ActorState::Dead;
+                rec.death_cause = Some(reason.to_string());
+                self.persist("actors", id.0.as_bytes(), &rec);
+                dead += 1;
+            }
+            self.actors.insert(id, rec);
+        }
+        if !self.actors.is_empty() {
+            tracing::info!(
+                actors = self.actors.len(),
+                ended = dead,
+                detached = self.recovering.len(),
+                "actor records restored from storage"
+            );
+        }
+    }
+
+    /// Takes back the detached actors restored from storage (`restore_actors`) once this
+    /// node is up (`Recover`): those another node hosts get their routes back (forwarding
+    /// there once the node is heard from); those the head hosted restart within
+    /// `max_restarts`. The nodes hosting actors taken back go to `adopted_hosts`.
+    fn recover(&mut self) {
+        let Some(raylet) = self.pick_raylet() else {
+            return;
+        };
+        for (id, host) in std::mem::take(&mut self.recovering) {
+            let Some((spec, state)) = self.actors.get(&id).map(|r| (r.spec.clone(), r.state))
+            else {
+                continue;
+            };
+            // Its job's workers start from the driver's executable (thread workers need none).
+            let job = spec.job_id;
+            if let Some(launch) = self.jobs.get(&job).and_then(|j| j.launch.clone()) {
+                raylet.do_send(raylet::RegisterJob {
+                    job_id: job,
+                    launch,
+                });
+            }
+            if let Some(node) = host {
+                tracing::info!(actor = %id, node = %node, "taking back a detached actor another node hosts");
+                raylet.do_send(raylet::AdoptActor { actor_id: id, node });
+                if !self.adopted_hosts.contains(&node) {
+                    self.adopted_hosts.push(node);
+                }
+                continue;
+            }
+            let table = self.directory.table();
+            if spec.deps().any(|d| !table.is_ready(&d)) {
+                self.mark_dead(
+                    id,
+                    "it died with the head and its constructor arguments were lost".into(),
+                );
+                continue;
+            }
+            if state == ActorState::PendingCreation {
+                // It never ran: it is created now, which is no restart.
+                raylet.do_send(raylet::CreateActor(spec));
+            } else {
+                self.actor_died(id, "its node, the head, stopped".into(), Vec::new());
+            }
+        }
     }
 
     /// Job records of an earlier life of this GCS (a head restarted on its storage). Their
@@ -179,6 +307,8 @@ impl Gcs {
             pg_waiters: HashMap::new(),
             pg_in_flight: false,
             pg_again: false,
+            recovering: Vec::new(),
+            adopted_hosts: Vec::new(),
         }
     }
 
@@ -586,6 +716,58 @@ impl Handler<RegisterNode> for Gcs {
     }
 }
 
+/// The node is up (its raylet registered, its worker pool started): detached actors restored
+/// from storage are taken back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Recover;
+
+impl Handler<Recover> for Gcs {
+    type Result = ();
+    fn handle(&mut self, _msg: Recover, _ctx: &mut Self::Context) {
+        self.recover();
+    }
+}
+
+/// On a restarted head: the nodes hosting actors taken back from storage, which its
+/// membership watches as if they had registered (a node that never comes back is declared
+/// dead, and its actors restart elsewhere within `max_restarts`).
+#[derive(Message)]
+#[rtype(result = "Vec<NodeId>")]
+pub(crate) struct AdoptedHosts;
+
+impl Handler<AdoptedHosts> for Gcs {
+    type Result = MessageResult<AdoptedHosts>;
+    fn handle(&mut self, _msg: AdoptedHosts, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.adopted_hosts.clone())
+    }
+}
+
+/// A node died: the actors it owned that this node hosts and that are not detached die too
+/// (their owner, a driver or worker there, is gone).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct OwnerDied(pub NodeId);
+
+impl Handler<OwnerDied> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: OwnerDied, _ctx: &mut Self::Context) {
+        let node = msg.0;
+        let orphans: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, r)| {
+                r.spec.owner == Some(node) && !r.spec.detached && r.state != ActorState::Dead
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            tracing::info!(actor = %id, owner = %node, "the owner of an actor hosted here died: actor killed");
+            self.kill(id, format!("its owner's node {node} died"));
+        }
+    }
+}
+
 /// A driver started.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -596,6 +778,8 @@ pub(crate) struct RegisterJob {
     pub driver_pid: u32,
     /// The Jobs API submission that started the driver (`MOBULA_SUBMISSION_ID`).
     pub submission_id: Option<String>,
+    /// How the job's workers start.
+    pub launch: Option<crate::worker::process::JobLaunch>,
 }
 
 impl Handler<RegisterJob> for Gcs {
@@ -608,6 +792,7 @@ impl Handler<RegisterJob> for Gcs {
             start_time_ms: now_ms(),
             end_time_ms: None,
             submission_id: msg.submission_id,
+            launch: msg.launch,
         };
         self.persist("jobs", msg.job_id.0.as_bytes(), &rec);
         self.jobs.insert(msg.job_id, rec);
@@ -808,18 +993,32 @@ impl Gcs {
             return Ok(());
         }
         if msg.no_restart {
-            r.killed = true;
-            self.mark_dead(id, "killed by kill()".to_string());
-        } else if let Some(route) = self.directory.get(&id) {
+            self.kill(id, "killed by kill()".to_string());
+            return Ok(());
+        }
+        if let Some(route) = self.directory.get(&id) {
             route.restarting();
         }
+        self.stop_everywhere(id, false);
+        Ok(())
+    }
+
+    /// Kills an actor for good, for `reason`.
+    fn kill(&mut self, id: ActorId, reason: String) {
+        if let Some(r) = self.actors.get_mut(&id) {
+            r.killed = true;
+        }
+        self.mark_dead(id, reason);
+        self.stop_everywhere(id, true);
+    }
+
+    fn stop_everywhere(&self, id: ActorId, no_restart: bool) {
         for raylet in self.raylets.values() {
             raylet.do_send(raylet::StopActor {
                 actor_id: id,
-                no_restart: msg.no_restart,
+                no_restart,
             });
         }
-        Ok(())
     }
 }
 
@@ -1262,6 +1461,7 @@ mod tests {
                 start_time_ms: 5,
                 end_time_ms: end,
                 submission_id: None,
+                launch: None,
             };
             let bytes = rmp_serde::to_vec(&rec).expect("encode");
             storage.put("jobs", job.0.as_bytes(), &bytes).expect("put");
@@ -1278,5 +1478,94 @@ mod tests {
             .expect("row");
         let rec: JobRecord = rmp_serde::from_slice(&stored).expect("decode");
         assert!(rec.end_time_ms.is_some());
+    }
+
+    fn record(name: &str, detached: bool, state: ActorState, node: Option<NodeId>) -> ActorRecord {
+        ActorRecord {
+            spec: ActorSpec {
+                actor_id: ActorId::new(),
+                job_id: JobId::new(),
+                class: "m::Counter".into(),
+                class_name: "Counter".into(),
+                ctor: "new".into(),
+                args: vec![],
+                nested: vec![],
+                name: Some(name.into()),
+                namespace: "ns".into(),
+                detached,
+                max_restarts: 1,
+                max_task_retries: 0,
+                max_concurrency: 1,
+                resources: ResourceSet::new(),
+                placement_resources: ResourceSet::new(),
+                strategy: crate::sched::SchedulingStrategy::Default,
+                is_async: false,
+                owned_elsewhere: false,
+                owner: None,
+            },
+            state,
+            num_restarts: 0,
+            node_id: node,
+            pid: None,
+            death_cause: None,
+            killed: false,
+        }
+    }
+
+    #[test]
+    fn a_restarted_gcs_keeps_only_its_detached_actors() {
+        let storage: Arc<dyn GcsStorage> = Arc::new(MemoryStorage::default());
+        let (old_head, other) = (NodeId::new(), NodeId::new());
+        let node_row = rmp_serde::to_vec(&old_head).expect("encode");
+        storage
+            .put("nodes", old_head.0.as_bytes(), &node_row)
+            .expect("put");
+        let mut hosted = record("hosted", false, ActorState::Alive, Some(old_head));
+        hosted.spec.owned_elsewhere = true;
+        hosted.spec.name = None;
+        let recs = [
+            record("dead", true, ActorState::Dead, Some(other)),
+            hosted,
+            record("attached", false, ActorState::Alive, Some(other)),
+            record("far", true, ActorState::Alive, Some(other)),
+            record("home", true, ActorState::Alive, Some(old_head)),
+            record("new", true, ActorState::PendingCreation, None),
+        ];
+        for r in &recs {
+            let bytes = rmp_serde::to_vec(r).expect("encode");
+            storage
+                .put("actors", r.spec.actor_id.0.as_bytes(), &bytes)
+                .expect("put");
+        }
+        let directory = Arc::new(ActorDirectory::new(Arc::new(ObjectTable::new(1 << 20))));
+        let gcs = Gcs::new(storage.clone(), directory);
+        let id = |i: usize| recs[i].spec.actor_id;
+        let state = |i: usize| gcs.actors[&id(i)].state;
+        assert_eq!(gcs.actors.len(), recs.len(), "every record is listed");
+        for (i, r) in recs.iter().enumerate().take(3) {
+            assert_eq!(state(i), ActorState::Dead, "{:?}", r.spec.name);
+        }
+        assert_eq!(
+            gcs.actors[&id(2)].death_cause.as_deref(),
+            Some("its owner died with the head")
+        );
+        // The deaths given at the restart are stored too.
+        let stored = storage
+            .get("actors", id(2).0.as_bytes())
+            .expect("get")
+            .expect("row");
+        let rec: ActorRecord = rmp_serde::from_slice(&stored).expect("decode");
+        assert_eq!(rec.state, ActorState::Dead);
+        // Detached ones come back: the one on another node to that node, the others here.
+        let mut back = gcs.recovering.clone();
+        back.sort();
+        let mut want = vec![(id(3), Some(other)), (id(4), None), (id(5), None)];
+        want.sort();
+        assert_eq!(back, want);
+        for (i, name) in [(3, "far"), (4, "home"), (5, "new")] {
+            assert_eq!(gcs.named.get(&("ns".into(), name.into())), Some(&id(i)));
+        }
+        assert!(!gcs.named.contains_key(&("ns".into(), "attached".into())));
+        assert!(!gcs.named.contains_key(&("ns".into(), "dead".into())));
     }
 }

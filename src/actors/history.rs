@@ -502,6 +502,7 @@ mod tests {
             strategy: SchedulingStrategy::Default,
             is_async: false,
             owned_elsewhere: false,
+            owner: None,
         };
         log.actor_submitted(&spec);
         log.actor_created(spec.actor_id, node, Ok(42));

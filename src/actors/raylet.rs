@@ -233,6 +233,9 @@ pub(crate) struct Raylet {
     threads_started: usize,
     waiting_actors: HashMap<ActorId, WaitingActor>,
     actors: HashMap<ActorId, ActorPlace>,
+    /// Actors a restarted head took back from its storage, hosted on nodes not heard from
+    /// yet: their routes start forwarding when the node's first heartbeat arrives.
+    adopting: HashMap<NodeId, Vec<ActorId>>,
     actor_queue: VecDeque<ActorId>,
     procs: Option<ProcessPool>,
     /// The arbiter of the thread-mode actor hosts (their instances have threads of their own).
@@ -380,6 +383,7 @@ impl Raylet {
             starting_procs: 0,
             threads_started: 0,
             waiting_actors: HashMap::new(),
+            adopting: HashMap::new(),
             actors: HashMap::new(),
             actor_queue: VecDeque::new(),
             procs: None,
@@ -869,6 +873,9 @@ impl Raylet {
                 nv.resources.available = available;
                 nv.alive = true;
                 self.unreported.remove(&node);
+                for aid in self.adopting.remove(&node).unwrap_or_default() {
+                    self.forward_adopted(aid, node);
+                }
             }
             None => {
                 if let Some(nv) = self.view.nodes.get_mut(&node) {
@@ -884,6 +891,11 @@ impl Raylet {
                     .filter(|(_, p)| matches!(p, ActorPlace::Remote { node: n, .. } if *n == node))
                     .map(|(a, _)| *a)
                     .collect();
+                self.adopting.remove(&node);
+                // The actors it owned and this node hosts end with it (unless detached).
+                if let Some(g) = &self.gcs {
+                    g.do_send(gcs::OwnerDied(node));
+                }
                 for aid in gone {
                     self.actors.remove(&aid);
                     tracing::warn!(actor = %aid, node = %node, "the node hosting an actor died");
@@ -1497,6 +1509,7 @@ impl Raylet {
             return Err((spec, pins));
         };
         let aid = spec.actor_id;
+        spec.owner = Some(self.cfg.node_id);
         if let Err(e) = inline_args(&self.table, &mut spec.args, &mut spec.nested) {
             self.report_creation(aid, self.cfg.node_id, Err(e));
             return Ok(());
@@ -1518,6 +1531,29 @@ impl Raylet {
             },
         );
         Ok(())
+    }
+
+    /// Takes back an actor that `node` hosts for this node (a restarted head's actor, from its
+    /// storage): its calls are forwarded there once the node is heard from.
+    fn adopt_actor(&mut self, aid: ActorId, node: NodeId) {
+        self.actors
+            .insert(aid, ActorPlace::Remote { node, pins: None });
+        if self.view.nodes.get(&node).is_some_and(|nv| nv.alive) {
+            self.forward_adopted(aid, node);
+        } else {
+            self.adopting.entry(node).or_default().push(aid);
+        }
+    }
+
+    fn forward_adopted(&mut self, aid: ActorId, node: NodeId) {
+        if !matches!(self.actors.get(&aid), Some(ActorPlace::Remote { node: n, .. }) if *n == node)
+        {
+            return;
+        }
+        if let (Some(tx), Some(route)) = (self.forward_tx.clone(), self.directory.get(&aid)) {
+            tracing::info!(actor = %aid, node = %node, "calls to an actor taken back from storage go to its node again");
+            route.activate_forward(Endpoint::Forward { node, tx });
+        }
     }
 
     /// The node an actor was handed to created it (or could not).
@@ -2165,6 +2201,21 @@ impl Handler<RemoteActorPlaced> for Raylet {
     fn handle(&mut self, msg: RemoteActorPlaced, _ctx: &mut Self::Context) {
         self.remote_actor_placed(msg.actor_id, msg.node, msg.result);
         self.dispatch();
+    }
+}
+
+/// A restarted head takes back an actor another node hosts for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AdoptActor {
+    pub actor_id: ActorId,
+    pub node: NodeId,
+}
+
+impl Handler<AdoptActor> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: AdoptActor, _ctx: &mut Self::Context) {
+        self.adopt_actor(msg.actor_id, msg.node);
     }
 }
 

@@ -120,24 +120,23 @@ impl WorkerConn {
                     pid,
                     submission_id,
                 }) => {
+                    let launch = crate::worker::process::JobLaunch {
+                        command: crate::worker::process::WorkerCommand {
+                            exe,
+                            args: args.into_iter().map(Into::into).collect(),
+                            quiet,
+                            hash: exe_hash,
+                        },
+                        namespace: namespace.clone(),
+                    };
                     ctx.client.gcs.do_send(crate::actors::gcs::RegisterJob {
                         job_id,
-                        namespace: namespace.clone(),
+                        namespace,
                         driver_pid: pid,
                         submission_id,
+                        launch: Some(launch.clone()),
                     });
-                    ctx.jobs.lock().insert(
-                        job_id,
-                        crate::worker::process::JobLaunch {
-                            command: crate::worker::process::WorkerCommand {
-                                exe,
-                                args: args.into_iter().map(Into::into).collect(),
-                                quiet,
-                                hash: exe_hash,
-                            },
-                            namespace,
-                        },
-                    );
+                    ctx.jobs.lock().insert(job_id, launch);
                     tracing::info!(job = %job_id, pid, "driver connected");
                     Self::serve(
                         frames,

@@ -502,6 +502,7 @@ pub mod __private {
             strategy: opts.strategy.clone(),
             is_async: A::IS_ASYNC,
             owned_elsewhere: false,
+            owner: None,
         };
         core.create_actor(spec)?;
         Ok(ActorHandle::from_raw(RawActorHandle::new(

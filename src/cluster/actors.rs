@@ -33,6 +33,9 @@ use crate::net::NetHandle;
 use crate::spec::ActorCall;
 use crate::store::ObjectTable;
 
+/// How long routes to a dead owner's actors wait for the head to name a new owner.
+const REROUTE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Calls in one `ActorCalls` batch, at most.
 const BATCH: usize = 512;
 
@@ -382,6 +385,70 @@ impl Names {
             actors = told,
             "told the restarted head of this node's actors"
         );
+    }
+
+    /// A node died: routes of this node to actors it owned that this node's GCS has no record
+    /// of (handles passed here, names looked up) queue their calls and ask the head again who
+    /// owns the actor. A restarted head that took the actor back from its storage answers
+    /// itself, and the calls go on there; an owner that is the dead node, or no answer within
+    /// `REROUTE_WINDOW`, fails them with an error that says so.
+    pub async fn reroute(
+        self,
+        dead: NodeId,
+        net: NetHandle,
+        head: tokio::sync::watch::Receiver<Option<libp2p::PeerId>>,
+    ) {
+        let mut orphans = Vec::new();
+        for (id, route) in self.directory.forwarding_to(dead) {
+            let known_here = self
+                .gcs
+                .send(crate::actors::gcs::FindOwner(id))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|a| a.owner.is_none());
+            if !known_here {
+                route.restarting();
+                orphans.push((id, route));
+            }
+        }
+        if orphans.is_empty() {
+            return;
+        }
+        tracing::info!(node = %dead, actors = orphans.len(), "routes to actors of a dead node wait for the head to name their owner");
+        let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
+        let gone = |route: &crate::actors::directory::ActorRoute, why: &str| {
+            route.kill(Error::ActorDied {
+                actor: route.display.clone(),
+                reason: format!("its owner's node {dead} died{why}"),
+            });
+        };
+        while !orphans.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                for (_, route) in &orphans {
+                    gone(route, " and no node took the actor over");
+                }
+                return;
+            }
+            let h = *head.borrow();
+            let mut left = Vec::new();
+            for (id, route) in orphans {
+                match self.ask_head(&net, h, ClusterMsg::LookupActor(id)).await {
+                    Ok(ClusterMsg::Found(Some(at))) if at.owner == Some(dead) => gone(&route, ""),
+                    Ok(ClusterMsg::Found(Some(at)))
+                        if self.route_to(&at, route.display.clone()).await =>
+                    {
+                        tracing::info!(actor = %id, owner = ?at.owner, "calls to an actor of a dead node go to its new owner");
+                    }
+                    // The head is not back yet, or has not heard of the actor yet.
+                    _ => left.push((id, route)),
+                }
+            }
+            orphans = left;
+            if !orphans.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
     }
 
     /// Kills an actor that another node owns: the head says which, the owner kills it.

@@ -956,6 +956,17 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     }
     let result = runtime.block_on(async {
         let mut members: HashMap<String, Member> = HashMap::new();
+        if let (true, Some(n)) = (opts.head, rt.core().node()) {
+            // A restarted head took back actors other nodes host: it watches those nodes as
+            // if they had registered, so one that never comes back is declared dead.
+            for host in n.gcs.send(crate::actors::gcs::AdoptedHosts).await.unwrap_or_default() {
+                members.insert(host.hex(), Member {
+                    status: NodeStatus { node_id: host.hex(), is_head: false, alive: true, ip: String::new(), available: Default::default(), total: Default::default(), pending: Vec::new(), metrics: Default::default() },
+                    last_seen: Instant::now(),
+                    ticks_unheard: 0,
+                });
+            }
+        }
         let mut peers: HashMap<String, libp2p::PeerId> = HashMap::new();
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -964,6 +975,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ticks_needed = (opts.death_timeout.as_millis() / HEARTBEAT.as_millis()).max(1) as u32;
         let mut head_peer: Option<libp2p::PeerId> = None;
+        // `head_peer` for tasks that outlive one turn of this loop.
+        let (head_tx, head_rx) = tokio::sync::watch::channel(None);
         let mut joined_once = false;
         let mut last_dial = Instant::now();
         // Without --address, a node with --mdns finds its head on the LAN.
@@ -1030,6 +1043,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             remote_jobs.lock().retain(|_, (n, _)| *n != m.status.node_id);
                             if let Some(id) = crate::NodeId::parse(&m.status.node_id) {
                                 outgoing.node_died(id, &table);
+                                if let Some(names) = names.clone() {
+                                    tokio::spawn(names.reroute(id, net.clone(), head_rx.clone()));
+                                }
                                 if let Some(r) = &raylet {
                                     r.do_send(RemoteNode { node_id: id, resources: None });
                                 }
@@ -1206,6 +1222,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         Ok(ClusterMsg::Welcome { head }) => {
                             tracing::info!(head = %head, peer = %peer, "joined the cluster (head found by mdns)");
                             head_peer = Some(peer);
+                            head_tx.send_replace(head_peer);
                             search = None;
                         }
                         Ok(ClusterMsg::NotHead) => {
@@ -1242,6 +1259,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             match net.request(peer, encode(&reg)).await.map(|b| decode(&b)) {
                                 Ok(Ok(ClusterMsg::Welcome { head })) => {
                                     head_peer = Some(peer);
+                                    head_tx.send_replace(head_peer);
                                     if joined_once {
                                         tracing::info!(head = %head, "joined the restarted head");
                                         // Its names and owners of other nodes' actors were in
@@ -1263,6 +1281,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         NetEvent::Disconnected(peer) if head_peer == Some(peer) => {
                             tracing::warn!(peer = %peer, "lost the connection to the head: dialling it again until it answers");
                             head_peer = None;
+                            head_tx.send_replace(head_peer);
                         }
                         NetEvent::Request { from, data, reply } => {
                             match decode(&data) {
