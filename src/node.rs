@@ -78,6 +78,12 @@ pub(crate) enum ClusterAsk {
     },
     /// Stops a job another node runs.
     StopJob { node: String, sid: String },
+    /// On a restarted head: the events of a job `node` ran for the old head go to `events`.
+    FollowJob {
+        node: String,
+        sid: String,
+        events: flume::Sender<crate::cluster::jobs::JobEvent>,
+    },
     /// Claims a name for an actor this node owns.
     ClaimName {
         namespace: String,

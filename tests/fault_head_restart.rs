@@ -413,3 +413,51 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
         !alive(doomed_pid)
     });
 }
+
+#[test]
+fn a_job_another_node_runs_is_followed_across_a_head_restart() {
+    let c = common::cluster::cluster_with(&["--resources", r#"{"gizmo": 1}"#]);
+    let url = c.dashboard();
+    c.await_status("the gizmo node", |s| s.contains("gizmo"));
+    let go = c.temp.path().join("go-remote");
+    let body = serde_json::json!({
+        "entrypoint": format!(
+            "echo before; while [ ! -e {} ]; do sleep 0.1; done; echo after; exit 3",
+            go.display()
+        ),
+        "entrypoint_resources": {"gizmo": 1},
+    })
+    .to_string();
+    let (status, text) = common::http::post(&format!("{url}/api/jobs/"), &[], &body);
+    assert_eq!(status, 200, "{text}");
+    let sid = common::http::json(&text)["submission_id"]
+        .as_str()
+        .expect("sid")
+        .to_string();
+    let logs = |url: &str| {
+        let (_, body) = common::http::get(&format!("{url}/api/jobs/{sid}/logs"), &[]);
+        common::http::json(&body)["logs"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    common::eventually("the job's first line reaches the head", || {
+        logs(&url).contains("before")
+    });
+
+    let head_pid = c.head_record().pid as i32;
+    // SAFETY: kill(2) on the head daemon this test started.
+    assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
+    common::eventually("the head is gone", || !alive(head_pid));
+    // It goes on, and ends, while the head is down.
+    std::fs::write(&go, b"").expect("go");
+    c.restart_head();
+    let url = c.dashboard();
+    common::eventually("the restarted head records the job's end", || {
+        job_status(&url, &sid)["status"] != "RUNNING"
+    });
+    let v = job_status(&url, &sid);
+    assert_eq!(v["status"], "FAILED", "{v}");
+    assert_eq!(v["driver_exit_code"], 3, "{v}");
+    assert_eq!(logs(&url), "before\nafter\n", "the whole output, in order");
+}

@@ -545,7 +545,11 @@ impl Names {
             A::CommitBundles { done, .. } => {
                 let _ = done.send(Err(Error::runtime("bundles are the daemon's to place")));
             }
-            A::ReturnBundles { .. } | A::Status { .. } | A::State { .. } | A::StopJob { .. } => {}
+            A::ReturnBundles { .. }
+            | A::Status { .. }
+            | A::State { .. }
+            | A::StopJob { .. }
+            | A::FollowJob { .. } => {}
             A::RunJob { done, .. } => {
                 let _ = done.send(Err("jobs are the daemon's to place".to_string()));
             }

@@ -239,6 +239,53 @@ pub fn unpack(zip: impl std::io::Read + std::io::Seek, into: &Path) -> Result<()
         .map_err(|e| format!("cannot unpack into {}: {e}", into.display()))
 }
 
+/// How long a job event goes on being refused or undelivered while a head is connected
+/// before the node gives up on it (a restarted head takes the job back within a moment).
+const JOB_EVENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Sends one job event (an encoded `ClusterMsg::JobEvent`) to the head until it takes it:
+/// to `first` (the head that sent the job) while no other head is known, else to the current
+/// head; while there is none (the head is down) it waits for one. False when a head kept
+/// refusing it, or could not be reached, for `JOB_EVENT_PATIENCE`.
+pub(crate) async fn deliver(
+    net: &crate::net::NetHandle,
+    head: &mut tokio::sync::watch::Receiver<Option<libp2p::PeerId>>,
+    first: libp2p::PeerId,
+    msg: &[u8],
+) -> bool {
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        let current = *head.borrow_and_update();
+        let peer = match current {
+            Some(p) => p,
+            None if failing_since.is_none() => first,
+            None => {
+                // The head is gone: wait for it, however long it takes.
+                failing_since = None;
+                if head.changed().await.is_err() {
+                    return false;
+                }
+                continue;
+            }
+        };
+        match net
+            .request(peer, msg.to_vec())
+            .await
+            .map(|b| super::decode(&b))
+        {
+            Ok(Ok(super::ClusterMsg::Released)) => return true,
+            other => {
+                tracing::debug!(reply = ?other.map(|r| r.map(|m| format!("{m:?}"))), "a job event was not taken: sending it again");
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > JOB_EVENT_PATIENCE {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 /// The log of a job this node runs for the head: named for the node too, as the head keeps
 /// `job-driver-<sid>.log` and nodes of one machine share the cluster directory.
 pub fn remote_log_name(sid: &str, node: &str) -> String {

@@ -1081,6 +1081,16 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let _ = done.send(r);
                             });
                         }
+                        crate::node::ClusterAsk::FollowJob { node, sid, events } => {
+                            remote_jobs.lock().insert(sid, (node.clone(), events));
+                            // Watched as if it had registered: if it never comes back, it is
+                            // declared dead and the job fails.
+                            members.entry(node.clone()).or_insert_with(|| Member {
+                                status: NodeStatus { node_id: node, is_head: false, alive: true, ip: String::new(), available: Default::default(), total: Default::default(), pending: Vec::new(), metrics: Default::default() },
+                                last_seen: Instant::now(),
+                                ticks_unheard: 0,
+                            });
+                        }
                         crate::node::ClusterAsk::StopJob { node, sid } => {
                             if let Some(peer) = peers.get(&node).copied() {
                                 let net = net.clone();
@@ -1310,20 +1320,15 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 let (tx, rx) = flume::bounded(64);
                                 let env = vec![("MOBULA_TEMP_DIR".to_string(), opts.temp_dir.to_string_lossy().into_owned())];
                                 tokio::spawn(jobs::run_here(job, dir.dir.clone(), node_id.clone(), env, stop, tx));
-                                let (net, local_jobs) = (net.clone(), local_jobs.clone());
+                                let (net, local_jobs, mut head) = (net.clone(), local_jobs.clone(), head_rx.clone());
                                 tokio::spawn(async move {
-                                    // One event at a time, each acknowledged: the head sees them in order.
+                                    // One event at a time, each acknowledged: the head sees them in
+                                    // order. While the head is down they wait for it to come back.
                                     while let Ok(event) = rx.recv_async().await {
                                         let msg = encode(&ClusterMsg::JobEvent { sid: sid.clone(), event });
-                                        let mut sent = false;
-                                        for _ in 0..3 {
-                                            if net.request(from, msg.clone()).await.is_ok() {
-                                                sent = true;
-                                                break;
-                                            }
-                                        }
-                                        if !sent {
-                                            tracing::warn!(job = %sid, "could not report a job event to the head");
+                                        if !jobs::deliver(&net, &mut head, from, &msg).await {
+                                            tracing::warn!(job = %sid, "could not report a job event to the head: its later events are dropped");
+                                            break;
                                         }
                                     }
                                     local_jobs.lock().remove(&sid);
@@ -1342,10 +1347,16 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     remote_jobs.lock().remove(&sid);
                                 }
                                 tokio::spawn(async move {
-                                    if let Some(tx) = tx {
-                                        let _ = tx.send_async(event).await;
-                                    }
-                                    let _ = reply.send(encode(&ClusterMsg::Released));
+                                    let answer = match tx {
+                                        Some(tx) => {
+                                            let _ = tx.send_async(event).await;
+                                            ClusterMsg::Released
+                                        }
+                                        // A restarted head that has not taken the job back
+                                        // yet: the node sends it again.
+                                        None => ClusterMsg::JobAccepted(Err(format!("this head does not follow job {sid}"))),
+                                    };
+                                    let _ = reply.send(encode(&answer));
                                 });
                             }
                             Ok(ClusterMsg::State(q)) => {

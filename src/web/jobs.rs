@@ -540,14 +540,19 @@ async fn submit(st: web::Data<WebState>, body: web::Bytes) -> Res<HttpResponse> 
     Ok(HttpResponse::Ok().json(json!({"job_id": sid, "submission_id": sid})))
 }
 
-/// Supervises a submission on the server's runtime until it ends.
-fn start_supervision(state: Arc<WebState>, info: JobInfo) {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    state
-        .jobs
+/// Records that submission `sid` is supervised here; its stop switch.
+fn supervised(st: &WebState, sid: &str) -> tokio::sync::watch::Receiver<bool> {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    st.jobs
         .running
         .lock()
-        .insert(info.submission_id.clone(), Supervised { stop: stop_tx });
+        .insert(sid.to_string(), Supervised { stop });
+    rx
+}
+
+/// Supervises a submission on the server's runtime until it ends.
+fn start_supervision(state: Arc<WebState>, info: JobInfo) {
+    let stop_rx = supervised(&state, &info.submission_id);
     actix_web::rt::spawn(async move {
         let sid = info.submission_id.clone();
         if let Err(e) = supervise(state.clone(), info, stop_rx).await {
@@ -572,7 +577,7 @@ fn start_supervision(state: Arc<WebState>, info: JobInfo) {
 /// one is supervised again; a running entrypoint of the head that outlived the crash (its own
 /// process group) is watched to its end, its exit code read from its exit file; one that
 /// ended meanwhile gets its recorded code, or fails when it left none. An entrypoint another
-/// node runs is not followed (its reports went to the old head); stopping it reaches it.
+/// node runs is followed again: that node kept its reports for the restarted head.
 pub async fn resume(st: Arc<WebState>) {
     let subs = match submissions(&st).await {
         Ok(s) => s,
@@ -586,7 +591,27 @@ pub async fn resume(st: Arc<WebState>) {
         let log = log_path(&st, &sid);
         let r = match (info.status, info.pid, info.node_id.clone()) {
             (_, _, Some(node)) => {
-                tracing::warn!(job = %sid, node = %node, "a job ran on another node when the head stopped: its status is no longer followed");
+                // Its node holds back its reports while the head is down and sends them to
+                // the restarted head, which follows them from here.
+                tracing::info!(job = %sid, node = %node, "following again a job another node runs");
+                let (events_tx, events) = flume::bounded(1024);
+                let ask = crate::node::ClusterAsk::FollowJob {
+                    node: node.clone(),
+                    sid: sid.clone(),
+                    events: events_tx,
+                };
+                if st.asks.send_async(ask).await.is_err() {
+                    tracing::warn!(job = %sid, "the head's daemon loop is gone: the job is not followed");
+                    continue;
+                }
+                let stop = supervised(&st, &sid);
+                let (st, sid) = (st.clone(), sid.clone());
+                actix_web::rt::spawn(async move {
+                    if let Err(e) = follow_remote(&st, &sid, &node, events, stop).await {
+                        tracing::warn!(job = %sid, error = %e, "cannot follow a job of another node");
+                    }
+                    st.jobs.running.lock().remove(&sid);
+                });
                 Ok(())
             }
             (JobStatus::Pending, _, None) => {
@@ -596,11 +621,7 @@ pub async fn resume(st: Arc<WebState>) {
             }
             (_, Some(pid), None) if crate::cluster::jobs::runs_job(pid, &sid) => {
                 tracing::info!(job = %sid, pid, "following a job whose entrypoint outlived the head's restart");
-                let (stop_tx, stop) = tokio::sync::watch::channel(false);
-                st.jobs
-                    .running
-                    .lock()
-                    .insert(sid.clone(), Supervised { stop: stop_tx });
+                let stop = supervised(&st, &sid);
                 let (st, sid) = (st.clone(), sid.clone());
                 actix_web::rt::spawn(async move {
                     let (code, stopped) = crate::cluster::jobs::adopt(&sid, pid, &log, stop).await;
@@ -896,9 +917,9 @@ async fn supervise_remote(
     st: &WebState,
     info: &JobInfo,
     node: String,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Res<()> {
-    use crate::cluster::jobs::{JobEvent, MAX_REMOTE_PACKAGE, RemoteJob};
+    use crate::cluster::jobs::{MAX_REMOTE_PACKAGE, RemoteJob};
     let sid = info.submission_id.clone();
     let package = match package_of(st, info)? {
         None => None,
@@ -950,6 +971,20 @@ async fn supervise_remote(
         }
     }
     tracing::info!(job = %sid, node = %node, "job entrypoint sent to another node");
+    follow_remote(st, &sid, &node, events, stop).await
+}
+
+/// Follows a job `node` runs to its end: its output is appended to the head's copy of the
+/// log, a stop is passed on to the node, and its end (or the node's death) is recorded.
+async fn follow_remote(
+    st: &WebState,
+    sid: &str,
+    node: &str,
+    events: flume::Receiver<crate::cluster::jobs::JobEvent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Res<()> {
+    use crate::cluster::jobs::JobEvent;
+    let (sid, node) = (sid.to_string(), node.to_string());
     let log = log_path(st, &sid);
     let mut stop_sent = false;
     loop {
