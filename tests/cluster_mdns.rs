@@ -1,5 +1,6 @@
 //! `mobula start --mdns` against real daemons of this machine: a head that announces itself
-//! and a node without `--address` that finds it, registers and shows in `mobula status`.
+//! and a node without `--address` that finds it, registers and shows in `mobula status`,
+//! and finds it again after the head is SIGKILLed and started again.
 //!
 //! libp2p's mDNS ignores loopback, so this needs multicast on a non-loopback interface (the
 //! two daemons hear each other through the kernel's multicast loop). Where a multicast probe on
@@ -173,4 +174,49 @@ fn a_node_without_an_address_finds_the_head_by_mdns() {
     }
     let l = logs(&log_dir);
     assert!(l.contains("head found by mdns"), "{l}");
+
+    // SIGKILL the head and start it again: the node finds the restarted head (a new identity)
+    // by mDNS again and registers with it.
+    let record = std::fs::read_to_string(temp.path().join(format!("cluster-{port}/head.json")))
+        .expect("head record");
+    let head_pid = serde_json::from_str::<serde_json::Value>(&record).expect("json")["pid"]
+        .as_i64()
+        .expect("pid") as i32;
+    // SAFETY: kill(2) on the head daemon this test started.
+    assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
+    let gone = Instant::now();
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    while unsafe { libc::kill(head_pid, 0) } == 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(30),
+            "the head never died"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = mobula(
+        &[
+            &["start", "--head", "--dashboard-port", "0"][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let started = Instant::now();
+    loop {
+        let o = mobula(&["status", "--temp-dir", dir, "--port", &p]);
+        let l = logs(&log_dir);
+        if o.status.success()
+            && active_nodes(&text(&o)) == 2
+            && l.contains("joined the restarted head (found by mdns)")
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "the node did not find the restarted head by mDNS in 60 s:\n{}\n{l}",
+                text(&o)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

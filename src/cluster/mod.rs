@@ -1230,10 +1230,18 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     let Some(s) = &mut search else { continue };
                     match answer {
                         Ok(ClusterMsg::Welcome { head }) => {
-                            tracing::info!(head = %head, peer = %peer, "joined the cluster (head found by mdns)");
                             head_peer = Some(peer);
                             head_tx.send_replace(head_peer);
                             search = None;
+                            if joined_once {
+                                tracing::info!(head = %head, peer = %peer, "joined the restarted head (found by mdns)");
+                                if let Some(names) = names.clone() {
+                                    tokio::spawn(names.reclaim(net.clone(), peer));
+                                }
+                            } else {
+                                tracing::info!(head = %head, peer = %peer, "joined the cluster (head found by mdns)");
+                            }
+                            joined_once = true;
                         }
                         Ok(ClusterMsg::NotHead) => {
                             tracing::debug!(peer = %peer, "a peer found by mdns is not the head");
@@ -1289,9 +1297,16 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             }
                         }
                         NetEvent::Disconnected(peer) if head_peer == Some(peer) => {
-                            tracing::warn!(peer = %peer, "lost the connection to the head: dialling it again until it answers");
                             head_peer = None;
                             head_tx.send_replace(head_peer);
+                            if head_dial.is_none() && opts.mdns {
+                                // Found over mDNS: a restarted head comes back with a new
+                                // identity, which the search finds as it found the first.
+                                tracing::warn!(peer = %peer, "lost the connection to the head: searching for it over mdns again");
+                                search = Some(HeadSearch::new(port));
+                            } else {
+                                tracing::warn!(peer = %peer, "lost the connection to the head: dialling it again until it answers");
+                            }
                         }
                         NetEvent::Request { from, data, reply } => {
                             match decode(&data) {
