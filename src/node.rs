@@ -149,6 +149,28 @@ pub(crate) fn mailbox<T>(r: std::result::Result<T, MailboxError>) -> Result<T> {
 }
 
 impl NodeClient {
+    /// Reserves a placement group for `job` (a driver or worker connected to this node), which
+    /// it ends with.
+    pub(crate) fn create_placement_group_for(
+        &self,
+        job: JobId,
+        id: PlacementGroupId,
+        name: Option<String>,
+        bundles: Vec<ResourceSet>,
+        strategy: PlacementStrategy,
+    ) -> Result<()> {
+        self.ask(
+            &self.gcs,
+            gcs::CreatePg {
+                id,
+                name,
+                bundles,
+                strategy,
+                job_id: job,
+            },
+        )?
+    }
+
     /// Makes this node's client part of a cluster.
     pub(crate) fn link_cluster(&self, link: ClusterLink) {
         self.gcs.do_send(gcs::SetClusterLink(link.asks.clone()));
@@ -448,15 +470,7 @@ impl Core for NodeClient {
         bundles: Vec<ResourceSet>,
         strategy: PlacementStrategy,
     ) -> Result<()> {
-        self.ask(
-            &self.gcs,
-            gcs::CreatePg {
-                id,
-                name,
-                bundles,
-                strategy,
-            },
-        )?
+        self.create_placement_group_for(self.job_id, id, name, bundles, strategy)
     }
 
     fn wait_placement_group(

@@ -1,5 +1,5 @@
 //! Placement groups: atomic reservation, tasks and actors in bundles, waiting for resources,
-//! infeasible groups and removal.
+//! infeasible groups and removal (which ends the group's actors).
 
 mod common;
 
@@ -135,4 +135,28 @@ fn infeasible_groups_fail_with_a_clear_error() {
             .is_err(),
         "empty bundle"
     );
+}
+
+#[test]
+fn removing_a_group_ends_its_actors() {
+    let rt = start(threads(2.0));
+    let pg = rt
+        .placement_group(vec![cpu(1.0)], PlacementStrategy::Pack)
+        .expect("create");
+    assert!(pg.wait(Some(HANG)).expect("placed"));
+    let h = Holder::options(ActorOptions::new().placement_group(&pg, Some(0)))
+        .remote(&rt)
+        .expect("actor");
+    assert_eq!(rt.get_timeout(&h.ping(), Some(HANG)).expect("ping"), 1);
+    rt.remove_placement_group(&pg).expect("remove");
+    // As in Ray, the group's actors end with it.
+    match rt.get_timeout(&h.ping(), Some(HANG)) {
+        Err(Error::ActorDied { reason, .. }) => {
+            assert!(reason.contains("placement group"), "{reason}")
+        }
+        other => panic!("the actor outlived its group: {other:?}"),
+    }
+    common::eventually("the bundle's CPU is free", || {
+        rt.available_resources().expect("available").get("CPU") == Some(&2.0)
+    });
 }

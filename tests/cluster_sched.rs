@@ -268,3 +268,53 @@ fn when_its_node_is_full_a_task_goes_to_the_node_that_kept_a_copy_of_its_argumen
     std::fs::write(&release, b"go").expect("release");
     rt.get_all(&holds).expect("held tasks");
 }
+
+/// The child driver of the group-lifetime test (a no-op when run on its own): reserves a
+/// bundle only the worker node can hold and, once told to (`CHILD_GO` exists), exits without
+/// removing it.
+#[test]
+fn child_driver_of_the_group_lifetime_test() {
+    mobula::worker_entry();
+    let Some((rt, vars)) = common::child_driver(&["CHILD_GO"]) else {
+        return;
+    };
+    let go = &vars[0];
+    common::eventually("the head's scheduler knows the gizmo node", || {
+        rt.cluster_resources().expect("resources").get("gizmo") == Some(&1.0)
+    });
+    let pg = rt
+        .placement_group(
+            vec![ResourceSet::new().with("gizmo", 1.0)],
+            PlacementStrategy::Pack,
+        )
+        .expect("create");
+    assert!(pg.wait(Some(common::HANG)).expect("placed"));
+    println!("\nPLACED ");
+    common::wait_for_file(std::path::Path::new(go));
+}
+
+#[test]
+fn a_groups_bundles_are_given_back_when_its_driver_exits() {
+    let c = common::cluster::cluster_with(&["--resources", r#"{"gizmo": 1}"#]);
+    c.await_status("the gizmo node", |s| s.contains(" 0.0/1.0 gizmo"));
+    let go = c.temp.path().join("go");
+    let child = common::child_test("child_driver_of_the_group_lifetime_test")
+        .env("CHILD_ADDRESS", format!("127.0.0.1:{}", c.port))
+        .env("CHILD_ROOT", c.temp.path())
+        .env("CHILD_GO", &go)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("child driver");
+    c.await_status("the bundle reserved", |s| s.contains(" 1.0/1.0 gizmo"));
+    std::fs::write(&go, b"go").expect("go");
+    let out = child.wait_with_output().expect("child driver");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("PLACED"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Ray's default lifetime: the group ends with its job, its bundle is free again.
+    c.await_status("the bundle given back", |s| s.contains(" 0.0/1.0 gizmo"));
+}

@@ -6,7 +6,8 @@
 //! Jobs running when the head died are followed by the restarted head to their end (or
 //! their stop). The head's own detached actors come back from its storage: one another node
 //! hosts is the same actor, one the head hosted restarts under `max_restarts`; its other
-//! actors end, also on the node hosting them. Prints the reconnection time (`fault
+//! actors end, also on the node hosting them, and its placement groups end with their jobs
+//! (their bundles on other nodes are given back). Prints the reconnection time (`fault
 //! figures:`) for BENCHMARKS.md.
 
 mod common;
@@ -53,11 +54,9 @@ impl Keeper {
 #[test]
 fn child_driver_of_the_head_actors_test() {
     mobula::worker_entry();
-    let (Ok(addr), Ok(root)) = (std::env::var("CHILD_ADDRESS"), std::env::var("CHILD_ROOT")) else {
+    let Some((rt, _)) = common::child_driver(&[]) else {
         return;
     };
-    let rt =
-        mobula::init_with(Config::default().address(addr).cluster_root(root)).expect("connect");
     let kept = rt.get_actor::<Keeper>("kept", None).expect("kept resolves");
     let reborn = rt
         .get_actor::<Keeper>("reborn", None)
@@ -263,21 +262,16 @@ fn running_jobs_go_on_across_a_head_restart() {
 #[test]
 fn child_worker_driver_of_the_head_actors_test() {
     mobula::worker_entry();
-    let (Ok(addr), Ok(root), Ok(go)) = (
-        std::env::var("CHILD_ADDRESS"),
-        std::env::var("CHILD_ROOT"),
-        std::env::var("CHILD_GO"),
-    ) else {
+    let Some((rt, vars)) = common::child_driver(&["CHILD_GO"]) else {
         return;
     };
-    let rt =
-        mobula::init_with(Config::default().address(addr).cluster_root(root)).expect("connect");
+    let go = &vars[0];
     let reborn = rt
         .get_actor::<Keeper>("reborn", None)
         .expect("reborn resolves");
     let before = rt.get(&reborn.add(0)).expect("reborn answers");
     println!("\nREADY reborn={before} ");
-    common::wait_for_file(std::path::Path::new(&go));
+    common::wait_for_file(std::path::Path::new(go));
     let mut errors = 0;
     let deadline = Instant::now() + common::HANG;
     let after = loop {
@@ -309,7 +303,7 @@ fn line_of(out: &mut impl std::io::BufRead, prefix: &str) -> String {
 #[test]
 fn the_heads_detached_actors_come_back_from_its_storage() {
     mobula::worker_entry();
-    let c = cluster();
+    let c = common::cluster::cluster_with(&["--resources", r#"{"gizmo": 1}"#]);
     let addr = format!("127.0.0.1:{}", c.port);
     let rt = common::cluster::connect(&c);
     let head = rt.node_id();
@@ -351,6 +345,18 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     assert_eq!(rt.get(&kept.node()).expect("node"), worker);
     assert_eq!(rt.get(&doomed.node()).expect("node"), worker);
     assert_eq!(rt.get(&reborn.node()).expect("node"), head.hex());
+    // A group of this driver's job, its bundle on the worker node.
+    common::eventually("the head's scheduler knows the gizmo node", || {
+        rt.cluster_resources().expect("resources").get("gizmo") == Some(&1.0)
+    });
+    let pg = rt
+        .placement_group(
+            vec![mobula::ResourceSet::new().with("gizmo", 1.0)],
+            mobula::PlacementStrategy::Pack,
+        )
+        .expect("group");
+    assert!(pg.wait(Some(common::HANG)).expect("placed"));
+    c.await_status("the bundle reserved", |s| s.contains(" 1.0/1.0 gizmo"));
     let kept_pid = rt.get(&kept.pid()).expect("pid");
     let doomed_pid = rt.get(&doomed.pid()).expect("pid") as i32;
     // A driver on the worker node holds a handle to the head's actor across the restart.
@@ -371,6 +377,7 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     // SAFETY: kill(2) on the head daemon this test started.
     assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
     common::eventually("the head is gone", || !alive(head_pid));
+    let restarted = Instant::now();
     c.restart_head();
 
     let deadline = Instant::now() + common::HANG;
@@ -390,6 +397,7 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
+    let answered = restarted.elapsed();
     assert!(
         seen.contains(&format!("kept=6 kept_pid={kept_pid} ")),
         "the detached actor the worker node hosts is the same one, its state kept: {seen}"
@@ -407,7 +415,15 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     let far_saw = line_of(&mut far_out, "WORKER_SAW");
     assert!(far_saw.contains("reborn=2 "), "{far_saw}");
     assert!(far.wait().expect("worker-node driver").success());
-    eprintln!("fault figures: head actors {far_saw}");
+    eprintln!(
+        "fault figures: head actors answered_ms={} (restart to a new driver's calls answered) {}",
+        answered.as_millis(),
+        far_saw.trim()
+    );
+    // The group ended with its job (its driver was attached to the head): its bundle is free.
+    c.await_status("the group's bundle given back", |s| {
+        s.contains(" 0.0/1.0 gizmo")
+    });
     // Its host process ends too, once the worker node declares the old head dead.
     common::eventually("the orphaned actor's process is killed", || {
         !alive(doomed_pid)

@@ -82,6 +82,10 @@ pub struct PgRecord {
     pub state: PgState,
     /// Node of each bundle, once created.
     pub placement: Vec<NodeId>,
+    /// The job that created it: the group is removed when the job ends (Ray's default
+    /// lifetime).
+    #[serde(default)]
+    pub job_id: Option<JobId>,
 }
 
 /// What the GCS records about a job.
@@ -133,14 +137,85 @@ pub(crate) struct Gcs {
     recovering: Vec<(ActorId, Option<NodeId>)>,
     /// The nodes hosting actors `recover` took back (the daemon watches for them).
     adopted_hosts: Vec<NodeId>,
+    /// Placement groups of an earlier life of this GCS, removed at the restart, whose bundles
+    /// on other nodes are given back once the node is linked to the cluster.
+    pg_returns: Vec<(PlacementGroupId, Vec<NodeId>)>,
+    /// Actors of those groups that other nodes still run, killed there with them.
+    pg_kills: Vec<(ActorId, NodeId)>,
 }
 
 impl Gcs {
     pub fn new(storage: Arc<dyn GcsStorage>, directory: Arc<ActorDirectory>) -> Self {
         let mut gcs = Self::empty(storage, directory);
         gcs.restore_jobs();
-        gcs.restore_actors();
+        let old_heads = gcs.old_heads();
+        let ended = gcs.restore_pgs(&old_heads);
+        gcs.restore_actors(&old_heads, &ended);
         gcs
+    }
+
+    /// The node ids this GCS's own node had in earlier lives (only its raylet registers).
+    fn old_heads(&self) -> std::collections::HashSet<NodeId> {
+        match self.storage.scan("nodes") {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|(_, v)| rmp_serde::from_slice::<NodeId>(v).ok())
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored nodes");
+                Default::default()
+            }
+        }
+    }
+
+    /// Placement groups of an earlier life of this GCS. Their jobs' drivers were attached to
+    /// the node that died, so every job ended, and a group lives as long as its job: those
+    /// still pending or created are removed, and their bundles on other nodes are given back
+    /// (once the cluster link is up, `SetClusterLink`). Returns the groups removed.
+    fn restore_pgs(
+        &mut self,
+        old_heads: &std::collections::HashSet<NodeId>,
+    ) -> std::collections::HashSet<PlacementGroupId> {
+        let mut ended = std::collections::HashSet::new();
+        let rows = match self.storage.scan("placement_groups") {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored placement groups");
+                return ended;
+            }
+        };
+        for (_, v) in rows {
+            let mut rec = match rmp_serde::from_slice::<PgRecord>(&v) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a stored placement group does not decode: skipped");
+                    continue;
+                }
+            };
+            if matches!(rec.state, PgState::Pending | PgState::Created) {
+                if rec.state == PgState::Created {
+                    let elsewhere: Vec<NodeId> = rec
+                        .placement
+                        .iter()
+                        .filter(|n| !old_heads.contains(n))
+                        .copied()
+                        .collect();
+                    self.pg_returns.push((rec.id, elsewhere));
+                }
+                rec.state = PgState::Removed;
+                self.persist("placement_groups", rec.id.0.as_bytes(), &rec);
+                ended.insert(rec.id);
+            }
+            self.pgs.insert(rec.id, rec);
+        }
+        if !self.pgs.is_empty() {
+            tracing::info!(
+                groups = self.pgs.len(),
+                removed = ended.len(),
+                "placement group records restored from storage"
+            );
+        }
+        ended
     }
 
     /// Actor records of an earlier life of this GCS (a head restarted on its storage). The
@@ -151,17 +226,11 @@ impl Gcs {
     ///   died; a node hosting it kills it when it declares the old head dead;
     /// - a detached actor keeps its name and is taken back by `Recover`: the node hosting it
     ///   still runs it, or, if the head hosted it, it restarts within `max_restarts`.
-    fn restore_actors(&mut self) {
-        let old_heads: std::collections::HashSet<NodeId> = match self.storage.scan("nodes") {
-            Ok(rows) => rows
-                .iter()
-                .filter_map(|(_, v)| rmp_serde::from_slice::<NodeId>(v).ok())
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the stored nodes");
-                Default::default()
-            }
-        };
+    fn restore_actors(
+        &mut self,
+        old_heads: &std::collections::HashSet<NodeId>,
+        ended_pgs: &std::collections::HashSet<PlacementGroupId>,
+    ) {
         let rows = match self.storage.scan("actors") {
             Ok(rows) => rows,
             Err(e) => {
@@ -183,6 +252,17 @@ impl Gcs {
                 ActorState::Dead => None,
                 _ if rec.spec.owned_elsewhere => Some("its host, the head, stopped"),
                 _ if !rec.spec.detached => Some("its owner died with the head"),
+                _ if matches!(&rec.spec.strategy, crate::sched::SchedulingStrategy::PlacementGroup { pg, .. } if ended_pgs.contains(pg)) =>
+                {
+                    // Ray's rule: a group's actors end with it. One another node still runs
+                    // is killed there once the cluster link is up.
+                    if let Some(node) = rec.node_id.filter(|n| !old_heads.contains(n))
+                        && rec.state == ActorState::Alive
+                    {
+                        self.pg_kills.push((id, node));
+                    }
+                    Some("its placement group ended with its job")
+                }
                 _ => {
                     let elsewhere = rec
                         .node_id
@@ -309,6 +389,8 @@ impl Gcs {
             pg_again: false,
             recovering: Vec::new(),
             adopted_hosts: Vec::new(),
+            pg_returns: Vec::new(),
+            pg_kills: Vec::new(),
         }
     }
 
@@ -980,6 +1062,18 @@ impl Handler<JobFinished> for Gcs {
                 no_restart: true,
             });
         }
+        let groups: Vec<PlacementGroupId> = self
+            .pgs
+            .values()
+            .filter(|p| {
+                p.job_id == Some(job) && matches!(p.state, PgState::Pending | PgState::Created)
+            })
+            .map(|p| p.id)
+            .collect();
+        for pg in groups {
+            tracing::info!(pg = %pg, job = %job, "its job ended: placement group removed");
+            let _ = self.remove_pg(pg, "its job ended");
+        }
     }
 }
 
@@ -1066,6 +1160,7 @@ pub(crate) struct CreatePg {
     pub name: Option<String>,
     pub bundles: Vec<ResourceSet>,
     pub strategy: PlacementStrategy,
+    pub job_id: JobId,
 }
 
 impl Handler<CreatePg> for Gcs {
@@ -1086,6 +1181,7 @@ impl Handler<CreatePg> for Gcs {
                 strategy: msg.strategy,
                 state: PgState::Pending,
                 placement: Vec::new(),
+                job_id: Some(msg.job_id),
             },
         );
         self.save_pg(msg.id);
@@ -1141,7 +1237,13 @@ pub(crate) struct RemovePg(pub PlacementGroupId);
 impl Handler<RemovePg> for Gcs {
     type Result = Result<(), Error>;
     fn handle(&mut self, msg: RemovePg, _ctx: &mut Self::Context) -> Self::Result {
-        let id = msg.0;
+        self.remove_pg(msg.0, "it was removed")
+    }
+}
+
+impl Gcs {
+    /// Removes a placement group and gives its bundles back; its waiters get `reason`.
+    fn remove_pg(&mut self, id: PlacementGroupId, reason: &str) -> Result<(), Error> {
         let Some(p) = self.pgs.get_mut(&id) else {
             return Err(Error::PlacementGroup {
                 id: id.hex(),
@@ -1152,6 +1254,24 @@ impl Handler<RemovePg> for Gcs {
         p.state = PgState::Removed;
         let placement = p.placement.clone();
         self.save_pg(id);
+        // Ray's rule: the group's actors end with it (hosts of those placed on other nodes
+        // are told through their routes).
+        let members: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, r)| {
+                !r.spec.owned_elsewhere
+                    && r.state != ActorState::Dead
+                    && matches!(r.spec.strategy, crate::sched::SchedulingStrategy::PlacementGroup { pg, .. } if pg == id)
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for a in members {
+            self.kill(
+                a,
+                format!("its placement group {} ended: {reason}", id.hex()),
+            );
+        }
         if was_created {
             self.return_all(id, &placement);
         }
@@ -1159,7 +1279,7 @@ impl Handler<RemovePg> for Gcs {
             id,
             Err(Error::PlacementGroup {
                 id: id.hex(),
-                reason: "it was removed".to_string(),
+                reason: reason.to_string(),
             }),
         );
         Ok(())
@@ -1276,6 +1396,15 @@ impl Handler<SetClusterLink> for Gcs {
     type Result = ();
     fn handle(&mut self, msg: SetClusterLink, _ctx: &mut Self::Context) {
         self.cluster = Some(msg.0);
+        // Groups of an earlier life of this GCS: their bundles on other nodes go back now.
+        for (pg, placement) in std::mem::take(&mut self.pg_returns) {
+            self.return_all(pg, &placement);
+        }
+        if let Some(raylet) = self.pick_raylet() {
+            for (actor_id, node) in std::mem::take(&mut self.pg_kills) {
+                raylet.do_send(raylet::KillRemoteActor { actor_id, node });
+            }
+        }
     }
 }
 
@@ -1537,8 +1666,25 @@ mod tests {
                 .put("actors", r.spec.actor_id.0.as_bytes(), &bytes)
                 .expect("put");
         }
+        // A group with a bundle on the old head and one on the other node.
+        let pg = PgRecord {
+            id: PlacementGroupId::new(),
+            name: None,
+            bundles: vec![ResourceSet::new(), ResourceSet::new()],
+            strategy: PlacementStrategy::Spread,
+            state: PgState::Created,
+            placement: vec![old_head, other],
+            job_id: Some(JobId::new()),
+        };
+        let bytes = rmp_serde::to_vec(&pg).expect("encode");
+        storage
+            .put("placement_groups", pg.id.0.as_bytes(), &bytes)
+            .expect("put");
         let directory = Arc::new(ActorDirectory::new(Arc::new(ObjectTable::new(1 << 20))));
         let gcs = Gcs::new(storage.clone(), directory);
+        // Its job ended with the head: removed, its bundle elsewhere to be given back.
+        assert_eq!(gcs.pgs[&pg.id].state, PgState::Removed);
+        assert_eq!(gcs.pg_returns, vec![(pg.id, vec![other])]);
         let id = |i: usize| recs[i].spec.actor_id;
         let state = |i: usize| gcs.actors[&id(i)].state;
         assert_eq!(gcs.actors.len(), recs.len(), "every record is listed");

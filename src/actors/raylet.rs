@@ -2204,6 +2204,32 @@ impl Handler<RemoteActorPlaced> for Raylet {
     }
 }
 
+/// Kills for good an actor that `node` runs for this node (a restarted head's actor whose
+/// placement group ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct KillRemoteActor {
+    pub actor_id: ActorId,
+    pub node: NodeId,
+}
+
+impl Handler<KillRemoteActor> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: KillRemoteActor, _ctx: &mut Self::Context) {
+        if let Some(tx) = &self.spill_tx
+            && tx
+                .try_send(Outbound::KillActor {
+                    node: msg.node,
+                    actor_id: msg.actor_id,
+                    no_restart: true,
+                })
+                .is_err()
+        {
+            tracing::warn!(actor = %msg.actor_id, node = %msg.node, "could not kill an actor on its node");
+        }
+    }
+}
+
 /// A restarted head takes back an actor another node hosts for it.
 #[derive(Message)]
 #[rtype(result = "()")]

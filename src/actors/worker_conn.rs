@@ -582,8 +582,9 @@ impl WorkerConn {
                 name,
                 bundles,
                 strategy,
+                job_id,
             } => self.reply_blocking(ctx, req, move |c| {
-                Reply::Unit(c.create_placement_group(id, name, bundles, strategy))
+                Reply::Unit(c.create_placement_group_for(job_id, id, name, bundles, strategy))
             }),
             Request::WaitPg { id, timeout_ms } => self.reply_blocking(ctx, req, move |c| {
                 Reply::Bool(c.wait_placement_group(id, timeout_ms.map(Duration::from_millis)))

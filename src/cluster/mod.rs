@@ -968,6 +968,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             }
         }
         let mut peers: HashMap<String, libp2p::PeerId> = HashMap::new();
+        // Bundles to give back on nodes not reachable when asked, by node.
+        let mut unreturned: HashMap<String, Vec<crate::PlacementGroupId>> = HashMap::new();
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| ClusterError::Usage(format!("cannot watch signals: {e}")))?;
@@ -1133,13 +1135,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             });
                         }
                         crate::node::ClusterAsk::ReturnBundles { node, pg } => {
-                            if let Some(p) = peers.get(&node.hex()).copied() {
-                                let net = net.clone();
-                                tokio::spawn(async move {
-                                    if let Err(e) = net.request(p, encode(&ClusterMsg::ReturnBundles { pg })).await {
-                                        tracing::warn!(pg = %pg, node = %node, error = %e, "could not give back bundles on a node");
-                                    }
-                                });
+                            match peers.get(&node.hex()).copied() {
+                                Some(p) => return_bundles(&net, p, node, pg),
+                                // Not reachable yet (a restarted head's groups, before their
+                                // nodes registered again): given back when it registers.
+                                None => unreturned.entry(node.hex()).or_default().push(pg),
                             }
                         }
                         crate::node::ClusterAsk::Kill { actor_id, no_restart, done } => {
@@ -1312,6 +1312,11 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             match decode(&data) {
                             Ok(ClusterMsg::Register { node_id: n, total }) if opts.head => {
                                 tracing::info!(node = %n, peer = %from, "node registered");
+                                if let (Some(groups), Some(id)) = (unreturned.remove(&n), crate::NodeId::parse(&n)) {
+                                    for pg in groups {
+                                        return_bundles(&net, from, id, pg);
+                                    }
+                                }
                                 // Reachable from now on, not only after its first heartbeat.
                                 peers.insert(n.clone(), from);
                                 members.insert(n.clone(), Member {
@@ -1561,6 +1566,24 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     }
     tracing::info!(node = %node_id, "node daemon stopped");
     result
+}
+
+/// Asks `node` (at `peer`) to give back its bundles of group `pg`, in the background.
+fn return_bundles(
+    net: &crate::net::NetHandle,
+    peer: libp2p::PeerId,
+    node: crate::NodeId,
+    pg: crate::PlacementGroupId,
+) {
+    let net = net.clone();
+    tokio::spawn(async move {
+        if let Err(e) = net
+            .request(peer, encode(&ClusterMsg::ReturnBundles { pg }))
+            .await
+        {
+            tracing::warn!(pg = %pg, node = %node, error = %e, "could not give back bundles on a node");
+        }
+    });
 }
 
 /// Lets other nodes fetch the executable of a job whose work this node sends them.

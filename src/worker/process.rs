@@ -704,6 +704,7 @@ impl Core for WorkerCore {
             name,
             bundles,
             strategy,
+            job_id: self.env.job_id,
         })?)
     }
 

@@ -230,6 +230,8 @@ pub enum Request {
         bundles: Vec<ResourceSet>,
         /// Strategy.
         strategy: PlacementStrategy,
+        /// The job creating it (the group ends with the job).
+        job_id: crate::ids::JobId,
     },
     /// Wait for a placement group.
     WaitPg {

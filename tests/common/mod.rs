@@ -67,6 +67,21 @@ pub fn child_test(name: &str) -> std::process::Command {
     cmd
 }
 
+/// In a child driver that a test started with `child_test`: a runtime joined to the cluster
+/// at `CHILD_ADDRESS` (cluster root `CHILD_ROOT`) and the values of the `extra` variables;
+/// `None` when the test runs on its own (not as a child).
+pub fn child_driver(extra: &[&str]) -> Option<(Runtime, Vec<String>)> {
+    let addr = std::env::var("CHILD_ADDRESS").ok()?;
+    let root = std::env::var("CHILD_ROOT").ok()?;
+    let values = extra
+        .iter()
+        .map(|k| std::env::var(k).ok())
+        .collect::<Option<Vec<String>>>()?;
+    let rt =
+        mobula::init_with(Config::default().address(addr).cluster_root(root)).expect("connect");
+    Some((rt, values))
+}
+
 /// Waits until `path` exists and returns its contents.
 pub fn wait_for_file(path: &Path) -> String {
     let deadline = Instant::now() + HANG;
