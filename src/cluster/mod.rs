@@ -1406,9 +1406,16 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     if let Err(e) = &result {
                                         tracing::warn!(actor = %actor_id, error = %e, "could not create an actor for another node");
                                     }
+                                    let created = result.is_ok();
                                     let msg = ClusterMsg::ActorPlaced { actor_id, result };
                                     if let Err(e) = net.request(from, encode(&msg)).await {
                                         tracing::warn!(actor = %actor_id, error = %e, "could not report a placed actor to its owner");
+                                        if created {
+                                            // The owner never learnt it runs here (it died, a
+                                            // restarted head creates it again): it must not run twice.
+                                            let core = rt.core().clone();
+                                            let _ = tokio::task::spawn_blocking(move || core.kill_actor(actor_id, true)).await;
+                                        }
                                     }
                                 });
                             }
