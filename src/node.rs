@@ -173,7 +173,8 @@ impl NodeClient {
 
     /// Makes this node's client part of a cluster.
     pub(crate) fn link_cluster(&self, link: ClusterLink) {
-        self.gcs.do_send(gcs::SetClusterLink(link.asks.clone()));
+        self.gcs
+            .do_send(gcs::SetClusterLink(link.asks.clone(), link.is_head));
         *self.cluster.write() = Some(link);
     }
 

@@ -115,6 +115,10 @@ pub struct ActorSpec {
     /// host kills a non-detached actor whose owner node died.
     #[serde(default)]
     pub owner: Option<NodeId>,
+    /// On a host: the name its owner gave it (the owner's to resolve), which the host takes
+    /// over with the actor if the owner dies and the actor is detached.
+    #[serde(default)]
+    pub hosted_name: Option<String>,
 }
 
 impl ActorSpec {

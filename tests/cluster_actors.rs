@@ -266,3 +266,100 @@ fn named_actors_and_handles_resolve_across_nodes() {
         "an actor killed by a non-owner is dead"
     );
 }
+
+/// The child driver of the orphan test (a no-op when run on its own), attached to one worker
+/// node: creates a detached named actor on the other worker node (neither this one nor
+/// `CHILD_HEAD`), which this node owns, records 7 in it, and exits.
+#[test]
+fn child_driver_of_the_orphan_test() {
+    mobula::worker_entry();
+    let Some((rt, vars)) = common::child_driver(&["CHILD_HEAD"]) else {
+        return;
+    };
+    let me = rt.node_id().hex();
+    let spread = ActorOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let probes: Vec<_> = (0..3)
+        .map(|_| Ledger::options(spread.clone()).remote(&rt).expect("probe"))
+        .collect();
+    let host = rt
+        .get_all(&probes.iter().map(|a| a.node()).collect::<Vec<_>>())
+        .expect("nodes")
+        .into_iter()
+        .find(|n| *n != me && *n != vars[0])
+        .expect("the third node");
+    let there = SchedulingStrategy::NodeAffinity {
+        node: mobula::NodeId::parse(&host).expect("node id"),
+        soft: false,
+    };
+    let a = Ledger::options(
+        ActorOptions::new()
+            .name("orphan")
+            .detached(true)
+            .scheduling_strategy(there),
+    )
+    .remote(&rt)
+    .expect("create");
+    rt.get(&a.record(7)).expect("record");
+    assert_eq!(rt.get(&a.node()).expect("node"), host);
+    println!("\nMADE owner={me} host={host} ");
+}
+
+#[test]
+fn a_detached_actor_outlives_the_node_that_owned_it() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    c.join(&[]);
+    common::eventually("the third node joins", || {
+        rt.cluster_resources().expect("resources").get("CPU") == Some(&6.0)
+    });
+    let head = rt.node_id().hex();
+    let out = common::child_test("child_driver_of_the_orphan_test")
+        .env("CHILD_ADDRESS", format!("127.0.0.1:{}", c.port))
+        .env("CHILD_ROOT", c.temp.path())
+        .env("CHILD_HEAD", &head)
+        .env("MOBULA_DRIVER_NODE", c.worker_node_id())
+        .output()
+        .expect("child driver");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_string)
+    };
+    let (Some(owner), Some(host)) = (field("owner="), field("host=")) else {
+        panic!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let owner_pid: u32 =
+        std::fs::read_to_string(c.dir().join("nodes").join(format!("{owner}.pid")))
+            .expect("the owner's pid file")
+            .trim()
+            .parse()
+            .expect("pid");
+
+    common::sigkill(owner_pid);
+    c.await_status("the owner node dead", |s| {
+        s.split("Dead:")
+            .nth(1)
+            .is_some_and(|dead| dead.contains(&owner[..8]))
+    });
+    // Its host took it over: the name resolves, from the head, to the same actor there.
+    let deadline = std::time::Instant::now() + common::HANG;
+    let history = loop {
+        let found = rt
+            .get_actor::<Ledger>("orphan", None)
+            .and_then(|a| rt.get(&a.history()).map(|h| (h, a)));
+        match found {
+            Ok((h, a)) => {
+                assert_eq!(rt.get(&a.node()).expect("node"), host);
+                break h;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the actor never answered again: {e}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(history, vec![7], "the same actor, its state kept");
+}

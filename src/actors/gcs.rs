@@ -126,6 +126,8 @@ pub(crate) struct Gcs {
     owners: HashMap<ActorId, NodeId>,
     /// On a cluster node: where released names are reported (to the head).
     cluster: Option<flume::Sender<crate::node::ClusterAsk>>,
+    /// This GCS is the head's (it keeps the cluster-wide names and owners itself).
+    is_head: bool,
     pgs: HashMap<PlacementGroupId, PgRecord>,
     pg_waiters: HashMap<PlacementGroupId, Vec<oneshot::Sender<Result<(), Error>>>>,
     pg_in_flight: bool,
@@ -383,6 +385,7 @@ impl Gcs {
             remote_named: HashMap::new(),
             owners: HashMap::new(),
             cluster: None,
+            is_head: false,
             pgs: HashMap::new(),
             pg_waiters: HashMap::new(),
             pg_in_flight: false,
@@ -825,28 +828,80 @@ impl Handler<AdoptedHosts> for Gcs {
     }
 }
 
-/// A node died: the actors it owned that this node hosts and that are not detached die too
-/// (their owner, a driver or worker there, is gone).
+/// A node died: the actors it owned that this node hosts die too (their owner, a driver or
+/// worker there, is gone), except detached ones, which this node takes over: it owns their
+/// records and names from now on and tells the head so (`ActorOwned`, `ClaimName`), so that
+/// names and handles resolve to them again.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct OwnerDied(pub NodeId);
 
 impl Handler<OwnerDied> for Gcs {
     type Result = ();
-    fn handle(&mut self, msg: OwnerDied, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: OwnerDied, ctx: &mut Self::Context) {
         let node = msg.0;
-        let orphans: Vec<ActorId> = self
+        let orphans: Vec<(ActorId, bool)> = self
             .actors
             .iter()
-            .filter(|(_, r)| {
-                r.spec.owner == Some(node) && !r.spec.detached && r.state != ActorState::Dead
-            })
-            .map(|(id, _)| *id)
+            .filter(|(_, r)| r.spec.owner == Some(node) && r.state != ActorState::Dead)
+            .map(|(id, r)| (*id, r.spec.detached))
             .collect();
-        for id in orphans {
-            tracing::info!(actor = %id, owner = %node, "the owner of an actor hosted here died: actor killed");
-            self.kill(id, format!("its owner's node {node} died"));
+        for (id, detached) in orphans {
+            if detached {
+                self.take_over(id, ctx);
+            } else {
+                tracing::info!(actor = %id, owner = %node, "the owner of an actor hosted here died: actor killed");
+                self.kill(id, format!("its owner's node {node} died"));
+            }
         }
+    }
+}
+
+impl Gcs {
+    /// This node, the host of detached actor `id`, becomes its owner (the owner died).
+    fn take_over(&mut self, id: ActorId, ctx: &mut Context<Self>) {
+        let Some(r) = self.actors.get_mut(&id) else {
+            return;
+        };
+        r.spec.owned_elsewhere = false;
+        r.spec.owner = None;
+        r.spec.name = r.spec.hosted_name.take();
+        let spec = r.spec.clone();
+        self.save_actor(id);
+        tracing::info!(actor = %spec.display(), name = ?spec.name, "the owner of a detached actor hosted here died: this node owns it now");
+        self.owners.remove(&id);
+        let key = spec.name.clone().map(|n| (spec.namespace.clone(), n));
+        if let Some(key) = &key {
+            if self.named.contains_key(key) {
+                tracing::warn!(actor = %id, name = %key.1, "a detached actor taken over keeps no name: another actor here holds it");
+                return;
+            }
+            self.named.insert(key.clone(), id);
+            if self.remote_named.get(key).is_some_and(|(a, ..)| *a == id) {
+                self.remote_named.remove(key);
+            }
+        }
+        // The head keeps names and owners itself; another node tells it.
+        let Some(c) = self.cluster.clone().filter(|_| !self.is_head) else {
+            return;
+        };
+        let _ = c.try_send(crate::node::ClusterAsk::Owned { actor_id: id });
+        let Some((_, name)) = key else {
+            return;
+        };
+        let (done, answer) = flume::bounded(1);
+        let _ = c.try_send(crate::node::ClusterAsk::ClaimName {
+            namespace: spec.namespace,
+            name: name.clone(),
+            actor_id: id,
+            class: spec.class,
+            done,
+        });
+        ctx.spawn(actix::fut::wrap_future(async move {
+            if let Ok(Err(e)) = answer.recv_async().await {
+                tracing::warn!(actor = %id, name = %name, error = %e, "the head did not give a detached actor taken over its name back");
+            }
+        }));
     }
 }
 
@@ -1390,12 +1445,13 @@ impl Handler<KvDel> for Gcs {
 /// Links this GCS to its node's daemon (released names are reported to the head).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct SetClusterLink(pub flume::Sender<crate::node::ClusterAsk>);
+pub(crate) struct SetClusterLink(pub flume::Sender<crate::node::ClusterAsk>, pub bool);
 
 impl Handler<SetClusterLink> for Gcs {
     type Result = ();
     fn handle(&mut self, msg: SetClusterLink, _ctx: &mut Self::Context) {
         self.cluster = Some(msg.0);
+        self.is_head = msg.1;
         // Groups of an earlier life of this GCS: their bundles on other nodes go back now.
         for (pg, placement) in std::mem::take(&mut self.pg_returns) {
             self.return_all(pg, &placement);
@@ -1631,6 +1687,7 @@ mod tests {
                 is_async: false,
                 owned_elsewhere: false,
                 owner: None,
+                hosted_name: None,
             },
             state,
             num_restarts: 0,

@@ -503,6 +503,7 @@ mod tests {
             is_async: false,
             owned_elsewhere: false,
             owner: None,
+            hosted_name: None,
         };
         log.actor_submitted(&spec);
         log.actor_created(spec.actor_id, node, Ok(42));

@@ -503,6 +503,7 @@ pub mod __private {
             is_async: A::IS_ASYNC,
             owned_elsewhere: false,
             owner: None,
+            hosted_name: None,
         };
         core.create_actor(spec)?;
         Ok(ActorHandle::from_raw(RawActorHandle::new(

@@ -36,6 +36,10 @@ use crate::store::ObjectTable;
 /// How long routes to a dead owner's actors wait for the head to name a new owner.
 const REROUTE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long the head may go on naming a dead node as an actor's owner before its routes fail
+/// (the actor's host takes a detached actor over once it too sees the owner dead).
+const TAKE_OVER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Calls in one `ActorCalls` batch, at most.
 const BATCH: usize = 512;
 
@@ -252,7 +256,7 @@ pub(super) async fn create_here(
     // It was placed here: it lives here (restarts too), unless it belongs in a bundle. Its
     // name is the owner's business.
     super::pin_here(&mut spec.strategy, rt.node_id());
-    spec.name = None;
+    spec.hosted_name = spec.name.take();
     spec.owned_elsewhere = true;
     let core = rt.core().clone();
     let created = tokio::task::spawn_blocking(move || core.create_actor(spec))
@@ -390,8 +394,9 @@ impl Names {
     /// A node died: routes of this node to actors it owned that this node's GCS has no record
     /// of (handles passed here, names looked up) queue their calls and ask the head again who
     /// owns the actor. A restarted head that took the actor back from its storage answers
-    /// itself, and the calls go on there; an owner that is the dead node, or no answer within
-    /// `REROUTE_WINDOW`, fails them with an error that says so.
+    /// itself, and a host that took a detached actor over (its owner died) names itself; the
+    /// calls go on there. An owner still named as the dead node after `TAKE_OVER_WAIT`, or no
+    /// answer within `REROUTE_WINDOW`, fails them with an error that says so.
     pub async fn reroute(
         self,
         dead: NodeId,
@@ -416,7 +421,8 @@ impl Names {
             return;
         }
         tracing::info!(node = %dead, actors = orphans.len(), "routes to actors of a dead node wait for the head to name their owner");
-        let deadline = tokio::time::Instant::now() + REROUTE_WINDOW;
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + REROUTE_WINDOW;
         let gone = |route: &crate::actors::directory::ActorRoute, why: &str| {
             route.kill(Error::ActorDied {
                 actor: route.display.clone(),
@@ -434,7 +440,16 @@ impl Names {
             let mut left = Vec::new();
             for (id, route) in orphans {
                 match self.ask_head(&net, h, ClusterMsg::LookupActor(id)).await {
-                    Ok(ClusterMsg::Found(Some(at))) if at.owner == Some(dead) => gone(&route, ""),
+                    // Its host takes a detached actor over when it sees the owner dead: a
+                    // moment later, the head names the host.
+                    Ok(ClusterMsg::Found(Some(at)))
+                        if at.owner == Some(dead) && asked.elapsed() >= TAKE_OVER_WAIT =>
+                    {
+                        gone(&route, "")
+                    }
+                    Ok(ClusterMsg::Found(Some(at))) if at.owner == Some(dead) => {
+                        left.push((id, route))
+                    }
                     Ok(ClusterMsg::Found(Some(at)))
                         if self.route_to(&at, route.display.clone()).await =>
                     {
