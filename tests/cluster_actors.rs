@@ -347,9 +347,10 @@ fn a_detached_actor_outlives_the_node_that_owned_it() {
     // Its host took it over: the name resolves, from the head, to the same actor there.
     let deadline = std::time::Instant::now() + common::HANG;
     let history = loop {
-        let found = rt
-            .get_actor::<Ledger>("orphan", None)
-            .and_then(|a| rt.get(&a.history()).map(|h| (h, a)));
+        let found = rt.get_actor::<Ledger>("orphan", None).and_then(|a| {
+            rt.get_timeout(&a.history(), Some(common::HANG))
+                .map(|h| (h, a))
+        });
         match found {
             Ok((h, a)) => {
                 assert_eq!(rt.get(&a.node()).expect("node"), host);

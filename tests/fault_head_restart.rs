@@ -65,9 +65,15 @@ fn child_driver_of_the_head_actors_test() {
         Err(Error::ActorNotFound { .. }) => "gone".to_string(),
         other => format!("{:?}", other.map(|_| "still there")),
     };
-    let k = rt.get(&kept.add(1)).expect("kept answers");
-    let kp = rt.get(&kept.pid()).expect("kept's pid");
-    let r = rt.get(&reborn.add(1)).expect("reborn answers");
+    let k = rt
+        .get_timeout(&kept.add(1), Some(common::HANG))
+        .expect("kept answers");
+    let kp = rt
+        .get_timeout(&kept.pid(), Some(common::HANG))
+        .expect("kept's pid");
+    let r = rt
+        .get_timeout(&reborn.add(1), Some(common::HANG))
+        .expect("reborn answers");
     println!("\nCHILD_SAW kept={k} kept_pid={kp} reborn={r} doomed={doomed} ");
 }
 
@@ -269,13 +275,15 @@ fn child_worker_driver_of_the_head_actors_test() {
     let reborn = rt
         .get_actor::<Keeper>("reborn", None)
         .expect("reborn resolves");
-    let before = rt.get(&reborn.add(0)).expect("reborn answers");
+    let before = rt
+        .get_timeout(&reborn.add(0), Some(common::HANG))
+        .expect("reborn answers");
     println!("\nREADY reborn={before} ");
     common::wait_for_file(std::path::Path::new(go));
     let mut errors = 0;
     let deadline = Instant::now() + common::HANG;
     let after = loop {
-        match rt.get(&reborn.add(1)) {
+        match rt.get_timeout(&reborn.add(1), Some(common::HANG)) {
             Ok(v) => break v,
             Err(e) => {
                 assert!(Instant::now() < deadline, "never answered: {e}");
@@ -357,7 +365,9 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
         .expect("group");
     assert!(pg.wait(Some(common::HANG)).expect("placed"));
     c.await_status("the bundle reserved", |s| s.contains(" 1.0/1.0 gizmo"));
-    let kept_pid = rt.get(&kept.pid()).expect("pid");
+    let kept_pid = rt
+        .get_timeout(&kept.pid(), Some(common::HANG))
+        .expect("pid");
     let doomed_pid = rt.get(&doomed.pid()).expect("pid") as i32;
     // A driver on the worker node holds a handle to the head's actor across the restart.
     let go = c.temp.path().join("go");
@@ -428,6 +438,19 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     common::eventually("the orphaned actor's process is killed", || {
         !alive(doomed_pid)
     });
+    // The worker node saw the old head dead (it killed `doomed`) and left `kept` to the
+    // restarted head, which took it back from its storage.
+    for f in std::fs::read_dir(c.dir().join("logs"))
+        .expect("logs")
+        .flatten()
+    {
+        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+        assert!(
+            !text.contains("this node owns it now"),
+            "a node took over an actor the head owns: {}",
+            f.path().display()
+        );
+    }
 }
 
 #[test]

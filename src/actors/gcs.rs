@@ -828,18 +828,22 @@ impl Handler<AdoptedHosts> for Gcs {
     }
 }
 
-/// A node died: the actors it owned that this node hosts die too (their owner, a driver or
-/// worker there, is gone), except detached ones, which this node takes over: it owns their
-/// records and names from now on and tells the head so (`ActorOwned`, `ClaimName`), so that
-/// names and handles resolve to them again.
+/// A node died (the daemon declared it dead): the actors it owned that this node hosts die
+/// too (their owner, a driver or worker there, is gone), except detached ones. Those this
+/// node takes over: it owns their records and names from now on and tells the head so
+/// (`ActorOwned`, `ClaimName`), so that names and handles resolve to them again; but not
+/// those the head owned (`was_head`), which a restarted head takes back from its storage.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct OwnerDied(pub NodeId);
+pub(crate) struct OwnerDied {
+    pub node: NodeId,
+    pub was_head: bool,
+}
 
 impl Handler<OwnerDied> for Gcs {
     type Result = ();
     fn handle(&mut self, msg: OwnerDied, ctx: &mut Self::Context) {
-        let node = msg.0;
+        let node = msg.node;
         let orphans: Vec<(ActorId, bool)> = self
             .actors
             .iter()
@@ -847,9 +851,9 @@ impl Handler<OwnerDied> for Gcs {
             .map(|(id, r)| (*id, r.spec.detached))
             .collect();
         for (id, detached) in orphans {
-            if detached {
+            if detached && !msg.was_head {
                 self.take_over(id, ctx);
-            } else {
+            } else if !detached {
                 tracing::info!(actor = %id, owner = %node, "the owner of an actor hosted here died: actor killed");
                 self.kill(id, format!("its owner's node {node} died"));
             }

@@ -892,10 +892,6 @@ impl Raylet {
                     .map(|(a, _)| *a)
                     .collect();
                 self.adopting.remove(&node);
-                // The actors it owned and this node hosts end with it (unless detached).
-                if let Some(g) = &self.gcs {
-                    g.do_send(gcs::OwnerDied(node));
-                }
                 for aid in gone {
                     self.actors.remove(&aid);
                     tracing::warn!(actor = %aid, node = %node, "the node hosting an actor died");

@@ -48,6 +48,9 @@ const BATCH: usize = 512;
 pub(super) struct Outgoing {
     calls: Mutex<HashMap<ObjectId, (NodeId, QueuedCall)>>,
     forwarders: Mutex<HashMap<(NodeId, ActorId), flume::Sender<QueuedCall>>>,
+    /// Nodes declared dead and not heard from since: calls to them fail at once (a lane to a
+    /// killed peer can still take a write, whose result would never come).
+    dead: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 impl Outgoing {
@@ -60,6 +63,11 @@ impl Outgoing {
         net: &NetHandle,
         table: &Arc<ObjectTable>,
     ) {
+        if self.dead.lock().contains(&node) {
+            let e = died(&q.call, format!("its node {node} died"));
+            fail_call(table, q, &e);
+            return;
+        }
         let key = (node, q.call.actor_id);
         let tx = {
             let mut f = self.forwarders.lock();
@@ -149,6 +157,14 @@ impl Outgoing {
         }
     }
 
+    /// `node` was heard from again (after a partition healed): calls go to it again.
+    pub fn node_alive(&self, node: NodeId) {
+        let mut dead = self.dead.lock();
+        if !dead.is_empty() {
+            dead.remove(&node);
+        }
+    }
+
     /// The call whose result is `return_id`, if this node forwarded it.
     pub fn take(&self, return_id: &ObjectId) -> Option<QueuedCall> {
         self.calls.lock().remove(return_id).map(|(_, q)| q)
@@ -156,6 +172,7 @@ impl Outgoing {
 
     /// `node` died: its calls in flight fail, its forwarders stop.
     pub fn node_died(&self, node: NodeId, table: &ObjectTable) {
+        self.dead.lock().insert(node);
         self.forwarders.lock().retain(|(n, _), _| *n != node);
         let lost: Vec<QueuedCall> = {
             let mut calls = self.calls.lock();

@@ -977,6 +977,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ticks_needed = (opts.death_timeout.as_millis() / HEARTBEAT.as_millis()).max(1) as u32;
         let mut head_peer: Option<libp2p::PeerId> = None;
+        // The node ids of every head this node joined (a restarted head has a new one).
+        let mut head_nodes: std::collections::HashSet<String> = Default::default();
         // `head_peer` for tasks that outlive one turn of this loop.
         let (head_tx, head_rx) = tokio::sync::watch::channel(None);
         let mut joined_once = false;
@@ -1045,6 +1047,12 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             remote_jobs.lock().retain(|_, (n, _)| *n != m.status.node_id);
                             if let Some(id) = crate::NodeId::parse(&m.status.node_id) {
                                 outgoing.node_died(id, &table);
+                                if let Some(names) = &names {
+                                    // The actors it owned and this node hosts end with it
+                                    // (unless detached).
+                                    let was_head = head_nodes.contains(&m.status.node_id);
+                                    names.gcs.do_send(crate::actors::gcs::OwnerDied { node: id, was_head });
+                                }
                                 if let Some(names) = names.clone() {
                                     tokio::spawn(names.reroute(id, net.clone(), head_rx.clone()));
                                 }
@@ -1230,6 +1238,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                     let Some(s) = &mut search else { continue };
                     match answer {
                         Ok(ClusterMsg::Welcome { head }) => {
+                            head_nodes.insert(head.clone());
+                            // Reachable by its node id from now on, not only after its first heartbeat.
+                            peers.insert(head.clone(), peer);
                             head_peer = Some(peer);
                             head_tx.send_replace(head_peer);
                             search = None;
@@ -1276,6 +1287,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             };
                             match net.request(peer, encode(&reg)).await.map(|b| decode(&b)) {
                                 Ok(Ok(ClusterMsg::Welcome { head })) => {
+                                    head_nodes.insert(head.clone());
+                                    // Reachable by its node id from now on, not only after its first heartbeat.
+                                    peers.insert(head.clone(), peer);
                                     head_peer = Some(peer);
                                     head_tx.send_replace(head_peer);
                                     if joined_once {
@@ -1537,6 +1551,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 e.status.alive = true;
                                 e.last_seen = Instant::now();
                                 e.ticks_unheard = 0;
+                                if let Some(id) = crate::NodeId::parse(&n) {
+                                    outgoing.node_alive(id);
+                                }
                                 if let (Some(r), Some(id)) = (&raylet, crate::NodeId::parse(&n)) {
                                     r.do_send(RemoteNode {
                                         node_id: id,
