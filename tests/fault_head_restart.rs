@@ -110,6 +110,11 @@ fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
     // SAFETY: set before the runtime starts any thread that reads the environment.
     unsafe { std::env::set_var("MOBULA_DRIVER_NODE", &worker) };
     let rt = common::start(Config::default().address(&addr).cluster_root(c.temp.path()));
+    // Read at the start only: later tests of this binary (one process under `cargo test`)
+    // must not join this cluster's worker node.
+    // SAFETY: as above; the other tests of this binary start runtimes only after this one's
+    // (`common::start` takes turns).
+    unsafe { std::env::remove_var("MOBULA_DRIVER_NODE") };
     assert!(
         rt.node_id().hex().starts_with(&worker),
         "joined the worker node"

@@ -1033,11 +1033,21 @@ pub(crate) struct ActorCreated {
     pub actor_id: ActorId,
     pub node_id: NodeId,
     pub result: Result<u32, Error>,
+    /// Told once the record is durable (another node's report of it waits for that).
+    pub durable: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Handler<ActorCreated> for Gcs {
     type Result = ();
     fn handle(&mut self, msg: ActorCreated, _ctx: &mut Self::Context) {
+        if let Some(done) = msg.durable {
+            let synced = self.storage.synced();
+            actix::spawn(async move {
+                if synced.await.is_ok() {
+                    let _ = done.send(());
+                }
+            });
+        }
         let id = msg.actor_id;
         match msg.result {
             Ok(pid) => {

@@ -1552,8 +1552,15 @@ impl Raylet {
         }
     }
 
-    /// The node an actor was handed to created it (or could not).
-    fn remote_actor_placed(&mut self, aid: ActorId, node: NodeId, result: Result<(), Error>) {
+    /// The node an actor was handed to created it (or could not); `durable` is told once the
+    /// GCS's record of it is on disk (the node's report is acknowledged then).
+    fn remote_actor_placed(
+        &mut self,
+        aid: ActorId,
+        node: NodeId,
+        result: Result<(), Error>,
+        durable: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let Some(ActorPlace::Remote { node: n, pins }) = self.actors.get_mut(&aid) else {
             return;
         };
@@ -1567,7 +1574,7 @@ impl Raylet {
                 {
                     route.activate_forward(Endpoint::Forward { node, tx });
                 }
-                self.report_creation(aid, node, Ok(0));
+                self.report_creation_then(aid, node, Ok(0), durable);
             }
             Err(e) => {
                 self.actors.remove(&aid);
@@ -1660,6 +1667,17 @@ impl Raylet {
     }
 
     fn report_creation(&mut self, aid: ActorId, node: NodeId, result: Result<u32, Error>) {
+        self.report_creation_then(aid, node, result, None);
+    }
+
+    /// As `report_creation`; `durable` is told once the GCS's record of it is on disk.
+    fn report_creation_then(
+        &mut self,
+        aid: ActorId,
+        node: NodeId,
+        result: Result<u32, Error>,
+        durable: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         self.cfg
             .history
             .actor_created(aid, node, result.as_ref().map(|p| *p));
@@ -1668,6 +1686,7 @@ impl Raylet {
                 actor_id: aid,
                 node_id: node,
                 result,
+                durable,
             });
         }
     }
@@ -2190,12 +2209,14 @@ pub(crate) struct RemoteActorPlaced {
     pub actor_id: ActorId,
     pub node: NodeId,
     pub result: Result<(), Error>,
+    /// Told once the owner's record of the actor is durable.
+    pub durable: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Handler<RemoteActorPlaced> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: RemoteActorPlaced, _ctx: &mut Self::Context) {
-        self.remote_actor_placed(msg.actor_id, msg.node, msg.result);
+        self.remote_actor_placed(msg.actor_id, msg.node, msg.result, msg.durable);
         self.dispatch();
     }
 }

@@ -1196,7 +1196,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 // The node answers at once; `ActorPlaced` follows.
                                 let msg = ClusterMsg::CreateActor { spec: Box::new(spec), launch };
                                 if let (Err((e, _)), Some(r)) = (hand_over(&net, node, peer, msg).await, raylet) {
-                                    r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result: Err(e) });
+                                    r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result: Err(e), durable: None });
                                 }
                             });
                         }
@@ -1434,12 +1434,19 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 });
                             }
                             Ok(ClusterMsg::ActorPlaced { actor_id, result }) => {
-                                let _ = reply.send(encode(&ClusterMsg::Released));
                                 let node = peers.iter().find(|(_, p)| **p == from).and_then(|(n, _)| crate::NodeId::parse(n));
                                 tracing::debug!(actor = %actor_id, node = ?node, ok = result.is_ok(), "actor placed on another node");
+                                // Acknowledged once this node's record of it is durable: a host
+                                // that hears nothing kills its copy, so a head that dies first
+                                // and creates the actor again never runs it twice.
+                                let (durable, stored) = tokio::sync::oneshot::channel();
                                 if let (Some(r), Some(node)) = (&raylet, node) {
-                                    r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result });
+                                    r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result, durable: Some(durable) });
                                 }
+                                tokio::spawn(async move {
+                                    let _ = tokio::time::timeout(Duration::from_secs(10), stored).await;
+                                    let _ = reply.send(encode(&ClusterMsg::Released));
+                                });
                             }
                             Ok(ClusterMsg::KillActor { actor_id, no_restart }) => {
                                 let _ = reply.send(encode(&ClusterMsg::Released));
