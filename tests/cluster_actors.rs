@@ -277,16 +277,18 @@ fn child_driver_of_the_orphan_test() {
         return;
     };
     let me = rt.node_id().hex();
-    let spread = ActorOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
-    let probes: Vec<_> = (0..3)
-        .map(|_| Ledger::options(spread.clone()).remote(&rt).expect("probe"))
-        .collect();
-    let host = rt
-        .get_all(&probes.iter().map(|a| a.node()).collect::<Vec<_>>())
-        .expect("nodes")
-        .into_iter()
-        .find(|n| *n != me && *n != vars[0])
-        .expect("the third node");
+    // This node learns of the third from its heartbeats: probe until one lands there.
+    let spread = mobula::TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
+    let deadline = std::time::Instant::now() + common::HANG;
+    let host = loop {
+        let n = rt
+            .get(&node_of::options(spread.clone()).remote(&rt))
+            .expect("probe");
+        if n != me && n != vars[0] {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "the third node");
+    };
     let there = SchedulingStrategy::NodeAffinity {
         node: mobula::NodeId::parse(&host).expect("node id"),
         soft: false,
@@ -368,4 +370,109 @@ fn a_detached_actor_outlives_the_node_that_owned_it() {
         "fault figures: owner node killed, detached actor answered_ms={}",
         killed.elapsed().as_millis()
     );
+}
+
+/// Keeps references it is given and reads them later.
+#[mobula::actor]
+pub struct Keeper {
+    kept: Vec<mobula::ObjectRef<serde_bytes::ByteBuf>>,
+}
+
+#[mobula::actor]
+impl Keeper {
+    pub fn new() -> Self {
+        Keeper { kept: Vec::new() }
+    }
+
+    pub fn keep(&mut self, refs: Vec<mobula::ObjectRef<serde_bytes::ByteBuf>>) {
+        self.kept.extend(refs);
+    }
+
+    /// The length of each kept value, or the error reading it.
+    pub fn read(&self) -> mobula::Result<Vec<Result<usize, String>>> {
+        let rt = mobula::runtime()?;
+        Ok(self
+            .kept
+            .iter()
+            .map(|r| {
+                rt.get_timeout(r, Some(common::HANG))
+                    .map(|v| v.len())
+                    .map_err(|e| e.to_string())
+            })
+            .collect())
+    }
+}
+
+/// The child driver of the kept-object test (a no-op when run on its own), attached to the
+/// worker node: puts a 2 MiB value, hands its reference to a detached actor on the head
+/// (`CHILD_HEAD`), checks the actor reads it, and waits to be killed with its node.
+#[test]
+fn child_driver_of_the_kept_object_test() {
+    mobula::worker_entry();
+    let Some((rt, vars)) = common::child_driver(&["CHILD_HEAD"]) else {
+        return;
+    };
+    let on_head = SchedulingStrategy::NodeAffinity {
+        node: mobula::NodeId::parse(&vars[0]).expect("head id"),
+        soft: false,
+    };
+    let k = Keeper::options(
+        ActorOptions::new()
+            .name("keeper")
+            .detached(true)
+            .scheduling_strategy(on_head),
+    )
+    .remote(&rt)
+    .expect("keeper");
+    let x = rt
+        .put(&serde_bytes::ByteBuf::from(vec![5u8; 2 << 20]))
+        .expect("put");
+    rt.get(&k.keep(vec![x.clone()])).expect("keep");
+    let read = rt.get(&k.read()).expect("read");
+    assert_eq!(read, vec![Ok(2 << 20)]);
+    println!("\nKEPT ");
+    std::thread::sleep(common::HANG);
+}
+
+/// A reference held on another node came with a copy of its value (every dependency of a call
+/// is pulled before it runs), which that node keeps while the reference lives: the value
+/// outlives the node that put it. (Ray fails such a `get` with `OwnerDiedError`.)
+#[test]
+fn a_put_object_outlives_its_node_where_a_reference_to_it_is_held() {
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let head = rt.node_id().hex();
+    let worker = c.worker_node_id();
+    let mut child = common::child_test("child_driver_of_the_kept_object_test")
+        .env("CHILD_ADDRESS", format!("127.0.0.1:{}", c.port))
+        .env("CHILD_ROOT", c.temp.path())
+        .env("CHILD_HEAD", &head)
+        .env("MOBULA_DRIVER_NODE", &worker)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("child driver");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("child output");
+        assert!(n > 0, "the child ended before keeping its object");
+        if line.starts_with("KEPT") {
+            break;
+        }
+    }
+    // The node that put the object, and its driver, die.
+    common::sigkill(c.worker_daemon_pid());
+    let _ = child.kill();
+    let _ = child.wait();
+    c.await_status("the worker node dead", |s| {
+        s.split("Dead:")
+            .nth(1)
+            .is_some_and(|dead| dead.contains(&worker))
+    });
+    let keeper = rt.get_actor::<Keeper>("keeper", None).expect("keeper");
+    let read = rt
+        .get_timeout(&keeper.read(), Some(common::HANG))
+        .expect("read");
+    assert_eq!(read, vec![Ok(2 << 20)], "the copy the actor's node kept");
 }

@@ -178,12 +178,15 @@ impl Cluster {
     /// The id of a node other than the head, as `mobula status` prints it.
     pub fn worker_node_id(&self) -> String {
         let head = self.head_record().node_id;
-        let s = self.status();
-        s.split_whitespace()
-            .filter_map(|w| w.strip_prefix("node_"))
-            .find(|id| !id.is_empty() && !head.starts_with(id))
-            .unwrap_or_else(|| panic!("no worker node in status:\n{s}"))
-            .to_string()
+        let worker = |s: &str| {
+            s.split_whitespace()
+                .filter_map(|w| w.strip_prefix("node_"))
+                .find(|id| !id.is_empty() && !head.starts_with(id))
+                .map(str::to_string)
+        };
+        // The head may not have heard from it yet.
+        let s = self.await_status("a worker node in status", |s| worker(s).is_some());
+        worker(&s).unwrap_or_default()
     }
 
     /// What `mobula status` prints for this cluster.
