@@ -122,6 +122,33 @@ pub struct ActorSpec {
 }
 
 impl ActorSpec {
+    /// A spec of a `Counter` actor in namespace `ns`, with the defaults, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Self {
+        ActorSpec {
+            actor_id: ActorId::new(),
+            job_id: JobId::new(),
+            class: "m::Counter".into(),
+            class_name: "Counter".into(),
+            ctor: "new".into(),
+            args: vec![],
+            nested: vec![],
+            name: None,
+            namespace: "ns".into(),
+            detached: false,
+            max_restarts: 0,
+            max_task_retries: 0,
+            max_concurrency: 1,
+            resources: ResourceSet::new(),
+            placement_resources: ResourceSet::new(),
+            strategy: SchedulingStrategy::Default,
+            is_async: false,
+            owned_elsewhere: false,
+            owner: None,
+            hosted_name: None,
+        }
+    }
+
     /// Every object the constructor waits for.
     pub fn deps(&self) -> impl Iterator<Item = ObjectId> + '_ {
         deps_of(&self.args, &self.nested)

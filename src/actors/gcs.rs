@@ -1682,26 +1682,10 @@ mod tests {
     fn record(name: &str, detached: bool, state: ActorState, node: Option<NodeId>) -> ActorRecord {
         ActorRecord {
             spec: ActorSpec {
-                actor_id: ActorId::new(),
-                job_id: JobId::new(),
-                class: "m::Counter".into(),
-                class_name: "Counter".into(),
-                ctor: "new".into(),
-                args: vec![],
-                nested: vec![],
                 name: Some(name.into()),
-                namespace: "ns".into(),
                 detached,
                 max_restarts: 1,
-                max_task_retries: 0,
-                max_concurrency: 1,
-                resources: ResourceSet::new(),
-                placement_resources: ResourceSet::new(),
-                strategy: crate::sched::SchedulingStrategy::Default,
-                is_async: false,
-                owned_elsewhere: false,
-                owner: None,
-                hosted_name: None,
+                ..ActorSpec::for_test()
             },
             state,
             num_restarts: 0,

@@ -483,28 +483,7 @@ mod tests {
     fn actor_creation_is_a_task_of_its_own() {
         let node = NodeId::new();
         let log = TaskLog::new(node, 10);
-        let spec = ActorSpec {
-            actor_id: ActorId::new(),
-            job_id: JobId::new(),
-            class: "m::Counter".into(),
-            class_name: "Counter".into(),
-            ctor: "new".into(),
-            args: vec![],
-            nested: vec![],
-            name: None,
-            namespace: "ns".into(),
-            detached: false,
-            max_restarts: 0,
-            max_task_retries: 0,
-            max_concurrency: 1,
-            resources: ResourceSet::new(),
-            placement_resources: ResourceSet::new(),
-            strategy: SchedulingStrategy::Default,
-            is_async: false,
-            owned_elsewhere: false,
-            owner: None,
-            hosted_name: None,
-        };
+        let spec = ActorSpec::for_test();
         log.actor_submitted(&spec);
         log.actor_created(spec.actor_id, node, Ok(42));
         let rows = log.rows();

@@ -1546,9 +1546,29 @@ impl Raylet {
         {
             return;
         }
+        tracing::info!(actor = %aid, node = %node, "calls to an actor taken back from storage go to its node again");
+        self.forward_route(aid, node);
+    }
+
+    /// The route of actor `aid` forwards its calls to `node` from now on.
+    fn forward_route(&self, aid: ActorId, node: NodeId) {
         if let (Some(tx), Some(route)) = (self.forward_tx.clone(), self.directory.get(&aid)) {
-            tracing::info!(actor = %aid, node = %node, "calls to an actor taken back from storage go to its node again");
             route.activate_forward(Endpoint::Forward { node, tx });
+        }
+    }
+
+    /// Tells `node` to kill actor `aid`, which it runs for this node.
+    fn kill_on(&self, node: NodeId, aid: ActorId, no_restart: bool) {
+        if let Some(tx) = &self.spill_tx
+            && tx
+                .try_send(Outbound::KillActor {
+                    node,
+                    actor_id: aid,
+                    no_restart,
+                })
+                .is_err()
+        {
+            tracing::warn!(actor = %aid, node = %node, "could not kill an actor on its node");
         }
     }
 
@@ -1570,10 +1590,7 @@ impl Raylet {
         pins.take();
         match result {
             Ok(()) => {
-                if let (Some(tx), Some(route)) = (self.forward_tx.clone(), self.directory.get(&aid))
-                {
-                    route.activate_forward(Endpoint::Forward { node, tx });
-                }
+                self.forward_route(aid, node);
                 self.report_creation_then(aid, node, Ok(0), durable);
             }
             Err(e) => {
@@ -1735,18 +1752,10 @@ impl Raylet {
             let node = *node;
             if no_restart {
                 self.actors.remove(&aid);
-            } else if let (Some(tx), Some(route)) =
-                (self.forward_tx.clone(), self.directory.get(&aid))
-            {
-                route.activate_forward(Endpoint::Forward { node, tx });
+            } else {
+                self.forward_route(aid, node);
             }
-            if let Some(tx) = &self.spill_tx {
-                let _ = tx.try_send(Outbound::KillActor {
-                    node,
-                    actor_id: aid,
-                    no_restart,
-                });
-            }
+            self.kill_on(node, aid, no_restart);
             return;
         }
         let not_started = self.waiting_actors.remove(&aid).is_some()
@@ -2233,17 +2242,7 @@ pub(crate) struct KillRemoteActor {
 impl Handler<KillRemoteActor> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: KillRemoteActor, _ctx: &mut Self::Context) {
-        if let Some(tx) = &self.spill_tx
-            && tx
-                .try_send(Outbound::KillActor {
-                    node: msg.node,
-                    actor_id: msg.actor_id,
-                    no_restart: true,
-                })
-                .is_err()
-        {
-            tracing::warn!(actor = %msg.actor_id, node = %msg.node, "could not kill an actor on its node");
-        }
+        self.kill_on(msg.node, msg.actor_id, true);
     }
 }
 

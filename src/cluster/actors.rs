@@ -422,14 +422,7 @@ impl Names {
     ) {
         let mut orphans = Vec::new();
         for (id, route) in self.directory.forwarding_to(dead) {
-            let known_here = self
-                .gcs
-                .send(crate::actors::gcs::FindOwner(id))
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|a| a.owner.is_none());
-            if !known_here {
+            if !self.known_here(id).await {
                 route.restarting();
                 orphans.push((id, route));
             }
@@ -538,17 +531,20 @@ impl Names {
         decode(&reply).map_err(Error::runtime)
     }
 
-    /// Routes an actor's calls to its owner. An actor this node's GCS knows (it hosts or owns
-    /// it) keeps its route: replacing it would send its calls round in a loop.
-    async fn route_to(&self, at: &crate::actors::gcs::ActorAt, display: String) -> bool {
-        let known_here = self
-            .gcs
-            .send(crate::actors::gcs::FindOwner(at.actor_id))
+    /// Whether this node's GCS has a record of the actor (it hosts or owns it).
+    async fn known_here(&self, id: ActorId) -> bool {
+        self.gcs
+            .send(crate::actors::gcs::FindOwner(id))
             .await
             .ok()
             .flatten()
-            .is_some_and(|a| a.owner.is_none());
-        if known_here {
+            .is_some_and(|a| a.owner.is_none())
+    }
+
+    /// Routes an actor's calls to its owner. An actor this node's GCS knows (it hosts or owns
+    /// it) keeps its route: replacing it would send its calls round in a loop.
+    async fn route_to(&self, at: &crate::actors::gcs::ActorAt, display: String) -> bool {
+        if self.known_here(at.actor_id).await {
             return true;
         }
         match at.owner {

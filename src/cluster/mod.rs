@@ -690,6 +690,26 @@ struct Member {
     ticks_unheard: u32,
 }
 
+impl Member {
+    /// An alive node just heard of, with its resources (empty until its first heartbeat).
+    fn new(node_id: String, total: HashMap<String, f64>, available: HashMap<String, f64>) -> Self {
+        Member {
+            status: NodeStatus {
+                node_id,
+                is_head: false,
+                alive: true,
+                ip: String::new(),
+                available,
+                total,
+                pending: Vec::new(),
+                metrics: Default::default(),
+            },
+            last_seen: Instant::now(),
+            ticks_unheard: 0,
+        }
+    }
+}
+
 /// Set for a daemon started in the background: the name of its log file in the cluster
 /// directory's `logs/` (the state API lists it).
 const ENV_NODE_LOG: &str = "MOBULA_NODE_LOG";
@@ -960,11 +980,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             // A restarted head took back actors other nodes host: it watches those nodes as
             // if they had registered, so one that never comes back is declared dead.
             for host in n.gcs.send(crate::actors::gcs::AdoptedHosts).await.unwrap_or_default() {
-                members.insert(host.hex(), Member {
-                    status: NodeStatus { node_id: host.hex(), is_head: false, alive: true, ip: String::new(), available: Default::default(), total: Default::default(), pending: Vec::new(), metrics: Default::default() },
-                    last_seen: Instant::now(),
-                    ticks_unheard: 0,
-                });
+                members.insert(host.hex(), Member::new(host.hex(), HashMap::new(), HashMap::new()));
             }
         }
         let mut peers: HashMap<String, libp2p::PeerId> = HashMap::new();
@@ -1095,11 +1111,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             remote_jobs.lock().insert(sid, (node.clone(), events));
                             // Watched as if it had registered: if it never comes back, it is
                             // declared dead and the job fails.
-                            members.entry(node.clone()).or_insert_with(|| Member {
-                                status: NodeStatus { node_id: node, is_head: false, alive: true, ip: String::new(), available: Default::default(), total: Default::default(), pending: Vec::new(), metrics: Default::default() },
-                                last_seen: Instant::now(),
-                                ticks_unheard: 0,
-                            });
+                            members.entry(node.clone()).or_insert_with(|| Member::new(node, HashMap::new(), HashMap::new()));
                         }
                         crate::node::ClusterAsk::StopJob { node, sid } => {
                             if let Some(peer) = peers.get(&node).copied() {
@@ -1333,11 +1345,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 }
                                 // Reachable from now on, not only after its first heartbeat.
                                 peers.insert(n.clone(), from);
-                                members.insert(n.clone(), Member {
-                                    status: NodeStatus { node_id: n, is_head: false, alive: true, ip: String::new(), available: total.clone(), total, pending: Vec::new(), metrics: Default::default() },
-                                    last_seen: Instant::now(),
-                                    ticks_unheard: 0,
-                                });
+                                members.insert(n.clone(), Member::new(n, total.clone(), total));
                                 let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
                             }
                             Ok(ClusterMsg::Register { .. }) => {
@@ -1545,11 +1553,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     let _ = net.add_address(from, a).await;
                                 }
                                 peers.entry(n.clone()).or_insert(from);
-                                let e = members.entry(n.clone()).or_insert_with(|| Member {
-                                    status: NodeStatus { node_id: n.clone(), is_head: false, alive: true, ip: String::new(), total: total.clone(), available: available.clone(), pending: Vec::new(), metrics: Default::default() },
-                                    last_seen: Instant::now(),
-                                    ticks_unheard: 0,
-                                });
+                                let e = members.entry(n.clone()).or_insert_with(|| Member::new(n.clone(), total.clone(), available.clone()));
                                 e.status.ip = ip_of(&addr);
                                 e.status.total = total.clone();
                                 e.status.available = available.clone();
