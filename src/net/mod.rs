@@ -443,7 +443,7 @@ pub fn start(
                     }
                     if let Err(e) = swarm.listen_on(addr.clone()) {
                         let _ = ready_tx.send(Err(NetError::Setup(format!(
-                            "cannot listen on {addr}: {e}"
+                            "cannot listen on {addr}: {e:?}"
                         ))));
                         return;
                     }
@@ -462,7 +462,7 @@ pub fn start(
                             }
                             SwarmEvent::ListenerError { error, .. } => {
                                 let _ = ready_tx.send(Err(NetError::Setup(format!(
-                                    "cannot listen on {addr}: {error}"
+                                    "cannot listen on {addr}: {error:?}"
                                 ))));
                                 return;
                             }
