@@ -753,32 +753,9 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             })?,
         }
     };
-    let config = crate::Config {
-        num_cpus: opts.num_cpus,
-        num_gpus: opts.num_gpus,
-        memory: opts.memory,
-        object_store_memory: opts.object_store_memory,
-        // Spilled objects go where the user pointed `--temp-dir` (a disk with room).
-        spill_root: Some(dir.dir.clone()),
-        resources: opts.resources.clone(),
-        namespace: "_mobula_node".to_string(),
-        // Drivers connect over the node's socket and get worker processes of their own
-        // executable; the daemon itself runs no user code.
-        worker_mode: crate::WorkerMode::Process,
-        prestart_workers: Some(0),
-        infeasible_timeout: opts.infeasible_timeout,
-        memory_monitor: opts.memory_monitor.clone(),
-        gcs_storage: opts
-            .head
-            .then(|| opts.storage.clone().unwrap_or_else(|| dir.dir.join("gcs"))),
-        ..Default::default()
-    };
-    let rt = crate::init_with(config)?;
-    let node_id = rt.node_id().hex();
-    let table = rt.core().node().map(|n| n.table.clone()).ok_or_else(|| {
-        ClusterError::Usage("the node started without an object store".to_string())
-    })?;
-
+    // The listener comes up before the node's actors: a restarted head recovers its actors
+    // at init and forks their worker processes, and a child between fork and exec holds
+    // every open descriptor, the port probe's listener among them, for a moment.
     let listen = if opts.head {
         format!("/ip4/{}/tcp/{}", opts.bind, port)
     } else {
@@ -806,7 +783,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
     let (net, mut events, bound) = match started {
         Ok(x) => x,
         Err(e) => {
-            crate::shutdown();
             let hint = if opts.head {
                 " (choose another with --port)"
             } else {
@@ -815,6 +791,32 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             return Err(ClusterError::Usage(format!("{e}{hint}")));
         }
     };
+    let config = crate::Config {
+        num_cpus: opts.num_cpus,
+        num_gpus: opts.num_gpus,
+        memory: opts.memory,
+        object_store_memory: opts.object_store_memory,
+        // Spilled objects go where the user pointed `--temp-dir` (a disk with room).
+        spill_root: Some(dir.dir.clone()),
+        resources: opts.resources.clone(),
+        namespace: "_mobula_node".to_string(),
+        // Drivers connect over the node's socket and get worker processes of their own
+        // executable; the daemon itself runs no user code.
+        worker_mode: crate::WorkerMode::Process,
+        prestart_workers: Some(0),
+        infeasible_timeout: opts.infeasible_timeout,
+        memory_monitor: opts.memory_monitor.clone(),
+        gcs_storage: opts
+            .head
+            .then(|| opts.storage.clone().unwrap_or_else(|| dir.dir.join("gcs"))),
+        ..Default::default()
+    };
+    let rt = crate::init_with(config)?;
+    let node_id = rt.node_id().hex();
+    let table = rt.core().node().map(|n| n.table.clone()).ok_or_else(|| {
+        ClusterError::Usage("the node started without an object store".to_string())
+    })?;
+
     let pid_file = dir.pid_file(&node_id);
     let socket_file = dir.socket_file(&node_id);
     if let Some(sock) = rt.raylet_socket() {

@@ -122,12 +122,22 @@ impl Cluster {
     }
 }
 
-/// A TCP port free on 127.0.0.1 right now.
+/// A TCP port free on 127.0.0.1 right now, below the kernel's ephemeral range (32768 and
+/// up here), so no test's outgoing connection takes a head's port while the head is down for
+/// a restart; never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    use std::hash::{BuildHasher, RandomState};
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = RandomState::new();
+    for attempt in 0u32..10_000 {
+        let port = 20_000 + (seed.hash_one(attempt) % 12_000) as u16;
+        if !handed.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 on 127.0.0.1");
 }
 
 pub fn cluster() -> Cluster {
