@@ -106,6 +106,11 @@ pub(crate) enum ClusterAsk {
         name: String,
         done: flume::Sender<Result<ActorLookup>>,
     },
+    /// A KV operation for the head's GCS (the KV is cluster-wide).
+    Kv {
+        op: crate::actors::gcs::KvOp,
+        done: flume::Sender<Result<crate::actors::gcs::KvAnswer>>,
+    },
     /// Finds the owner of an actor this node does not know; its route is pending until then.
     LookupActor { actor_id: ActorId },
     /// Kills an actor another node owns (found through the head).
@@ -510,35 +515,32 @@ impl Core for NodeClient {
     }
 
     fn kv_put(&self, ns: &str, key: &str, value: Vec<u8>, overwrite: bool) -> Result<bool> {
-        self.ask(
-            &self.gcs,
-            gcs::KvPut {
-                ns: ns.to_string(),
-                key: key.to_string(),
-                value,
-                overwrite,
-            },
-        )?
+        let op = gcs::KvOp::Put {
+            ns: ns.to_string(),
+            key: key.to_string(),
+            value,
+            overwrite,
+        };
+        self.ask(&self.gcs, gcs::Kv(op))?
+            .and_then(gcs::KvAnswer::done)
     }
 
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        self.ask(
-            &self.gcs,
-            gcs::KvGet {
-                ns: ns.to_string(),
-                key: key.to_string(),
-            },
-        )?
+        let op = gcs::KvOp::Get {
+            ns: ns.to_string(),
+            key: key.to_string(),
+        };
+        self.ask(&self.gcs, gcs::Kv(op))?
+            .and_then(gcs::KvAnswer::value)
     }
 
     fn kv_del(&self, ns: &str, key: &str) -> Result<bool> {
-        self.ask(
-            &self.gcs,
-            gcs::KvDel {
-                ns: ns.to_string(),
-                key: key.to_string(),
-            },
-        )?
+        let op = gcs::KvOp::Del {
+            ns: ns.to_string(),
+            key: key.to_string(),
+        };
+        self.ask(&self.gcs, gcs::Kv(op))?
+            .and_then(gcs::KvAnswer::done)
     }
 
     fn cluster_resources(&self) -> Result<HashMap<String, f64>> {

@@ -1374,83 +1374,130 @@ fn kv_key(ns: &str, key: &str) -> Vec<u8> {
     k
 }
 
-/// Write a KV entry.
-#[derive(Message)]
-#[rtype(result = "Result<bool, Error>")]
-pub(crate) struct KvPut {
-    pub ns: String,
-    pub key: String,
-    pub value: Vec<u8>,
-    pub overwrite: bool,
+/// One operation on the KV table. The KV is cluster-wide: the GCS of a node that is not the
+/// head hands it to the head's GCS through its daemon (`ClusterAsk::Kv`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum KvOp {
+    /// Writes an entry (unless it exists and `overwrite` is false).
+    Put {
+        ns: String,
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        overwrite: bool,
+    },
+    /// Reads an entry.
+    Get { ns: String, key: String },
+    /// Deletes an entry.
+    Del { ns: String, key: String },
+    /// Every entry of a namespace whose key starts with a prefix.
+    List { ns: String, prefix: String },
 }
 
-impl Handler<KvPut> for Gcs {
-    type Result = ResponseFuture<Result<bool, Error>>;
-    fn handle(&mut self, msg: KvPut, _ctx: &mut Self::Context) -> Self::Result {
-        let k = kv_key(&msg.ns, &msg.key);
-        let written = match self.storage.get("kv", &k) {
-            Ok(Some(_)) if !msg.overwrite => Ok(false),
-            Ok(_) => self.storage.put("kv", &k, &msg.value).map(|()| true),
-            Err(e) => Err(e),
-        };
-        self.acknowledged(written)
+/// The answer to a `KvOp`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum KvAnswer {
+    /// Whether a put wrote or a delete found the entry.
+    Done(bool),
+    /// The value read.
+    Value(Option<serde_bytes::ByteBuf>),
+    /// The entries listed.
+    Entries(Vec<(String, serde_bytes::ByteBuf)>),
+}
+
+/// Runs a KV operation here, or at the head when this GCS is a cluster node's.
+#[derive(Message)]
+#[rtype(result = "Result<KvAnswer, Error>")]
+pub(crate) struct Kv(pub KvOp);
+
+impl Handler<Kv> for Gcs {
+    type Result = ResponseFuture<Result<KvAnswer, Error>>;
+    fn handle(&mut self, msg: Kv, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(link) = self.cluster.clone().filter(|_| !self.is_head) {
+            return Box::pin(async move {
+                let (done, answer) = flume::bounded(1);
+                link.send_async(crate::node::ClusterAsk::Kv { op: msg.0, done })
+                    .await
+                    .map_err(|_| Error::runtime("the node's daemon is gone"))?;
+                answer
+                    .recv_async()
+                    .await
+                    .map_err(|_| Error::runtime("the node's daemon dropped a kv request"))?
+            });
+        }
+        self.kv_here(msg.0)
     }
 }
 
-/// Read a KV entry.
-#[derive(Message)]
-#[rtype(result = "Result<Option<Vec<u8>>, Error>")]
-pub(crate) struct KvGet {
-    pub ns: String,
-    pub key: String,
-}
-
-impl Handler<KvGet> for Gcs {
-    type Result = Result<Option<Vec<u8>>, Error>;
-    fn handle(&mut self, msg: KvGet, _ctx: &mut Self::Context) -> Self::Result {
-        self.storage
-            .get("kv", &kv_key(&msg.ns, &msg.key))
-            .map_err(Error::runtime)
+impl Gcs {
+    fn kv_here(&mut self, op: KvOp) -> ResponseFuture<Result<KvAnswer, Error>> {
+        match op {
+            KvOp::Put {
+                ns,
+                key,
+                value,
+                overwrite,
+            } => {
+                let k = kv_key(&ns, &key);
+                let written = match self.storage.get("kv", &k) {
+                    Ok(Some(_)) if !overwrite => Ok(false),
+                    Ok(_) => self.storage.put("kv", &k, &value).map(|()| true),
+                    Err(e) => Err(e),
+                };
+                self.acknowledged(written.map(KvAnswer::Done))
+            }
+            KvOp::Del { ns, key } => {
+                let deleted = self.storage.delete("kv", &kv_key(&ns, &key));
+                self.acknowledged(deleted.map(KvAnswer::Done))
+            }
+            KvOp::Get { ns, key } => {
+                let got = self.storage.get("kv", &kv_key(&ns, &key));
+                Box::pin(async move {
+                    got.map(|v| KvAnswer::Value(v.map(serde_bytes::ByteBuf::from)))
+                        .map_err(Error::runtime)
+                })
+            }
+            KvOp::List { ns, prefix } => {
+                let start = kv_key(&ns, &prefix);
+                let ns_len = kv_key(&ns, "").len();
+                let rows = self.storage.scan("kv").map(|rows| {
+                    rows.into_iter()
+                        .filter(|(k, _)| k.starts_with(&start))
+                        .filter_map(|(k, v)| {
+                            let key = String::from_utf8(k[ns_len..].to_vec()).ok()?;
+                            Some((key, serde_bytes::ByteBuf::from(v)))
+                        })
+                        .collect()
+                });
+                Box::pin(async move { rows.map(KvAnswer::Entries).map_err(Error::runtime) })
+            }
+        }
     }
 }
 
-/// Every KV entry of a namespace whose key starts with a prefix.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<(String, Vec<u8>)>, Error>")]
-pub(crate) struct KvList {
-    pub ns: String,
-    pub prefix: String,
-}
-
-impl Handler<KvList> for Gcs {
-    type Result = Result<Vec<(String, Vec<u8>)>, Error>;
-    fn handle(&mut self, msg: KvList, _ctx: &mut Self::Context) -> Self::Result {
-        let start = kv_key(&msg.ns, &msg.prefix);
-        let ns_len = kv_key(&msg.ns, "").len();
-        Ok(self
-            .storage
-            .scan("kv")
-            .map_err(Error::runtime)?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&start))
-            .filter_map(|(k, v)| Some((String::from_utf8(k[ns_len..].to_vec()).ok()?, v)))
-            .collect())
+impl KvAnswer {
+    /// A put's or delete's answer.
+    pub(crate) fn done(self) -> Result<bool, Error> {
+        match self {
+            KvAnswer::Done(b) => Ok(b),
+            other => Err(Error::runtime(format!("kv: unexpected answer {other:?}"))),
+        }
     }
-}
 
-/// Delete a KV entry.
-#[derive(Message)]
-#[rtype(result = "Result<bool, Error>")]
-pub(crate) struct KvDel {
-    pub ns: String,
-    pub key: String,
-}
+    /// A get's answer.
+    pub(crate) fn value(self) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            KvAnswer::Value(v) => Ok(v.map(serde_bytes::ByteBuf::into_vec)),
+            other => Err(Error::runtime(format!("kv: unexpected answer {other:?}"))),
+        }
+    }
 
-impl Handler<KvDel> for Gcs {
-    type Result = ResponseFuture<Result<bool, Error>>;
-    fn handle(&mut self, msg: KvDel, _ctx: &mut Self::Context) -> Self::Result {
-        let deleted = self.storage.delete("kv", &kv_key(&msg.ns, &msg.key));
-        self.acknowledged(deleted)
+    /// A list's answer.
+    pub(crate) fn entries(self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        match self {
+            KvAnswer::Entries(v) => Ok(v.into_iter().map(|(k, v)| (k, v.into_vec())).collect()),
+            other => Err(Error::runtime(format!("kv: unexpected answer {other:?}"))),
+        }
     }
 }
 

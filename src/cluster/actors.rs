@@ -356,6 +356,13 @@ impl Names {
             ClusterMsg::LookupActor(id) => {
                 here(self.gcs.send(gcs::FindOwner(id)).await.ok().flatten())
             }
+            ClusterMsg::Kv(op) => ClusterMsg::KvDone(
+                self.gcs
+                    .send(gcs::Kv(op))
+                    .await
+                    .map_err(mailbox)
+                    .and_then(|r| r),
+            ),
             other => ClusterMsg::TaskResult(Err(Error::runtime(format!(
                 "not a name request: {other:?}"
             )))),
@@ -650,6 +657,14 @@ impl Names {
                     }
                     Ok(_) => Err(not_found),
                     Err(e) => Err(e),
+                };
+                let _ = done.send(r);
+            }
+            A::Kv { op, done } => {
+                let r = match self.ask_head(&net, head, ClusterMsg::Kv(op)).await {
+                    Ok(ClusterMsg::KvDone(r)) => r,
+                    Ok(other) => Err(Error::runtime(format!("the head answered {other:?}"))),
+                    Err(e) => Err(Error::runtime(format!("kv: the head is unreachable: {e}"))),
                 };
                 let _ = done.send(r);
             }

@@ -308,6 +308,10 @@ pub(crate) enum ClusterMsg {
     },
     /// Where any actor is (request to the head; answered `Found`).
     LookupActor(crate::ActorId),
+    /// A KV operation of another node's GCS (request to the head; answered `KvDone`).
+    Kv(crate::actors::gcs::KvOp),
+    /// The answer to `Kv`.
+    KvDone(Result<crate::actors::gcs::KvAnswer, crate::Error>),
     /// The answer to a lookup: the actor and its owner node.
     Found(Option<crate::actors::gcs::ActorAt>),
     /// A job's driver left (request to every node; answered `Released`): the job's work
@@ -1467,7 +1471,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     }
                                 });
                             }
-                            Ok(m @ (ClusterMsg::ClaimName { .. } | ClusterMsg::ReleaseName { .. } | ClusterMsg::ActorOwned { .. } | ClusterMsg::LookupName { .. } | ClusterMsg::LookupActor(_))) if opts.head => {
+                            Ok(m @ (ClusterMsg::ClaimName { .. } | ClusterMsg::ReleaseName { .. } | ClusterMsg::ActorOwned { .. } | ClusterMsg::LookupName { .. } | ClusterMsg::LookupActor(_) | ClusterMsg::Kv(_))) if opts.head => {
                                 if let Some(names) = names.clone() {
                                     tokio::spawn(async move {
                                         let _ = reply.send(encode(&names.head_answer(m).await));

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{WebState, now_ms, text};
+use crate::actors::gcs::{Kv, KvAnswer, KvOp};
 
 /// KV namespace and key prefix of submission records (Ray's).
 const KV_NS: &str = "job";
@@ -186,12 +187,13 @@ fn gcs_err(e: impl std::fmt::Display) -> JobError {
 async fn load(st: &WebState, sid: &str) -> Res<Option<JobInfo>> {
     let gcs = &node(st)?.gcs;
     let got = gcs
-        .send(crate::actors::gcs::KvGet {
+        .send(Kv(KvOp::Get {
             ns: KV_NS.to_string(),
             key: kv_key(sid),
-        })
+        }))
         .await
         .map_err(gcs_err)?
+        .and_then(KvAnswer::value)
         .map_err(gcs_err)?;
     match got {
         None => Ok(None),
@@ -205,14 +207,15 @@ async fn store(st: &WebState, info: &JobInfo) -> Res<()> {
     let bytes = serde_json::to_vec(info).map_err(|e| JobError::Internal(e.to_string()))?;
     node(st)?
         .gcs
-        .send(crate::actors::gcs::KvPut {
+        .send(Kv(KvOp::Put {
             ns: KV_NS.to_string(),
             key: kv_key(&info.submission_id),
             value: bytes,
             overwrite: true,
-        })
+        }))
         .await
         .map_err(gcs_err)?
+        .and_then(KvAnswer::done)
         .map_err(gcs_err)?;
     Ok(())
 }
@@ -220,12 +223,13 @@ async fn store(st: &WebState, info: &JobInfo) -> Res<()> {
 async fn submissions(st: &WebState) -> Res<Vec<JobInfo>> {
     let rows = node(st)?
         .gcs
-        .send(crate::actors::gcs::KvList {
+        .send(Kv(KvOp::List {
             ns: KV_NS.to_string(),
             prefix: KV_PREFIX.to_string(),
-        })
+        }))
         .await
         .map_err(gcs_err)?
+        .and_then(KvAnswer::entries)
         .map_err(gcs_err)?;
     let mut out: Vec<JobInfo> = rows
         .into_iter()
@@ -1109,12 +1113,13 @@ async fn delete(st: web::Data<WebState>, id: web::Path<String>) -> Res<HttpRespo
     }
     let deleted = node(&st)?
         .gcs
-        .send(crate::actors::gcs::KvDel {
+        .send(Kv(KvOp::Del {
             ns: KV_NS.to_string(),
             key: kv_key(&info.submission_id),
-        })
+        }))
         .await
         .map_err(gcs_err)?
+        .and_then(KvAnswer::done)
         .map_err(gcs_err)?;
     let (log, dir) = (
         log_path(&st, &info.submission_id),
