@@ -61,6 +61,12 @@ pub enum PgState {
     Pending,
     /// Every bundle reserved.
     Created,
+    /// Some bundles' node died: those (`lost`, by index) are being placed again; the others
+    /// and what runs in them are untouched (Ray's RESCHEDULING).
+    Rescheduling {
+        /// The bundles being placed again, by index.
+        lost: Vec<usize>,
+    },
     /// Removed by the user.
     Removed,
     /// Can never be placed.
@@ -86,6 +92,23 @@ pub struct PgRecord {
     /// lifetime).
     #[serde(default)]
     pub job_id: Option<JobId>,
+}
+
+impl PgRecord {
+    /// The nodes holding a bundle of the group now (none while pending or once ended).
+    pub fn held(&self) -> Vec<NodeId> {
+        match &self.state {
+            PgState::Created => self.placement.clone(),
+            PgState::Rescheduling { lost } => self
+                .placement
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !lost.contains(i))
+                .map(|(_, n)| *n)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What the GCS records about a job.
@@ -194,13 +217,15 @@ impl Gcs {
                     continue;
                 }
             };
-            if matches!(rec.state, PgState::Pending | PgState::Created) {
-                if rec.state == PgState::Created {
+            if matches!(
+                rec.state,
+                PgState::Pending | PgState::Created | PgState::Rescheduling { .. }
+            ) {
+                if rec.state != PgState::Pending {
                     let elsewhere: Vec<NodeId> = rec
-                        .placement
-                        .iter()
+                        .held()
+                        .into_iter()
                         .filter(|n| !old_heads.contains(n))
-                        .copied()
                         .collect();
                     self.pg_returns.push((rec.id, elsewhere));
                 }
@@ -578,7 +603,7 @@ impl Gcs {
         let pending: Vec<PlacementGroupId> = self
             .pgs
             .values()
-            .filter(|p| p.state == PgState::Pending)
+            .filter(|p| matches!(p.state, PgState::Pending | PgState::Rescheduling { .. }))
             .map(|p| p.id)
             .collect();
         if pending.is_empty() {
@@ -588,22 +613,32 @@ impl Gcs {
         let raylets: Vec<(NodeId, Addr<Raylet>)> =
             self.raylets.iter().map(|(k, v)| (*k, v.clone())).collect();
         let cluster = self.cluster.clone();
-        let requests: Vec<(PlacementGroupId, Vec<ResourceSet>, PlacementStrategy)> = pending
+        let requests: Vec<PgRequest> = pending
             .iter()
-            .filter_map(|id| {
-                self.pgs
-                    .get(id)
-                    .map(|p| (p.id, p.bundles.clone(), p.strategy))
-            })
+            .filter_map(|id| self.pgs.get(id).map(PgRequest::of))
             .collect();
         let fut = async move {
             let mut results = Vec::new();
-            for (pg, bundles, strategy) in requests {
+            for PgRequest {
+                pg,
+                bundles,
+                strategy,
+                indices,
+                exclude,
+                rescheduling,
+            } in requests
+            {
                 // A fresh view each round: earlier groups of this round consumed resources.
                 let view = pg_view(&raylets).await;
-                let placed = match crate::sched::place_bundles(&view, &bundles, strategy) {
+                let placed = match crate::sched::placement::place_bundles_excluding(
+                    &view, &bundles, strategy, &exclude,
+                ) {
                     Ok(p) => p,
                     Err(PlaceError::Unavailable) => {
+                        results.push((pg, None));
+                        continue;
+                    }
+                    Err(PlaceError::Infeasible(_)) if rescheduling => {
                         results.push((pg, None));
                         continue;
                     }
@@ -614,11 +649,8 @@ impl Gcs {
                 };
                 // Commit per node; undo everything on any failure.
                 let mut by_node: HashMap<NodeId, Vec<(usize, ResourceSet)>> = HashMap::new();
-                for (i, node) in placed.iter().enumerate() {
-                    by_node
-                        .entry(*node)
-                        .or_default()
-                        .push((i, bundles[i].clone()));
+                for ((i, node), bundle) in indices.iter().zip(&placed).zip(&bundles) {
+                    by_node.entry(*node).or_default().push((*i, bundle.clone()));
                 }
                 let mut committed = Vec::new();
                 let mut ok = true;
@@ -653,7 +685,13 @@ impl Gcs {
                     }
                 }
                 if ok {
-                    results.push((pg, Some(Ok(placed))));
+                    results.push((
+                        pg,
+                        Some(Ok(indices
+                            .into_iter()
+                            .zip(placed)
+                            .collect::<Vec<(usize, NodeId)>>())),
+                    ));
                 } else {
                     return_bundles(&raylets, cluster.as_ref(), pg, &committed);
                     results.push((pg, None));
@@ -666,15 +704,26 @@ impl Gcs {
             for (pg, outcome) in results {
                 match outcome {
                     None => {}
-                    Some(Ok(placement)) => {
+                    Some(Ok(placed)) => {
                         let removed = act.pgs.get(&pg).is_none_or(|p| p.state == PgState::Removed);
                         if removed {
-                            act.return_all(pg, &placement);
+                            let nodes: Vec<NodeId> = placed.iter().map(|(_, n)| *n).collect();
+                            act.return_all(pg, &nodes);
                             continue;
                         }
                         if let Some(p) = act.pgs.get_mut(&pg) {
+                            if p.placement.len() != p.bundles.len() {
+                                p.placement = placed.iter().map(|(_, n)| *n).collect();
+                            }
+                            for (i, node) in placed {
+                                if let Some(slot) = p.placement.get_mut(i) {
+                                    *slot = node;
+                                }
+                            }
+                            if matches!(p.state, PgState::Rescheduling { .. }) {
+                                tracing::info!(pg = %pg, "placement group's lost bundles placed again");
+                            }
                             p.state = PgState::Created;
-                            p.placement = placement;
                         }
                         act.save_pg(pg);
                         act.notify_pg(pg, Ok(()));
@@ -698,6 +747,54 @@ impl Gcs {
                 act.place_pending(ctx);
             }
         }));
+    }
+}
+
+/// One group for a placement round: the bundles to place now (all, or those a dead node lost),
+/// their indices in the group, and the nodes they may not use.
+struct PgRequest {
+    pg: PlacementGroupId,
+    bundles: Vec<ResourceSet>,
+    strategy: PlacementStrategy,
+    indices: Vec<usize>,
+    exclude: std::collections::BTreeSet<NodeId>,
+    /// Lost bundles of a created group: one that cannot be placed now waits for a node
+    /// that can hold it, as its surviving bundles keep running.
+    rescheduling: bool,
+}
+
+impl PgRequest {
+    fn of(p: &PgRecord) -> Self {
+        let PgState::Rescheduling { lost } = &p.state else {
+            return PgRequest {
+                pg: p.id,
+                bundles: p.bundles.clone(),
+                strategy: p.strategy,
+                indices: (0..p.bundles.len()).collect(),
+                exclude: Default::default(),
+                rescheduling: false,
+            };
+        };
+        // Never the dead nodes (the raylet's view may not know yet); for STRICT_SPREAD, not
+        // the nodes of the surviving bundles either; STRICT_PACK lost them all (one node).
+        let mut exclude: std::collections::BTreeSet<NodeId> = lost
+            .iter()
+            .filter_map(|i| p.placement.get(*i).copied())
+            .collect();
+        if p.strategy == PlacementStrategy::StrictSpread {
+            exclude.extend(p.held());
+        }
+        PgRequest {
+            pg: p.id,
+            bundles: lost
+                .iter()
+                .filter_map(|i| p.bundles.get(*i).cloned())
+                .collect(),
+            strategy: p.strategy,
+            indices: lost.clone(),
+            exclude,
+            rescheduling: true,
+        }
     }
 }
 
@@ -858,6 +955,41 @@ impl Handler<OwnerDied> for Gcs {
                 self.kill(id, format!("its owner's node {node} died"));
             }
         }
+        self.reschedule_bundles_of(node, ctx);
+    }
+}
+
+impl Gcs {
+    /// The bundles of this GCS's groups on `node`, which died, are placed again on other
+    /// nodes (Ray reschedules them too); the group waits in `Rescheduling` meanwhile, and
+    /// its actors that died with the node restart in the new bundles within `max_restarts`.
+    fn reschedule_bundles_of(&mut self, node: NodeId, ctx: &mut Context<Self>) {
+        let mut touched = Vec::new();
+        for p in self.pgs.values_mut() {
+            let already: Vec<usize> = match &p.state {
+                PgState::Created => Vec::new(),
+                PgState::Rescheduling { lost } => lost.clone(),
+                _ => continue,
+            };
+            let mut lost: Vec<usize> = p
+                .placement
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| **n == node || already.contains(i))
+                .map(|(i, _)| i)
+                .collect();
+            if lost.len() == already.len() {
+                continue;
+            }
+            lost.sort_unstable();
+            tracing::warn!(pg = %p.id, node = %node, bundles = ?lost, "a placement group's node died: its bundles there are placed again");
+            p.state = PgState::Rescheduling { lost };
+            touched.push(p.id);
+        }
+        for pg in touched {
+            self.save_pg(pg);
+        }
+        self.place_pending(ctx);
     }
 }
 
@@ -1135,7 +1267,11 @@ impl Handler<JobFinished> for Gcs {
             .pgs
             .values()
             .filter(|p| {
-                p.job_id == Some(job) && matches!(p.state, PgState::Pending | PgState::Created)
+                p.job_id == Some(job)
+                    && matches!(
+                        p.state,
+                        PgState::Pending | PgState::Created | PgState::Rescheduling { .. }
+                    )
             })
             .map(|p| p.id)
             .collect();
@@ -1288,7 +1424,7 @@ impl Handler<WaitPg> for Gcs {
                 id: id.hex(),
                 reason,
             })),
-            Some(PgState::Pending) => {
+            Some(PgState::Pending | PgState::Rescheduling { .. }) => {
                 let (tx, rx) = oneshot::channel();
                 self.pg_waiters.entry(id).or_default().push(tx);
                 PgWait::Later(rx)
@@ -1319,9 +1455,8 @@ impl Gcs {
                 reason: "unknown placement group".to_string(),
             });
         };
-        let was_created = p.state == PgState::Created;
+        let placement = p.held();
         p.state = PgState::Removed;
-        let placement = p.placement.clone();
         self.save_pg(id);
         // Ray's rule: the group's actors end with it (hosts of those placed on other nodes
         // are told through their routes).
@@ -1341,7 +1476,7 @@ impl Gcs {
                 format!("its placement group {} ended: {reason}", id.hex()),
             );
         }
-        if was_created {
+        if !placement.is_empty() {
             self.return_all(id, &placement);
         }
         self.notify_pg(
@@ -1694,6 +1829,35 @@ impl Handler<CountStates> for Gcs {
 mod tests {
     use super::*;
     use crate::store::{MemoryStorage, ObjectTable};
+
+    #[test]
+    fn only_the_lost_bundles_of_a_group_are_placed_again() {
+        let (a, b, c) = (NodeId::new(), NodeId::new(), NodeId::new());
+        let mut pg = PgRecord {
+            id: PlacementGroupId::new(),
+            name: None,
+            bundles: (1..=3)
+                .map(|n| ResourceSet::new().with("CPU", n as f64))
+                .collect(),
+            strategy: PlacementStrategy::StrictSpread,
+            state: PgState::Rescheduling { lost: vec![1] },
+            placement: vec![a, b, c],
+            job_id: None,
+        };
+        assert_eq!(pg.held(), vec![a, c]);
+        let r = PgRequest::of(&pg);
+        assert!(r.rescheduling);
+        assert_eq!(r.indices, vec![1]);
+        assert_eq!(r.bundles, vec![ResourceSet::new().with("CPU", 2.0)]);
+        // Not the dead node, nor (strictly spread) the nodes of the other bundles.
+        assert_eq!(r.exclude, [a, b, c].into_iter().collect());
+        pg.strategy = PlacementStrategy::Spread;
+        assert_eq!(PgRequest::of(&pg).exclude, [b].into_iter().collect());
+        pg.state = PgState::Pending;
+        let all = PgRequest::of(&pg);
+        assert_eq!((all.indices, all.rescheduling), (vec![0, 1, 2], false));
+        assert!(pg.held().is_empty());
+    }
 
     #[test]
     fn a_restarted_gcs_restores_its_jobs_as_ended() {

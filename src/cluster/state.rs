@@ -171,6 +171,7 @@ impl Here {
                 let state = match &p.state {
                     PgState::Pending => "PENDING",
                     PgState::Created => "CREATED",
+                    PgState::Rescheduling { .. } => "RESCHEDULING",
                     PgState::Removed => "REMOVED",
                     PgState::Failed(_) => "FAILED",
                 };
