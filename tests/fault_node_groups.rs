@@ -12,14 +12,14 @@ use common::cluster::{cluster_with, connect};
 use mobula::{ActorOptions, PlacementStrategy, ResourceSet};
 
 #[mobula::actor]
-pub struct Tally {
+pub struct NodeTally {
     n: u64,
 }
 
 #[mobula::actor]
-impl Tally {
+impl NodeTally {
     pub fn new() -> Self {
-        Tally { n: 0 }
+        NodeTally { n: 0 }
     }
 
     /// Adds `k`; returns the total and the node this runs on.
@@ -46,7 +46,7 @@ fn a_groups_bundles_on_a_dead_node_are_placed_again_and_their_actors_restart_the
         .expect("create");
     assert!(pg.wait(Some(common::HANG)).expect("placed"));
     let in_bundle = |i: usize| {
-        Tally::options(
+        NodeTally::options(
             ActorOptions::new()
                 .placement_group(&pg, Some(i))
                 .max_restarts(1),
