@@ -374,6 +374,14 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
         .get_timeout(&kept.pid(), Some(common::HANG))
         .expect("pid");
     let doomed_pid = rt.get(&doomed.pid()).expect("pid") as i32;
+    // A detached actor of the head on the worker node that dies there, past its restarts,
+    // while the head is down: the restarted head must learn that, not take it back as alive.
+    let brittle = Keeper::options(opts("brittle", &on_worker).detached(true))
+        .remote(&rt)
+        .expect("brittle");
+    let brittle_pid = rt
+        .get_timeout(&brittle.pid(), Some(common::HANG))
+        .expect("pid") as i32;
     // A driver on the worker node holds a handle to the head's actor across the restart.
     let go = c.temp.path().join("go");
     let mut far = common::child_test("child_worker_driver_of_the_head_actors_test")
@@ -392,6 +400,9 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     // SAFETY: kill(2) on the head daemon this test started.
     assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
     common::eventually("the head is gone", || !alive(head_pid));
+    // SAFETY: kill(2) on the actor's worker process, which this test's cluster started.
+    assert_eq!(unsafe { libc::kill(brittle_pid, libc::SIGKILL) }, 0);
+    common::eventually("brittle's process is gone", || !alive(brittle_pid));
     let restarted = Instant::now();
     c.restart_head();
 
@@ -442,6 +453,18 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     // Its host process ends too, once the worker node declares the old head dead.
     common::eventually("the orphaned actor's process is killed", || {
         !alive(doomed_pid)
+    });
+    // The head asked the worker node about `brittle` when it took it back: dead for good.
+    let url = format!(
+        "{}/api/v0/actors?detail=true&filter_keys=actor_id&filter_predicates=%3D&filter_values={}",
+        c.dashboard(),
+        brittle.id().hex()
+    );
+    common::eventually("the head lists brittle as dead", || {
+        let (status, body) = common::http::get(&url, &[]);
+        let rows = common::http::json(&body)["data"]["result"]["result"].clone();
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        status == 200 && !rows.is_empty() && rows.iter().all(|r| r["state"] == "DEAD")
     });
     // The worker node saw the old head dead (it killed `doomed`) and left `kept` to the
     // restarted head, which took it back from its storage.

@@ -1764,6 +1764,50 @@ impl Handler<FindNamed> for Gcs {
     }
 }
 
+/// Whether this node runs an actor for another node: `None` if it does (alive, or being
+/// created or restarted), else why not and whether that is final: it died here past its
+/// restarts (final), or this node dropped it or never had it (its owner may restart it).
+#[derive(Message)]
+#[rtype(result = "Option<(String, bool)>")]
+pub(crate) struct HostsActor(pub ActorId);
+
+impl Handler<HostsActor> for Gcs {
+    type Result = Option<(String, bool)>;
+    fn handle(&mut self, msg: HostsActor, _ctx: &mut Self::Context) -> Self::Result {
+        match self.actors.get(&msg.0) {
+            None => Some(("this node has no record of it".to_string(), false)),
+            Some(r) if r.state == ActorState::Dead => Some((
+                r.death_cause
+                    .clone()
+                    .unwrap_or_else(|| "it died here".to_string()),
+                !r.killed,
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+/// An actor is dead for good (its host says it died past its restarts).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ActorGone {
+    pub actor_id: ActorId,
+    pub reason: String,
+}
+
+impl Handler<ActorGone> for Gcs {
+    type Result = ();
+    fn handle(&mut self, msg: ActorGone, _ctx: &mut Self::Context) {
+        if self
+            .actors
+            .get(&msg.actor_id)
+            .is_some_and(|r| r.state != ActorState::Dead)
+        {
+            self.kill(msg.actor_id, msg.reason);
+        }
+    }
+}
+
 /// On the head: the owner of any actor of the cluster.
 #[derive(Message)]
 #[rtype(result = "Option<ActorAt>")]

@@ -295,6 +295,9 @@ pub(crate) struct SpillRequest {
 pub(crate) enum Outbound {
     /// Run a task there.
     Task(SpillRequest),
+    /// Ask `node` whether it still runs an actor a restarted head took back from storage
+    /// (answered with `AdoptedGone` when it does not).
+    CheckAdopted { node: NodeId, actor_id: ActorId },
     /// Create an actor there (arguments resolved as for tasks).
     Actor {
         node: NodeId,
@@ -1548,6 +1551,18 @@ impl Raylet {
         }
         tracing::info!(actor = %aid, node = %node, "calls to an actor taken back from storage go to its node again");
         self.forward_route(aid, node);
+        // The host may have dropped it meanwhile (its placement was never acknowledged,
+        // or it died while this head was down): then it died, as with its node.
+        if let Some(tx) = &self.spill_tx
+            && tx
+                .try_send(Outbound::CheckAdopted {
+                    node,
+                    actor_id: aid,
+                })
+                .is_err()
+        {
+            tracing::warn!(actor = %aid, node = %node, "could not check an actor taken back from storage");
+        }
     }
 
     /// The route of actor `aid` forwards its calls to `node` from now on.
@@ -2243,6 +2258,43 @@ impl Handler<KillRemoteActor> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: KillRemoteActor, _ctx: &mut Self::Context) {
         self.kill_on(msg.node, msg.actor_id, true);
+    }
+}
+
+/// The node hosting an actor a restarted head took back no longer runs it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AdoptedGone {
+    pub actor_id: ActorId,
+    pub node: NodeId,
+    pub reason: String,
+    /// It died there past its restarts: dead for good, not restarted.
+    pub dead_for_good: bool,
+}
+
+impl Handler<AdoptedGone> for Raylet {
+    type Result = ();
+    fn handle(&mut self, msg: AdoptedGone, _ctx: &mut Self::Context) {
+        let (aid, node) = (msg.actor_id, msg.node);
+        if !matches!(self.actors.get(&aid), Some(ActorPlace::Remote { node: n, .. }) if *n == node)
+        {
+            return;
+        }
+        self.actors.remove(&aid);
+        tracing::warn!(actor = %aid, node = %node, reason = %msg.reason, "an actor taken back from storage no longer runs on its node");
+        let reason = format!("its node {node} no longer ran it: {}", msg.reason);
+        match &self.gcs {
+            Some(g) if msg.dead_for_good => g.do_send(gcs::ActorGone {
+                actor_id: aid,
+                reason,
+            }),
+            Some(g) => g.do_send(gcs::ActorDied {
+                actor_id: aid,
+                reason,
+                unfinished: Vec::new(),
+            }),
+            None => {}
+        }
     }
 }
 

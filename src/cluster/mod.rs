@@ -260,6 +260,11 @@ pub(crate) enum ClusterMsg {
         /// Whether it was.
         result: Result<(), crate::Error>,
     },
+    /// Whether the node still runs an actor it hosts for the asker (answered `Hosting`).
+    HostsActor(crate::ActorId),
+    /// The answer to `HostsActor`: `None` if it does, else why not and whether it died there
+    /// for good.
+    Hosting(Option<(String, bool)>),
     /// Kills an actor created here for another node (answered `Released`).
     KillActor {
         /// The actor.
@@ -1238,6 +1243,24 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 });
                             }
                         }
+                        Outbound::CheckAdopted { node, actor_id } => {
+                            let peer = peers.get(&node.hex()).copied();
+                            let (net, raylet) = (net.clone(), raylet.clone());
+                            tokio::spawn(async move {
+                                let Some(peer) = peer else { return };
+                                let asked = net.request(peer, encode(&ClusterMsg::HostsActor(actor_id))).await;
+                                match asked.map(|b| decode(&b)) {
+                                    Ok(Ok(ClusterMsg::Hosting(None))) => {}
+                                    Ok(Ok(ClusterMsg::Hosting(Some((reason, dead_for_good))))) => {
+                                        if let Some(r) = raylet {
+                                            r.do_send(crate::actors::raylet::AdoptedGone { actor_id, node, reason, dead_for_good });
+                                        }
+                                    }
+                                    // Unreachable: its death, if it comes, is handled as any node's.
+                                    other => tracing::debug!(actor = %actor_id, node = %node, answer = ?other.err(), "could not check an actor taken back from storage"),
+                                }
+                            });
+                        }
                         Outbound::KillActor { node, actor_id, no_restart } => {
                             if let Some(peer) = peers.get(&node.hex()).copied() {
                                 let net = net.clone();
@@ -1461,6 +1484,16 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     let _ = tokio::time::timeout(Duration::from_secs(10), stored).await;
                                     let _ = reply.send(encode(&ClusterMsg::Released));
                                 });
+                            }
+                            Ok(ClusterMsg::HostsActor(actor_id)) => {
+                                if let Some(names) = names.clone() {
+                                    tokio::spawn(async move {
+                                        // No answer if the GCS cannot tell: the asker does nothing.
+                                        if let Ok(answer) = names.gcs.send(crate::actors::gcs::HostsActor(actor_id)).await {
+                                            let _ = reply.send(encode(&ClusterMsg::Hosting(answer)));
+                                        }
+                                    });
+                                }
                             }
                             Ok(ClusterMsg::KillActor { actor_id, no_restart }) => {
                                 let _ = reply.send(encode(&ClusterMsg::Released));
