@@ -179,18 +179,30 @@ impl Gcs {
         gcs
     }
 
+    /// Every record of a stored table that decodes; an unreadable table is logged and read as
+    /// empty, a record that does not decode is logged and skipped.
+    fn stored<T: serde::de::DeserializeOwned>(&self, table: &str) -> Vec<T> {
+        let rows = match self.storage.scan(table) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(table, error = %e, "cannot read a stored gcs table");
+                return Vec::new();
+            }
+        };
+        rows.into_iter()
+            .filter_map(|(_, v)| match rmp_serde::from_slice::<T>(&v) {
+                Ok(rec) => Some(rec),
+                Err(e) => {
+                    tracing::warn!(table, error = %e, "a stored gcs record does not decode: skipped");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// The node ids this GCS's own node had in earlier lives (only its raylet registers).
     fn old_heads(&self) -> std::collections::HashSet<NodeId> {
-        match self.storage.scan("nodes") {
-            Ok(rows) => rows
-                .iter()
-                .filter_map(|(_, v)| rmp_serde::from_slice::<NodeId>(v).ok())
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the stored nodes");
-                Default::default()
-            }
-        }
+        self.stored::<NodeId>("nodes").into_iter().collect()
     }
 
     /// Placement groups of an earlier life of this GCS. Their jobs' drivers were attached to
@@ -202,21 +214,7 @@ impl Gcs {
         old_heads: &std::collections::HashSet<NodeId>,
     ) -> std::collections::HashSet<PlacementGroupId> {
         let mut ended = std::collections::HashSet::new();
-        let rows = match self.storage.scan("placement_groups") {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the stored placement groups");
-                return ended;
-            }
-        };
-        for (_, v) in rows {
-            let mut rec = match rmp_serde::from_slice::<PgRecord>(&v) {
-                Ok(rec) => rec,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a stored placement group does not decode: skipped");
-                    continue;
-                }
-            };
+        for mut rec in self.stored::<PgRecord>("placement_groups") {
             if matches!(
                 rec.state,
                 PgState::Pending | PgState::Created | PgState::Rescheduling { .. }
@@ -258,22 +256,8 @@ impl Gcs {
         old_heads: &std::collections::HashSet<NodeId>,
         ended_pgs: &std::collections::HashSet<PlacementGroupId>,
     ) {
-        let rows = match self.storage.scan("actors") {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the stored actors");
-                return;
-            }
-        };
         let mut dead = 0usize;
-        for (_, v) in rows {
-            let mut rec = match rmp_serde::from_slice::<ActorRecord>(&v) {
-                Ok(rec) => rec,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a stored actor record does not decode: skipped");
-                    continue;
-                }
-            };
+        for mut rec in self.stored::<ActorRecord>("actors") {
             let id = rec.spec.actor_id;
             let ended = match rec.state {
                 ActorState::Dead => None,
@@ -371,27 +355,13 @@ impl Gcs {
     /// drivers were connected to the process that died, so every job still open then has
     /// ended: it gets the restart as its end time.
     fn restore_jobs(&mut self) {
-        let rows = match self.storage.scan("jobs") {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the stored jobs");
-                return;
-            }
-        };
         let now = now_ms();
-        for (_, v) in rows {
-            match rmp_serde::from_slice::<JobRecord>(&v) {
-                Ok(mut rec) => {
-                    if rec.end_time_ms.is_none() {
-                        rec.end_time_ms = Some(now);
-                        self.persist("jobs", rec.job_id.0.as_bytes(), &rec);
-                    }
-                    self.jobs.insert(rec.job_id, rec);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "a stored job record does not decode: skipped")
-                }
+        for mut rec in self.stored::<JobRecord>("jobs") {
+            if rec.end_time_ms.is_none() {
+                rec.end_time_ms = Some(now);
+                self.persist("jobs", rec.job_id.0.as_bytes(), &rec);
             }
+            self.jobs.insert(rec.job_id, rec);
         }
         if !self.jobs.is_empty() {
             tracing::info!(jobs = self.jobs.len(), "job records restored from storage");
