@@ -78,6 +78,7 @@ fn a_groups_bundles_on_a_dead_node_are_placed_again_and_their_actors_restart_the
     common::eventually("the group is rescheduling", || {
         state().contains("RESCHEDULING")
     });
+    let detected = killed.elapsed();
     // The surviving bundle's actor never stopped.
     assert_eq!(
         rt.get_timeout(&kept.add(1), Some(common::HANG))
@@ -88,6 +89,7 @@ fn a_groups_bundles_on_a_dead_node_are_placed_again_and_their_actors_restart_the
 
     // No node left can hold bundle 0 apart from bundle 1's: it waits for a new one.
     c.join(&["--resources", SLOT]);
+    let joined = Instant::now();
     let deadline = Instant::now() + common::HANG;
     let (n, at) = loop {
         match rt.get_timeout(&lost.add(1), Some(common::HANG)) {
@@ -104,8 +106,9 @@ fn a_groups_bundles_on_a_dead_node_are_placed_again_and_their_actors_restart_the
     assert_ne!(at, kept_node, "still strictly spread");
     assert!(state().contains("CREATED"), "{}", state());
     eprintln!(
-        "fault figures: group bundle placed again, actor answered after_ms={} (incl. a node join)",
-        killed.elapsed().as_millis()
+        "fault figures: group rescheduling_ms={} (kill to RESCHEDULING listed) answered_ms={} (a new node's `mobula start` returned to the restarted actor's answer)",
+        detected.as_millis(),
+        joined.elapsed().as_millis()
     );
     assert_eq!(
         rt.get_timeout(&kept.add(1), Some(common::HANG))
