@@ -1,7 +1,7 @@
 //! Work spreads over the nodes of a real cluster (a head and a worker node, two daemons on
 //! 127.0.0.1): each task returns the id of the node it ran on, as Ray's tutorials check the
-//! set of IP addresses; a node that is killed stops receiving work and its tasks finish
-//! elsewhere.
+//! set of IP addresses; a node saturated by tasks is not declared dead (a killed node's
+//! tasks finishing elsewhere: `fault_node_kill`).
 
 mod common;
 
@@ -53,38 +53,6 @@ fn tasks_land_on_every_node() {
     assert_eq!(
         rt.get_timeout(&acc, Some(common::HANG)).expect("chain"),
         210
-    );
-}
-
-#[test]
-fn a_killed_nodes_tasks_finish_elsewhere() {
-    mobula::worker_entry();
-    let c = cluster();
-    let rt = connect(&c);
-    let head_node = rt.node_id().hex();
-    let spread = TaskOptions::new().scheduling_strategy(SchedulingStrategy::Spread);
-    let refs: Vec<_> = (0..4)
-        .map(|_| slow_where::options(spread.clone()).remote(&rt, 1500))
-        .collect();
-    // Kill the worker node while its share of the tasks runs.
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = c.worker_daemon_pid();
-    // SAFETY: kill(2) on the node daemon this test started.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
-    let killed = Instant::now();
-    let nodes = rt.get_all(&refs).expect("every task finishes");
-    eprintln!(
-        "fault figures: node SIGKILL recovered_ms={}",
-        killed.elapsed().as_millis()
-    );
-    assert!(
-        nodes.iter().all(|n| *n == head_node),
-        "retried on the head: {nodes:?}"
-    );
-    assert_eq!(
-        rt.cluster_resources().expect("resources").get("CPU"),
-        Some(&2.0),
-        "the dead node left the view"
     );
 }
 

@@ -1,14 +1,16 @@
-//! SIGKILL of real worker processes: a task killed mid-run is retried and the program gets
-//! the right answer; without retries it fails with a worker-crashed error; a killed actor
-//! process is restarted (constructor re-run) while `max_restarts` allows, and then its calls
-//! fail with an actor-died error.
+//! SIGKILL of real worker processes on a real cluster (a head and a worker node), the tasks
+//! and actors on the worker node and the driver on the head: a task killed mid-run is retried
+//! and the program gets the right answer; without retries it fails with a worker-crashed
+//! error; a killed actor process is restarted (constructor re-run) while `max_restarts`
+//! allows, and then its calls fail with an actor-died error.
 
 mod common;
 
 use std::path::Path;
 
-use common::{HANG, processes, sigkill, start, wait_for_file};
-use mobula::{ActorOptions, Error, TaskOptions};
+use common::cluster::{Cluster, cluster, connect};
+use common::{HANG, sigkill, wait_for_file};
+use mobula::{ActorOptions, Error, SchedulingStrategy, TaskOptions};
 
 /// First attempt: records its pid and hangs; later attempts answer at once.
 #[mobula::remote]
@@ -46,28 +48,40 @@ impl Stateful {
     }
 }
 
+/// Hard affinity to the cluster's worker node.
+fn on_worker(c: &Cluster) -> SchedulingStrategy {
+    SchedulingStrategy::NodeAffinity {
+        node: mobula::NodeId::parse(&c.worker_node_id()).expect("node id"),
+        soft: false,
+    }
+}
+
 fn pid_in(dir: &Path) -> u32 {
     wait_for_file(&dir.join("pid")).trim().parse().expect("pid")
 }
 
 #[test]
 fn a_killed_task_is_retried_and_gives_the_right_answer() {
-    let rt = start(processes(2.0));
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = victim::remote(&rt, dir.path().to_string_lossy().to_string(), 7);
+    let there = TaskOptions::new().scheduling_strategy(on_worker(&c));
+    let r = victim::options(there).remote(&rt, dir.path().to_string_lossy().to_string(), 7);
     sigkill(pid_in(dir.path()));
     assert_eq!(rt.get_timeout(&r, Some(HANG)).expect("retried"), 70);
 }
 
 #[test]
 fn without_retries_a_killed_task_fails_with_worker_crashed() {
-    let rt = start(processes(1.0));
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = victim::options(TaskOptions::new().max_retries(0)).remote(
-        &rt,
-        dir.path().to_string_lossy().to_string(),
-        7,
-    );
+    let there = TaskOptions::new()
+        .max_retries(0)
+        .scheduling_strategy(on_worker(&c));
+    let r = victim::options(there).remote(&rt, dir.path().to_string_lossy().to_string(), 7);
     sigkill(pid_in(dir.path()));
     match rt.get_timeout(&r, Some(HANG)) {
         Err(Error::WorkerCrashed { task, detail }) => {
@@ -80,10 +94,17 @@ fn without_retries_a_killed_task_fails_with_worker_crashed() {
 
 #[test]
 fn a_killed_actor_restarts_then_dies_for_good() {
-    let rt = start(processes(2.0));
-    let a = Stateful::options(ActorOptions::new().max_restarts(1).max_task_retries(2))
-        .remote(&rt)
-        .expect("create");
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let a = Stateful::options(
+        ActorOptions::new()
+            .max_restarts(1)
+            .max_task_retries(2)
+            .scheduling_strategy(on_worker(&c)),
+    )
+    .remote(&rt)
+    .expect("create");
     assert_eq!(rt.get_timeout(&a.call(), Some(HANG)).expect("call"), 1);
     assert_eq!(rt.get_timeout(&a.call(), Some(HANG)).expect("call"), 2);
     let first = rt.get_timeout(&a.pid(), Some(HANG)).expect("pid");
@@ -106,8 +127,12 @@ fn a_killed_actor_restarts_then_dies_for_good() {
 
 #[test]
 fn an_actor_without_restarts_dies_on_kill() {
-    let rt = start(processes(1.0));
-    let a = Stateful::remote(&rt).expect("create");
+    mobula::worker_entry();
+    let c = cluster();
+    let rt = connect(&c);
+    let a = Stateful::options(ActorOptions::new().scheduling_strategy(on_worker(&c)))
+        .remote(&rt)
+        .expect("create");
     let pid = rt.get_timeout(&a.pid(), Some(HANG)).expect("pid");
     sigkill(pid);
     assert!(matches!(
