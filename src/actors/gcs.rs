@@ -394,6 +394,12 @@ impl Gcs {
 
     /// The answer to a client's write, given once the storage holds it durably (the GCS
     /// itself goes on serving meanwhile).
+    /// Where this GCS asks the head's: its daemon's link, on a cluster node that is not the
+    /// head (`None` on the head itself and in an embedded cluster).
+    fn to_head(&self) -> Option<flume::Sender<crate::node::ClusterAsk>> {
+        self.cluster.clone().filter(|_| !self.is_head)
+    }
+
     fn acknowledged<T: Send + 'static>(
         &self,
         result: Result<T, crate::store::StorageError>,
@@ -682,16 +688,16 @@ impl Gcs {
                             continue;
                         }
                         if let Some(p) = act.pgs.get_mut(&pg) {
-                            if p.placement.len() != p.bundles.len() {
-                                p.placement = placed.iter().map(|(_, n)| *n).collect();
-                            }
-                            for (i, node) in placed {
-                                if let Some(slot) = p.placement.get_mut(i) {
-                                    *slot = node;
-                                }
-                            }
                             if matches!(p.state, PgState::Rescheduling { .. }) {
+                                for (i, node) in placed {
+                                    if let Some(slot) = p.placement.get_mut(i) {
+                                        *slot = node;
+                                    }
+                                }
                                 tracing::info!(pg = %pg, "placement group's lost bundles placed again");
+                            } else {
+                                // Every bundle, in index order.
+                                p.placement = placed.into_iter().map(|(_, n)| n).collect();
                             }
                             p.state = PgState::Created;
                         }
@@ -941,7 +947,8 @@ impl Gcs {
                 PgState::Rescheduling { lost } => lost.clone(),
                 _ => continue,
             };
-            let mut lost: Vec<usize> = p
+            // In index order, as `enumerate` yields them.
+            let lost: Vec<usize> = p
                 .placement
                 .iter()
                 .enumerate()
@@ -951,7 +958,6 @@ impl Gcs {
             if lost.len() == already.len() {
                 continue;
             }
-            lost.sort_unstable();
             tracing::warn!(pg = %p.id, node = %node, bundles = ?lost, "a placement group's node died: its bundles there are placed again");
             p.state = PgState::Rescheduling { lost };
             touched.push(p.id);
@@ -988,7 +994,7 @@ impl Gcs {
             }
         }
         // The head keeps names and owners itself; another node tells it.
-        let Some(c) = self.cluster.clone().filter(|_| !self.is_head) else {
+        let Some(c) = self.to_head() else {
             return;
         };
         let _ = c.try_send(crate::node::ClusterAsk::Owned { actor_id: id });
@@ -1518,7 +1524,7 @@ pub(crate) struct Kv(pub KvOp);
 impl Handler<Kv> for Gcs {
     type Result = ResponseFuture<Result<KvAnswer, Error>>;
     fn handle(&mut self, msg: Kv, _ctx: &mut Self::Context) -> Self::Result {
-        if let Some(link) = self.cluster.clone().filter(|_| !self.is_head) {
+        if let Some(link) = self.to_head() {
             return Box::pin(async move {
                 let (done, answer) = flume::bounded(1);
                 link.send_async(crate::node::ClusterAsk::Kv { op: msg.0, done })
