@@ -896,15 +896,8 @@ impl Raylet {
                     .collect();
                 self.adopting.remove(&node);
                 for aid in gone {
-                    self.actors.remove(&aid);
                     tracing::warn!(actor = %aid, node = %node, "the node hosting an actor died");
-                    if let Some(g) = &self.gcs {
-                        g.do_send(gcs::ActorDied {
-                            actor_id: aid,
-                            reason: format!("its node {node} died"),
-                            unfinished: Vec::new(),
-                        });
-                    }
+                    self.remote_actor_lost(aid, format!("its node {node} died"), false);
                 }
                 let lost: Vec<TaskId> = self
                     .spilled
@@ -2280,11 +2273,19 @@ impl Handler<AdoptedGone> for Raylet {
         {
             return;
         }
-        self.actors.remove(&aid);
         tracing::warn!(actor = %aid, node = %node, reason = %msg.reason, "an actor taken back from storage no longer runs on its node");
         let reason = format!("its node {node} no longer ran it: {}", msg.reason);
+        self.remote_actor_lost(aid, reason, msg.dead_for_good);
+    }
+}
+
+impl Raylet {
+    /// An actor this node placed on another node no longer runs there: its place is
+    /// forgotten and the GCS decides (a restart within `max_restarts`, or, `for_good`, dead).
+    fn remote_actor_lost(&mut self, aid: ActorId, reason: String, for_good: bool) {
+        self.actors.remove(&aid);
         match &self.gcs {
-            Some(g) if msg.dead_for_good => g.do_send(gcs::ActorGone {
+            Some(g) if for_good => g.do_send(gcs::ActorGone {
                 actor_id: aid,
                 reason,
             }),
