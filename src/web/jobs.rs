@@ -184,17 +184,22 @@ fn gcs_err(e: impl std::fmt::Display) -> JobError {
     JobError::Internal(format!("gcs: {e}"))
 }
 
-async fn load(st: &WebState, sid: &str) -> Res<Option<JobInfo>> {
-    let gcs = &node(st)?.gcs;
-    let got = gcs
-        .send(Kv(KvOp::Get {
-            ns: KV_NS.to_string(),
-            key: kv_key(sid),
-        }))
+/// Runs a KV operation at the head's GCS.
+async fn kv(st: &WebState, op: KvOp) -> Res<KvAnswer> {
+    node(st)?
+        .gcs
+        .send(Kv(op))
         .await
         .map_err(gcs_err)?
-        .and_then(KvAnswer::value)
-        .map_err(gcs_err)?;
+        .map_err(gcs_err)
+}
+
+async fn load(st: &WebState, sid: &str) -> Res<Option<JobInfo>> {
+    let op = KvOp::Get {
+        ns: KV_NS.to_string(),
+        key: kv_key(sid),
+    };
+    let got = kv(st, op).await?.value().map_err(gcs_err)?;
     match got {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes)
@@ -205,32 +210,22 @@ async fn load(st: &WebState, sid: &str) -> Res<Option<JobInfo>> {
 
 async fn store(st: &WebState, info: &JobInfo) -> Res<()> {
     let bytes = serde_json::to_vec(info).map_err(|e| JobError::Internal(e.to_string()))?;
-    node(st)?
-        .gcs
-        .send(Kv(KvOp::Put {
-            ns: KV_NS.to_string(),
-            key: kv_key(&info.submission_id),
-            value: bytes,
-            overwrite: true,
-        }))
-        .await
-        .map_err(gcs_err)?
-        .and_then(KvAnswer::done)
-        .map_err(gcs_err)?;
+    let op = KvOp::Put {
+        ns: KV_NS.to_string(),
+        key: kv_key(&info.submission_id),
+        value: bytes,
+        overwrite: true,
+    };
+    kv(st, op).await?.done().map_err(gcs_err)?;
     Ok(())
 }
 
 async fn submissions(st: &WebState) -> Res<Vec<JobInfo>> {
-    let rows = node(st)?
-        .gcs
-        .send(Kv(KvOp::List {
-            ns: KV_NS.to_string(),
-            prefix: KV_PREFIX.to_string(),
-        }))
-        .await
-        .map_err(gcs_err)?
-        .and_then(KvAnswer::entries)
-        .map_err(gcs_err)?;
+    let op = KvOp::List {
+        ns: KV_NS.to_string(),
+        prefix: KV_PREFIX.to_string(),
+    };
+    let rows = kv(st, op).await?.entries().map_err(gcs_err)?;
     let mut out: Vec<JobInfo> = rows
         .into_iter()
         .filter_map(|(k, v)| match serde_json::from_slice(&v) {
@@ -1111,16 +1106,11 @@ async fn delete(st: web::Data<WebState>, id: web::Path<String>) -> Res<HttpRespo
             info.status.name()
         )));
     }
-    let deleted = node(&st)?
-        .gcs
-        .send(Kv(KvOp::Del {
-            ns: KV_NS.to_string(),
-            key: kv_key(&info.submission_id),
-        }))
-        .await
-        .map_err(gcs_err)?
-        .and_then(KvAnswer::done)
-        .map_err(gcs_err)?;
+    let op = KvOp::Del {
+        ns: KV_NS.to_string(),
+        key: kv_key(&info.submission_id),
+    };
+    let deleted = kv(&st, op).await?.done().map_err(gcs_err)?;
     let (log, dir) = (
         log_path(&st, &info.submission_id),
         st.dir.dir.join("jobs").join(&info.submission_id),
