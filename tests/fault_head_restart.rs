@@ -157,29 +157,22 @@ fn a_restarted_head_gets_its_nodes_and_their_named_actors_back() {
     let rejoined = restarted.elapsed();
 
     // A new driver on the head finds the actor by name: the same one, with its state.
-    let deadline = Instant::now() + common::HANG;
-    let seen = loop {
-        let out = common::child_test("child_driver_of_the_head_restart_test")
-            .env("CHILD_ADDRESS", &addr)
-            .env("CHILD_ROOT", c.temp.path())
-            .env_remove("MOBULA_DRIVER_NODE")
-            .output()
-            .expect("child driver");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(n) = text
-            .lines()
-            .find_map(|l| l.split_once("CHILD_SAW=").map(|(_, n)| n))
-            .and_then(|n| n.split_whitespace().next()?.parse::<u64>().ok())
-        {
-            break n;
-        }
-        // The node tells the head of its actors just after it rejoins: try again.
-        assert!(
-            Instant::now() < deadline,
-            "the name never resolved after the restart:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    // The node tells the head of its actors just after it rejoins: tried until it resolves.
+    let seen = common::until_child_says(
+        "the name never resolved after the restart",
+        || {
+            let mut cmd = common::child_test("child_driver_of_the_head_restart_test");
+            cmd.env("CHILD_ADDRESS", &addr)
+                .env("CHILD_ROOT", c.temp.path())
+                .env_remove("MOBULA_DRIVER_NODE");
+            cmd
+        },
+        |text| {
+            text.lines()
+                .find_map(|l| l.split_once("CHILD_SAW=").map(|(_, n)| n))
+                .and_then(|n| n.split_whitespace().next()?.parse::<u64>().ok())
+        },
+    );
     assert_eq!(seen, 12, "the same actor, its state kept");
     assert_eq!(rt.get(&survivor.add(0)).expect("call"), 12);
     eprintln!(
@@ -406,23 +399,20 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     let restarted = Instant::now();
     c.restart_head();
 
-    let deadline = Instant::now() + common::HANG;
-    let seen = loop {
-        let out = common::child_test("child_driver_of_the_head_actors_test")
-            .env("CHILD_ADDRESS", &addr)
-            .env("CHILD_ROOT", c.temp.path())
-            .output()
-            .expect("child driver");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(line) = text.lines().find(|l| l.starts_with("CHILD_SAW")) {
-            break line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the child driver never got through:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let seen = common::until_child_says(
+        "the child driver never got through",
+        || {
+            let mut cmd = common::child_test("child_driver_of_the_head_actors_test");
+            cmd.env("CHILD_ADDRESS", &addr)
+                .env("CHILD_ROOT", c.temp.path());
+            cmd
+        },
+        |text| {
+            text.lines()
+                .find(|l| l.starts_with("CHILD_SAW"))
+                .map(str::to_string)
+        },
+    );
     let answered = restarted.elapsed();
     assert!(
         seen.contains(&format!("kept=6 kept_pid={kept_pid} ")),

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Instant;
-
 use common::cluster::{cluster, head_only, output};
 use mobula::{Config, SchedulingStrategy, TaskOptions};
 
@@ -128,27 +126,21 @@ fn the_kv_is_the_clusters_and_outlives_a_head_restart() {
     // The child driver's line, once the worker node answers (after a restart, it has to
     // rejoin the new head first).
     let child = || {
-        let deadline = Instant::now() + common::HANG;
-        loop {
-            let out = common::child_test("child_driver_of_the_kv_test")
-                .env("CHILD_ADDRESS", &addr)
-                .env("CHILD_ROOT", c.temp.path())
-                .env("MOBULA_DRIVER_NODE", &worker)
-                .output()
-                .expect("child driver");
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let line = text
-                .lines()
-                .find_map(|l| l.split_once("KV_CHILD").map(|(_, rest)| rest.to_string()));
-            match line {
-                Some(l) if l.contains("wrote=Ok(true)") => return l,
-                _ => assert!(
-                    Instant::now() < deadline,
-                    "the worker node's driver never reached the kv:\n{text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            }
-        }
+        common::until_child_says(
+            "the worker node's driver never reached the kv",
+            || {
+                let mut cmd = common::child_test("child_driver_of_the_kv_test");
+                cmd.env("CHILD_ADDRESS", &addr)
+                    .env("CHILD_ROOT", c.temp.path())
+                    .env("MOBULA_DRIVER_NODE", &worker);
+                cmd
+            },
+            |text| {
+                text.lines()
+                    .find_map(|l| l.split_once("KV_CHILD").map(|(_, rest)| rest.to_string()))
+                    .filter(|l| l.contains("wrote=Ok(true)"))
+            },
+        )
     };
     {
         let rt = common::start(Config::default().address(&addr).cluster_root(c.temp.path()));

@@ -67,6 +67,29 @@ pub fn child_test(name: &str) -> std::process::Command {
     cmd
 }
 
+/// Runs a child process (`cmd` builds it afresh each time) again and again until `pick`
+/// finds what it wants in its output; fails with `what` and the last run's output after
+/// `HANG`.
+pub fn until_child_says<T>(
+    what: &str,
+    mut cmd: impl FnMut() -> std::process::Command,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let out = cmd().output().expect("child process");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(v) = pick(&text) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// In a child driver that a test started with `child_test`: a runtime joined to the cluster
 /// at `CHILD_ADDRESS` (cluster root `CHILD_ROOT`) and the values of the `extra` variables;
 /// `None` when the test runs on its own (not as a child).
