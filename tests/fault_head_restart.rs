@@ -393,8 +393,7 @@ fn the_heads_detached_actors_come_back_from_its_storage() {
     // SAFETY: kill(2) on the head daemon this test started.
     assert_eq!(unsafe { libc::kill(head_pid, libc::SIGKILL) }, 0);
     common::eventually("the head is gone", || !alive(head_pid));
-    // SAFETY: kill(2) on the actor's worker process, which this test's cluster started.
-    assert_eq!(unsafe { libc::kill(brittle_pid, libc::SIGKILL) }, 0);
+    common::sigkill(brittle_pid as u32);
     common::eventually("brittle's process is gone", || !alive(brittle_pid));
     let restarted = Instant::now();
     c.restart_head();
