@@ -656,6 +656,7 @@ impl DataPlane {
                     )));
                 }
                 at += got;
+                landing.filled(at);
             }
             self.give_back(addr, conn);
             return Ok(Some(landing.finish()));

@@ -17,6 +17,13 @@
 //! ([`NAMED`]). A node hands over the same way the values it received into such a file from
 //! another node ([`Landing`]), so a driver reads a value pulled from elsewhere without the
 //! node copying it once more.
+//!
+//! Fresh shared memory costs more to allocate and free than to copy: for a large value
+//! (from [`AWAY`] on) a helper thread allocates the pages from the far end while the writer
+//! fills them from the near end ([`Ahead`]), mappings are not populated up front (a value
+//! nobody reads costs no page-table work), and the memory of a large value let go of is
+//! freed on the process's reaper thread ([`drop_away`]), not on the actor or task thread
+//! that dropped it.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -170,13 +177,19 @@ struct Mapping {
 }
 
 impl Mapping {
-    /// Maps `len` bytes of `f` (populated at once) with protection `prot` and `flags`.
+    /// Maps `len` bytes of `f` with protection `prot` and `flags`. The pages are mapped as
+    /// they are first touched, not here: a value read by nobody (handed on by name, or kept
+    /// unread) costs no page-table work, and one read costs a fault per 16 pages (the
+    /// kernel's fault-around) instead of one walk per page up front.
     fn of(
         f: &std::fs::File,
         len: usize,
         prot: libc::c_int,
         flags: libc::c_int,
+        offset: usize,
     ) -> std::io::Result<Self> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         use std::os::fd::AsRawFd;
         // SAFETY: mapping a regular file this process opened; the mapping is owned by the
         // returned value and unmapped once, on its drop.
@@ -185,9 +198,9 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 prot,
-                flags | libc::MAP_POPULATE,
+                flags,
                 f.as_raw_fd(),
-                0,
+                offset,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -212,9 +225,147 @@ impl AsRef<[u8]> for Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmapping the region this owner mapped, once.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
+        let (ptr, len) = (self.ptr as usize, self.len);
+        let unmap = move || {
+            // SAFETY: unmapping the region this owner mapped, once.
+            unsafe {
+                libc::munmap(ptr as *mut libc::c_void, len);
+            }
+        };
+        // Unmapping a large value frees its pages (tens of milliseconds for hundreds of MiB):
+        // not on the thread that let go of it, an actor's or a task's.
+        if len >= AWAY {
+            drop_away(Unmap(Some(Box::new(unmap))));
+        } else {
+            unmap();
+        }
+    }
+}
+
+/// Values from this size on are let go of on the reaper thread ([`drop_away`]), and their
+/// pages allocated by a helper thread while they are written ([`Ahead`]).
+pub(crate) const AWAY: usize = 8 << 20;
+
+/// Runs a closure when dropped (on the reaper thread).
+struct Unmap(Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for Unmap {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+type Reaped = Box<dyn Send>;
+
+/// The reaper: a thread of this process that drops what it is given (bounded; when full, or
+/// when the thread could not start, the caller drops it itself).
+static REAPER: std::sync::LazyLock<Option<std::sync::mpsc::SyncSender<Reaped>>> =
+    std::sync::LazyLock::new(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Reaped>(64);
+        std::thread::Builder::new()
+            .name("mobula-reaper".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .map_err(|e| tracing::debug!(error = %e, "no reaper thread; large values are freed in place"))
+            .ok()
+            .map(|_| tx)
+    });
+
+/// Drops `v` on the reaper thread: freeing a large value (a task's result once encoded, a
+/// mapping of a value) costs a page-table walk over all of it, which the thread that lets go
+/// of it need not wait for.
+pub(crate) fn drop_away<T: Send + 'static>(v: T) {
+    match REAPER.as_ref() {
+        Some(tx) => {
+            if let Err(
+                std::sync::mpsc::TrySendError::Full(v)
+                | std::sync::mpsc::TrySendError::Disconnected(v),
+            ) = tx.try_send(Box::new(v))
+            {
+                drop(v);
+            }
+        }
+        None => drop(v),
+    }
+}
+
+/// Allocates the pages of a large value's range `from..to` on a helper thread, from the end
+/// backwards, while its writer fills it from the start and says how far it got
+/// ([`Ahead::reached`]); the two meet in the middle, so each page is allocated once and the
+/// allocation (most of the cost of filling fresh shared memory) is split over two cores.
+struct Ahead {
+    reached: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ahead {
+    /// Pages are allocated this many bytes at a time.
+    const STEP: usize = 2 << 20;
+
+    /// Starts the helper; `alloc(start, end)` allocates a range and says whether to go on.
+    /// `None` for a range too small to be worth a thread, or if none could start.
+    fn start(
+        from: usize,
+        to: usize,
+        mut alloc: impl FnMut(usize, usize) -> bool + Send + 'static,
+    ) -> Option<Ahead> {
+        use std::sync::atomic::Ordering;
+        if to.saturating_sub(from) < AWAY {
+            return None;
+        }
+        let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(from));
+        let seen = reached.clone();
+        let thread = std::thread::Builder::new()
+            .name("mobula-pages".into())
+            .spawn(move || {
+                let mut end = to;
+                while end > from {
+                    let start = ((end - 1) / Self::STEP * Self::STEP).max(from);
+                    // The writer is in this step already: it allocates the rest as it goes.
+                    if seen.load(Ordering::Acquire) + Self::STEP >= start || !alloc(start, end) {
+                        break;
+                    }
+                    end = start;
+                }
+            })
+            .ok()?;
+        Some(Ahead {
+            reached,
+            thread: Some(thread),
+        })
+    }
+
+    /// A helper populating bytes `from..` of writable mapping `map`, which must outlive the
+    /// returned value (dropping it stops and joins the helper).
+    fn populate(map: &Mapping, from: usize) -> Option<Ahead> {
+        let (base, len) = (map.ptr as usize, map.len);
+        Ahead::start(from, len, move |start, end| {
+            // SAFETY: `base..base + len` stays mapped while the helper runs (its owner drops
+            // the helper first); populating only allocates and maps pages, it writes nothing.
+            unsafe {
+                libc::madvise(
+                    (base + start) as *mut libc::c_void,
+                    end - start,
+                    libc::MADV_POPULATE_WRITE,
+                ) == 0
+            }
+        })
+    }
+
+    /// The writer has filled everything before `at`.
+    fn reached(&self, at: usize) {
+        self.reached.store(at, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Ahead {
+    /// Stops the helper (it finishes the step it is on) and waits for it, so it never touches
+    /// a range its owner let go of.
+    fn drop(&mut self) {
+        self.reached(usize::MAX / 2);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -238,7 +389,7 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
         return Err(bad("shared-memory value of the wrong size"));
     }
     let n = usize::try_from(len).map_err(|_| bad("shared-memory value too large"))?;
-    let map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE)?;
+    let map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE, 0)?;
     Ok(Bytes::from_owner(map))
 }
 
@@ -285,7 +436,7 @@ impl Drop for Named {
 /// Maps `f` (`len` bytes, named `name`) as a value that keeps its name until sent.
 fn map_named(f: &std::fs::File, name: String, len: usize) -> std::io::Result<Bytes> {
     // Shared: its pages are the file's (nobody writes it after this).
-    let map = Mapping::of(f, len, libc::PROT_READ, libc::MAP_SHARED).inspect_err(|_| {
+    let map = Mapping::of(f, len, libc::PROT_READ, libc::MAP_SHARED, 0).inspect_err(|_| {
         let _ = std::fs::remove_file(Path::new(DIR).join(&name));
     })?;
     NAMED.lock().insert(map.ptr as usize, (len, name));
@@ -321,6 +472,8 @@ fn free_space() -> u64 {
 /// A value of known size being received into a fresh shared-memory file (mapped writable);
 /// [`Landing::finish`] makes it a named value. Dropped unfinished, it leaves nothing behind.
 pub(crate) struct Landing {
+    /// Dropped before `map` (fields drop in order).
+    ahead: Option<Ahead>,
     map: Option<Mapping>,
     name: String,
 }
@@ -342,13 +495,19 @@ impl Landing {
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_SHARED,
+                    0,
                 )
             });
             match mapped {
-                Ok(map) => Ok(Landing {
-                    map: Some(map),
-                    name,
-                }),
+                Ok(map) => {
+                    // The landing stops its helper before unmapping (field order).
+                    let ahead = Ahead::populate(&map, 0);
+                    Ok(Landing {
+                        ahead,
+                        map: Some(map),
+                        name,
+                    })
+                }
                 Err(e) => {
                     let _ = std::fs::remove_file(Path::new(DIR).join(&name));
                     Err(e)
@@ -368,8 +527,16 @@ impl Landing {
         }
     }
 
+    /// The bytes before `at` are filled.
+    pub(crate) fn filled(&self, at: usize) {
+        if let Some(a) = &self.ahead {
+            a.reached(at);
+        }
+    }
+
     /// The received value, named (sent by name to a local reader).
     pub(crate) fn finish(mut self) -> Bytes {
+        self.ahead = None;
         let Some(map) = self.map.take() else {
             return Bytes::new();
         };
@@ -449,8 +616,21 @@ impl Write for Writer {
                 }
             }
         }
+        let at = self.len;
         self.len += data.len();
         match &mut self.file {
+            Some((w, _)) if data.len() >= AWAY => {
+                // A large write goes through a mapping of its range, whose pages a helper
+                // allocates from the far end while this thread copies from the near end
+                // (through write(2), the two would queue on the file's lock).
+                use std::io::Seek;
+                w.flush()?;
+                let f = w.get_mut();
+                let end = at + data.len();
+                f.set_len(end as u64)?;
+                copy_into(f, at, data)?;
+                f.seek(std::io::SeekFrom::Start(end as u64))?;
+            }
             Some((w, _)) => w.write_all(data)?,
             None => self.mem.extend_from_slice(data),
         }
@@ -460,6 +640,39 @@ impl Write for Writer {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Copies `data` into bytes `at..` of `f` (already that long) through a mapping, with the
+/// pages allocated ahead by a helper ([`Ahead`]).
+fn copy_into(f: &std::fs::File, at: usize, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: sysconf(3) has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let from = at / page * page;
+    let len = at + data.len() - from;
+    let map = Mapping::of(
+        f,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+        from,
+    )?;
+    let base = map.ptr as usize;
+    let ahead = Ahead::populate(&map, at - from);
+    let mut done = at - from;
+    for part in data.chunks(Ahead::STEP) {
+        // SAFETY: `done..done + part.len()` lies within the `len` writable bytes mapped, which
+        // only this function writes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), (base + done) as *mut u8, part.len());
+        }
+        done += part.len();
+        if let Some(a) = &ahead {
+            a.reached(done);
+        }
+    }
+    drop(ahead);
+    drop(map);
+    Ok(())
 }
 
 /// `#[serde(with = "shm")]` for a `Bytes` field.
@@ -655,6 +868,86 @@ mod tests {
             Landing::new(SHM_MIN - 1).is_none(),
             "small values land in memory"
         );
+    }
+
+    #[test]
+    fn large_values_are_written_whole_while_a_helper_allocates_their_pages() {
+        if !available() {
+            return;
+        }
+        // A pattern that shows any byte out of place; the large write starts at an offset
+        // that is not a page's.
+        let pattern = |n: usize, seed: u8| -> Vec<u8> {
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 12) as u8)
+                .collect()
+        };
+        let head = pattern(SHM_MIN - 5, 1);
+        let body = pattern(2 * AWAY + Ahead::STEP / 3, 2);
+        let tail = pattern(1000, 3);
+        let mut w = Writer::new();
+        w.write_all(&head).expect("write");
+        w.write_all(&body).expect("large write");
+        w.write_all(&tail).expect("write after it");
+        let got = w.finish().expect("finish");
+        assert_eq!(got.len(), head.len() + body.len() + tail.len());
+        assert!(
+            got[..head.len()] == head[..],
+            "the bytes before the large write"
+        );
+        assert!(
+            got[head.len()..head.len() + body.len()] == body[..],
+            "the large write"
+        );
+        assert!(
+            got[head.len() + body.len()..] == tail[..],
+            "the bytes after it"
+        );
+        // A landing filled in frames, saying how far it got, as the data plane fills one.
+        let value = pattern(AWAY + 3 * Ahead::STEP + 17, 4);
+        let mut landing = Landing::new(value.len()).expect("a landing");
+        assert!(landing.ahead.is_some(), "a helper for a large landing");
+        let mut at = 0;
+        for frame in value.chunks(1 << 20) {
+            landing.bytes_mut()[at..at + frame.len()].copy_from_slice(frame);
+            at += frame.len();
+            landing.filled(at);
+        }
+        let got = landing.finish();
+        assert!(got[..] == value[..]);
+        // Freed on the reaper thread: gone from the directory at once all the same.
+        let p = NAMED
+            .lock()
+            .get(&(got.as_ptr() as usize))
+            .map(|(_, n)| Path::new(DIR).join(n))
+            .expect("named");
+        drop(got);
+        assert!(!p.exists());
+        // A landing dropped half filled stops its helper and leaves nothing behind.
+        let mut half = Landing::new(2 * AWAY).expect("a landing");
+        half.bytes_mut()[..AWAY / 2].fill(7);
+        half.filled(AWAY / 2);
+        let p = Path::new(DIR).join(&half.name);
+        drop(half);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn drop_away_frees_on_the_reaper_thread() {
+        struct Tell(std::sync::mpsc::Sender<Option<String>>);
+        impl Drop for Tell {
+            fn drop(&mut self) {
+                let _ = self
+                    .0
+                    .send(std::thread::current().name().map(str::to_string));
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop_away(Tell(tx));
+        let on = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("dropped");
+        assert_eq!(on.as_deref(), Some("mobula-reaper"));
     }
 
     #[test]
