@@ -116,7 +116,7 @@ fn encode_ret(fallible: bool, out: TokenStream2) -> TokenStream2 {
     if fallible {
         quote!(::mobula::__private::ret_result(#out))
     } else {
-        quote!(::mobula::__private::ret(&#out))
+        quote!(::mobula::__private::ret(#out))
     }
 }
 

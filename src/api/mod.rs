@@ -552,17 +552,22 @@ pub mod __private {
         MethodOutcome::Done(r)
     }
 
-    /// Encodes a return value.
-    pub fn ret<T: Serialize>(v: &T) -> std::result::Result<Encoded, UserError> {
-        encode(v).map_err(|e| UserError::Failed(e.to_string()))
+    /// Encodes a return value. A large one is then freed on the reaper thread, so the task's
+    /// result goes out without waiting for its memory to be given back.
+    pub fn ret<T: Serialize + Send + 'static>(v: T) -> std::result::Result<Encoded, UserError> {
+        let enc = encode(&v).map_err(|e| UserError::Failed(e.to_string()))?;
+        if enc.data.len() >= crate::worker::shm::AWAY {
+            crate::worker::shm::drop_away(v);
+        }
+        Ok(enc)
     }
 
     /// Encodes the `Ok` of a fallible function, or reports its `Err`.
-    pub fn ret_result<T: Serialize, E: std::fmt::Display>(
+    pub fn ret_result<T: Serialize + Send + 'static, E: std::fmt::Display>(
         v: std::result::Result<T, E>,
     ) -> std::result::Result<Encoded, UserError> {
         match v {
-            Ok(v) => ret(&v),
+            Ok(v) => ret(v),
             Err(e) => Err(UserError::Failed(e.to_string())),
         }
     }
