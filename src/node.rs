@@ -577,6 +577,7 @@ impl Core for NodeClient {
             tracing::error!("the system thread panicked");
         }
         self.table.remove_spill_dir();
+        crate::worker::shm::release_spares();
         if let Some(dir) = &self.temp_dir {
             let _ = std::fs::remove_dir_all(dir);
         }

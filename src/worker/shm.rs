@@ -23,7 +23,9 @@
 //! fills them from the near end ([`Ahead`]), mappings are not populated up front (a value
 //! nobody reads costs no page-table work), and the memory of a large value let go of is
 //! freed on the process's reaper thread ([`drop_away`]), not on the actor or task thread
-//! that dropped it.
+//! that dropped it. Files of that size are also used again, with their pages, by the process
+//! that created them once nobody maps them (see "Reuse of large files" below): their reader
+//! marks them taken instead of unlinking them and holds a lock while it maps them.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -140,15 +142,19 @@ pub(crate) fn remove_orphans() -> usize {
     n
 }
 
-/// A fresh shared-memory file, open for writing (and reading: to map it).
-fn create() -> std::io::Result<(std::fs::File, String)> {
+/// The name of a new shared-memory file of this process for reader `reader` (and its path).
+fn fresh_name(reader: u32) -> (PathBuf, String) {
     let name = format!(
-        "{PREFIX}{}-{}-{}",
+        "{PREFIX}{}-{reader}-{}",
         std::process::id(),
-        READER.with(Cell::get),
         uuid::Uuid::new_v4().simple()
     );
-    let path = Path::new(DIR).join(&name);
+    (Path::new(DIR).join(&name), name)
+}
+
+/// A fresh shared-memory file, open for writing (and reading: to map it).
+fn create() -> std::io::Result<(std::fs::File, String)> {
+    let (path, name) = fresh_name(READER.with(Cell::get));
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -158,15 +164,52 @@ fn create() -> std::io::Result<(std::fs::File, String)> {
     Ok((f, name))
 }
 
+/// A shared-memory file for a value of about `hint` bytes: a spare of this process if one fits
+/// (renamed as a fresh file would be named, positioned at its start), else a fresh one.
+fn create_for(hint: usize) -> std::io::Result<(std::fs::File, String)> {
+    if let Some(mut spare) = take_spare(hint) {
+        use std::io::Seek;
+        let (_, name) = fresh_name(READER.with(Cell::get));
+        let moved = std::fs::rename(Path::new(DIR).join(&spare.name), Path::new(DIR).join(&name))
+            .and_then(|()| spare.file.seek(std::io::SeekFrom::Start(0)));
+        match moved {
+            Ok(_) => return Ok((spare.file, name)),
+            Err(e) => {
+                tracing::debug!(error = %e, "a spare shared-memory file could not be reused");
+                let _ = std::fs::remove_file(Path::new(DIR).join(&spare.name));
+                drop_away(spare.file);
+            }
+        }
+    }
+    create()
+}
+
 /// Writes `data` to a new shared-memory file; returns its name.
 fn write(data: &[u8]) -> std::io::Result<String> {
-    let (mut f, name) = create()?;
+    let (mut f, name) = create_for(data.len())?;
     let path = Path::new(DIR).join(&name);
-    if let Err(e) = f.write_all(data) {
+    let written = if data.len() >= AWAY {
+        grow_to(&f, data.len()).and_then(|()| copy_into(&f, 0, data))
+    } else {
+        f.write_all(data)
+    };
+    if let Err(e) = written.and_then(|()| f.set_len(data.len() as u64)) {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
+    // Sent by name at once: reused once its reader lets go of it.
+    if data.len() >= AWAY {
+        handed_over(f, name.clone());
+    }
     Ok(name)
+}
+
+/// Makes `f` at least `len` bytes long (never shorter: a reused file keeps its pages).
+fn grow_to(f: &std::fs::File, len: usize) -> std::io::Result<()> {
+    if f.metadata()?.len() < len as u64 {
+        f.set_len(len as u64)?;
+    }
+    Ok(())
 }
 
 /// A mapping of a shared-memory file, unmapped on drop: read-only, or writable for a
@@ -174,6 +217,8 @@ fn write(data: &[u8]) -> std::io::Result<String> {
 struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
+    /// A reader's open file, holding a shared lock on it while mapped (`reuse`).
+    hold: Option<std::fs::File>,
 }
 
 impl Mapping {
@@ -206,7 +251,11 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            hold: None,
+        })
     }
 }
 
@@ -225,12 +274,14 @@ impl AsRef<[u8]> for Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let (ptr, len) = (self.ptr as usize, self.len);
+        let (ptr, len, hold) = (self.ptr as usize, self.len, self.hold.take());
         let unmap = move || {
             // SAFETY: unmapping the region this owner mapped, once.
             unsafe {
                 libc::munmap(ptr as *mut libc::c_void, len);
             }
+            // The lock goes only once the pages are no longer mapped here.
+            drop(hold);
         };
         // Unmapping a large value frees its pages (tens of milliseconds for hundreds of MiB):
         // not on the thread that let go of it, an actor's or a task's.
@@ -266,7 +317,16 @@ static REAPER: std::sync::LazyLock<Option<std::sync::mpsc::SyncSender<Reaped>>> 
         let (tx, rx) = std::sync::mpsc::sync_channel::<Reaped>(64);
         std::thread::Builder::new()
             .name("mobula-reaper".into())
-            .spawn(move || rx.into_iter().for_each(drop))
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                loop {
+                    match rx.recv_timeout(SPARE_IDLE / 4) {
+                        Ok(v) => drop(v),
+                        Err(RecvTimeoutError::Timeout) => expire_spares(),
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })
             .map_err(|e| tracing::debug!(error = %e, "no reaper thread; large values are freed in place"))
             .ok()
             .map(|_| tx)
@@ -287,6 +347,218 @@ pub(crate) fn drop_away<T: Send + 'static>(v: T) {
             }
         }
         None => drop(v),
+    }
+}
+
+// Reuse of large files. Fresh shared memory costs its writer a page allocation per 4 KiB
+// and its last user a page freed per 4 KiB, more than copying the value; so a file of
+// [`AWAY`] bytes or more is used again by the process that created it, with its pages, once
+// nobody maps it. Its reader (another process, or this one) proves it has it: it takes a
+// shared `flock` on its own open file, checks the name is still that file's, and renames it
+// `<name>-r` ("taken") instead of unlinking it; it keeps the lock until its mapping is gone.
+// The creator keeps its own open file of each value it sent (`Reuse::out`); once the value
+// is taken and an exclusive `flock` of its own succeeds, no reader maps it, and the file is
+// renamed back into this process's spares. A file is named to one reader once, so no reader
+// can come to a file after it was taken. Spares are few, bounded in bytes, and unlinked
+// after `SPARE_IDLE` unused (on the reaper thread); a process that dies leaves them to
+// `remove_of` / `remove_orphans`, as any file of its.
+
+/// The suffix a reader gives a large file it maps.
+const TAKEN: &str = "-r";
+/// Spares kept per process, and their bytes at most (and an eighth of the free space).
+const SPARES: usize = 4;
+const SPARE_BYTES: u64 = 1 << 30;
+/// A spare unused this long is unlinked.
+const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Taken files watched for their reader to let go; beyond, the oldest taken ones are
+/// unlinked (their reader's mapping keeps the memory) instead of waited for.
+const OUT: usize = 64;
+
+/// A file of this process ready to be used again: its pages allocated, `cap` bytes long.
+struct Spare {
+    file: std::fs::File,
+    name: String,
+    cap: u64,
+    since: std::time::Instant,
+}
+
+/// A file this process sent by name (`name`), waiting to be taken and let go of.
+struct Out {
+    file: std::fs::File,
+    name: String,
+}
+
+#[derive(Default)]
+struct Reuse {
+    spares: Vec<Spare>,
+    out: std::collections::VecDeque<Out>,
+}
+
+static REUSE: std::sync::LazyLock<parking_lot::Mutex<Reuse>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn flock(f: &std::fs::File, op: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a file this process opened.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+fn inode(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// A reader takes large file `f`, opened at `path` (see above): locked shared, checked to be
+/// the file of that name, renamed taken. The lock stays while `f` is open.
+fn take(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    if !flock(f, libc::LOCK_SH | libc::LOCK_NB) {
+        return Err(std::io::Error::other("its writer is reusing it"));
+    }
+    if inode(&f.metadata()?) != inode(&std::fs::symlink_metadata(path)?) {
+        return Err(std::io::Error::other("its name is another file's"));
+    }
+    let mut taken = path.as_os_str().to_owned();
+    taken.push(TAKEN);
+    if std::fs::rename(path, &taken).is_err() {
+        // Cannot mark it taken: unlinked, as a small value is (its writer forgets it).
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+/// A large file of this process was sent by name: watched until its reader lets go of it.
+fn handed_over(file: std::fs::File, name: String) {
+    let mut r = REUSE.lock();
+    r.out.push_back(Out { file, name });
+    reclaim(&mut r);
+}
+
+/// A large file of this process that nobody else has (never sent): a spare, or unlinked.
+fn let_go(file: std::fs::File, name: String) {
+    let mut r = REUSE.lock();
+    keep_spare(&mut r, file, name);
+}
+
+/// Keeps `file` (now named `name`) as a spare if there is room, else unlinks it.
+fn keep_spare(r: &mut Reuse, file: std::fs::File, name: String) {
+    let cap = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let held: u64 = r.spares.iter().map(|s| s.cap).sum();
+    let room = SPARE_BYTES.min(free_space() / 8);
+    if cap >= AWAY as u64 && r.spares.len() < SPARES && held + cap <= room {
+        std::sync::LazyLock::force(&REAPER);
+        r.spares.push(Spare {
+            file,
+            name,
+            cap,
+            since: std::time::Instant::now(),
+        });
+    } else {
+        let _ = std::fs::remove_file(Path::new(DIR).join(name));
+        // Its last close frees its pages: not on this thread.
+        drop_away(file);
+    }
+}
+
+/// Files sent whose reader let go of them become spares; files gone (removed with a dead
+/// process's) are forgotten; beyond [`OUT`], the oldest taken ones are unlinked.
+fn reclaim(r: &mut Reuse) {
+    let mut waiting = std::collections::VecDeque::with_capacity(r.out.len());
+    let mut free = Vec::new();
+    let mut taken_count = 0;
+    for o in std::mem::take(&mut r.out) {
+        let Ok(me) = o.file.metadata().map(|m| inode(&m)) else {
+            drop_away(o.file);
+            continue;
+        };
+        let taken = Path::new(DIR).join(format!("{}{TAKEN}", o.name));
+        let is_taken = std::fs::symlink_metadata(&taken).is_ok_and(|m| inode(&m) == me);
+        if !is_taken {
+            // Not read yet (still under its name), or gone.
+            if std::fs::symlink_metadata(Path::new(DIR).join(&o.name))
+                .is_ok_and(|m| inode(&m) == me)
+            {
+                waiting.push_back(o);
+            } else {
+                drop_away(o.file);
+            }
+            continue;
+        }
+        if flock(&o.file, libc::LOCK_EX | libc::LOCK_NB) {
+            // Nobody maps it: ours again, under a spare's name (meant for no reader).
+            let (path, name) = fresh_name(0);
+            let moved = std::fs::rename(&taken, &path).is_ok();
+            flock(&o.file, libc::LOCK_UN);
+            if moved {
+                free.push((o.file, name));
+            } else {
+                let _ = std::fs::remove_file(&taken);
+                drop_away(o.file);
+            }
+        } else {
+            taken_count += 1;
+            waiting.push_back(o);
+        }
+    }
+    // Too many watched: the oldest taken ones are left to their readers.
+    while waiting.len() > OUT && taken_count > 0 {
+        let Some(pos) = waiting
+            .iter()
+            .position(|o| std::fs::symlink_metadata(Path::new(DIR).join(&o.name)).is_err())
+        else {
+            break;
+        };
+        if let Some(o) = waiting.remove(pos) {
+            let _ = std::fs::remove_file(Path::new(DIR).join(format!("{}{TAKEN}", o.name)));
+            drop_away(o.file);
+            taken_count -= 1;
+        }
+    }
+    r.out = waiting;
+    for (file, name) in free {
+        keep_spare(r, file, name);
+    }
+}
+
+/// The spare that best fits a value of `hint` bytes (at least that long, at most twice).
+fn take_spare(hint: usize) -> Option<Spare> {
+    if hint < AWAY {
+        return None;
+    }
+    let mut r = REUSE.lock();
+    reclaim(&mut r);
+    let hint = hint as u64;
+    let best = r
+        .spares
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.cap >= hint && s.cap <= hint.saturating_mul(2))
+        .min_by_key(|(_, s)| s.cap)
+        .map(|(i, _)| i)?;
+    Some(r.spares.swap_remove(best))
+}
+
+/// Unlinks spares unused for [`SPARE_IDLE`] (and reclaims what readers let go of).
+fn expire_spares() {
+    let mut r = REUSE.lock();
+    reclaim(&mut r);
+    let (keep, idle): (Vec<Spare>, Vec<Spare>) = std::mem::take(&mut r.spares)
+        .into_iter()
+        .partition(|s| s.since.elapsed() < SPARE_IDLE);
+    r.spares = keep;
+    drop(r);
+    for s in idle {
+        let _ = std::fs::remove_file(Path::new(DIR).join(&s.name));
+    }
+}
+
+/// Unlinks this process's spares and the taken files it watches (a node stopping).
+pub(crate) fn release_spares() {
+    let mut r = REUSE.lock();
+    for s in r.spares.drain(..) {
+        let _ = std::fs::remove_file(Path::new(DIR).join(&s.name));
+    }
+    for o in r.out.drain(..) {
+        let _ = std::fs::remove_file(Path::new(DIR).join(format!("{}{TAKEN}", o.name)));
     }
 }
 
@@ -382,14 +654,25 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
     }
     let path: PathBuf = Path::new(DIR).join(name);
     let f = std::fs::File::open(&path)?;
-    // Gone from the directory at once: the mapping keeps the memory until dropped.
-    let _ = std::fs::remove_file(&path);
+    let n = usize::try_from(len).map_err(|_| bad("shared-memory value too large"))?;
+    let hold = if n >= AWAY {
+        // Large: its writer reuses the file once no reader holds it (`reuse`). Locked first,
+        // then checked to still be the file of that name, then renamed "taken".
+        take(&f, &path).map_err(|e| bad(&format!("shared-memory value not readable: {e}")))?;
+        true
+    } else {
+        // Gone from the directory at once: the mapping keeps the memory until dropped.
+        let _ = std::fs::remove_file(&path);
+        false
+    };
     let size = f.metadata()?.len();
     if size != len || len == 0 {
         return Err(bad("shared-memory value of the wrong size"));
     }
-    let n = usize::try_from(len).map_err(|_| bad("shared-memory value too large"))?;
-    let map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE, 0)?;
+    let mut map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE, 0)?;
+    if hold {
+        map.hold = Some(f);
+    }
     Ok(Bytes::from_owner(map))
 }
 
@@ -417,6 +700,8 @@ pub(crate) fn encoding_here() -> bool {
 /// was handed over.
 struct Named {
     map: Mapping,
+    /// The file and its name, for a value large enough to reuse the file of (`reuse`).
+    file: Option<(std::fs::File, String)>,
 }
 
 impl AsRef<[u8]> for Named {
@@ -427,20 +712,33 @@ impl AsRef<[u8]> for Named {
 
 impl Drop for Named {
     fn drop(&mut self) {
-        if let Some((_, name)) = NAMED.lock().remove(&(self.map.ptr as usize)) {
-            let _ = std::fs::remove_file(Path::new(DIR).join(name));
+        let unsent = NAMED.lock().remove(&(self.map.ptr as usize));
+        match (unsent, self.file.take()) {
+            // Never sent: nobody else has it.
+            (Some(_), Some((file, name))) => let_go(file, name),
+            (Some((_, name)), None) => {
+                let _ = std::fs::remove_file(Path::new(DIR).join(name));
+            }
+            // Sent: reused once its reader lets go of it.
+            (None, Some((file, name))) => handed_over(file, name),
+            (None, None) => {}
         }
     }
 }
 
 /// Maps `f` (`len` bytes, named `name`) as a value that keeps its name until sent.
-fn map_named(f: &std::fs::File, name: String, len: usize) -> std::io::Result<Bytes> {
+fn map_named(f: std::fs::File, name: String, len: usize) -> std::io::Result<Bytes> {
     // Shared: its pages are the file's (nobody writes it after this).
-    let map = Mapping::of(f, len, libc::PROT_READ, libc::MAP_SHARED, 0).inspect_err(|_| {
+    let map = Mapping::of(&f, len, libc::PROT_READ, libc::MAP_SHARED, 0).inspect_err(|_| {
         let _ = std::fs::remove_file(Path::new(DIR).join(&name));
     })?;
-    NAMED.lock().insert(map.ptr as usize, (len, name));
-    Ok(Bytes::from_owner(Named { map }))
+    Ok(named(map, (len >= AWAY).then(|| (f, name.clone())), name))
+}
+
+/// `map` as a named value of this process.
+fn named(map: Mapping, file: Option<(std::fs::File, String)>, name: String) -> Bytes {
+    NAMED.lock().insert(map.ptr as usize, (map.len, name));
+    Bytes::from_owner(Named { map, file })
 }
 
 /// The name of `data`'s file if it is the whole of a named value of this process; it is
@@ -476,6 +774,7 @@ pub(crate) struct Landing {
     ahead: Option<Ahead>,
     map: Option<Mapping>,
     name: String,
+    file: Option<std::fs::File>,
 }
 
 impl Landing {
@@ -487,7 +786,7 @@ impl Landing {
             return None;
         }
         let made = (|| {
-            let (f, name) = create()?;
+            let (f, name) = create_for(len)?;
             // Shared and writable: only this landing writes it until it is finished.
             let mapped = f.set_len(len as u64).and_then(|()| {
                 Mapping::of(
@@ -506,6 +805,7 @@ impl Landing {
                         ahead,
                         map: Some(map),
                         name,
+                        file: Some(f),
                     })
                 }
                 Err(e) => {
@@ -540,10 +840,13 @@ impl Landing {
         let Some(map) = self.map.take() else {
             return Bytes::new();
         };
-        NAMED
-            .lock()
-            .insert(map.ptr as usize, (map.len, std::mem::take(&mut self.name)));
-        Bytes::from_owner(Named { map })
+        let name = std::mem::take(&mut self.name);
+        let file = self
+            .file
+            .take()
+            .filter(|_| map.len >= AWAY)
+            .map(|f| (f, name.clone()));
+        named(map, file, name)
     }
 }
 
@@ -580,14 +883,19 @@ impl Writer {
             return Ok(Bytes::from(std::mem::take(&mut self.mem)));
         };
         let path = Path::new(DIR).join(&name);
-        let f = match w.into_inner() {
+        // A reused file may be longer than this value.
+        let f = match w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.set_len(self.len as u64).map(|()| f))
+        {
             Ok(f) => f,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                return Err(e.into_error());
+                return Err(e);
             }
         };
-        map_named(&f, name, self.len)
+        map_named(f, name, self.len)
     }
 }
 
@@ -603,7 +911,7 @@ impl Drop for Writer {
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.file.is_none() && !self.failed && self.mem.len() + data.len() >= SHM_MIN {
-            match create() {
+            match create_for(self.mem.len() + data.len()) {
                 Ok((f, name)) => {
                     let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
                     w.write_all(&self.mem)?;
@@ -627,7 +935,7 @@ impl Write for Writer {
                 w.flush()?;
                 let f = w.get_mut();
                 let end = at + data.len();
-                f.set_len(end as u64)?;
+                grow_to(f, end)?;
                 copy_into(f, at, data)?;
                 f.seek(std::io::SeekFrom::Start(end as u64))?;
             }
@@ -915,14 +1223,15 @@ mod tests {
         }
         let got = landing.finish();
         assert!(got[..] == value[..]);
-        // Freed on the reaper thread: gone from the directory at once all the same.
-        let p = NAMED
+        // Never sent, it is kept as a spare of this process (or unlinked if there is no room).
+        let name = NAMED
             .lock()
             .get(&(got.as_ptr() as usize))
-            .map(|(_, n)| Path::new(DIR).join(n))
+            .map(|(_, n)| n.clone())
             .expect("named");
         drop(got);
-        assert!(!p.exists());
+        let spare = REUSE.lock().spares.iter().any(|s| s.name == name);
+        assert_eq!(Path::new(DIR).join(&name).exists(), spare);
         // A landing dropped half filled stops its helper and leaves nothing behind.
         let mut half = Landing::new(2 * AWAY).expect("a landing");
         half.bytes_mut()[..AWAY / 2].fill(7);
@@ -930,6 +1239,97 @@ mod tests {
         let p = Path::new(DIR).join(&half.name);
         drop(half);
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_large_file_is_reused_once_its_reader_lets_go_and_not_before() {
+        use std::os::unix::fs::MetadataExt;
+        if !available() {
+            return;
+        }
+        // Its own size: no other test's spare fits it, nor it theirs.
+        let n = 5 * AWAY + 11;
+        let write = |b: u8| {
+            let mut w = Writer::new();
+            w.write_all(&vec![b; n]).expect("write");
+            w.finish().expect("finish")
+        };
+        let ino = |b: &Bytes| {
+            let name = NAMED
+                .lock()
+                .get(&(b.as_ptr() as usize))
+                .map(|(_, n)| n.clone());
+            std::fs::metadata(Path::new(DIR).join(name.expect("named")))
+                .expect("its file")
+                .ino()
+        };
+        let first = write(1);
+        let first_ino = ino(&first);
+        // Sent by name and read (here, as another process would): the reader holds it.
+        let wire = {
+            let _s = Scope::enter();
+            rmp_serde::to_vec(&V(first)).expect("encode")
+        };
+        let read = {
+            let _s = Scope::enter();
+            rmp_serde::from_slice::<V>(&wire).expect("decode").0
+        };
+        assert!(read.iter().all(|&b| b == 1) && read.len() == n);
+        // While the reader maps it, a new value gets another file and the read one stays.
+        let second = write(2);
+        assert_ne!(
+            ino(&second),
+            first_ino,
+            "not reused while its reader maps it"
+        );
+        assert!(
+            read.iter().all(|&b| b == 1),
+            "the reader's value is untouched"
+        );
+        // Once the reader lets go (its unmapping runs on the reaper), the file is a spare.
+        drop(read);
+        let mut spare = false;
+        for _ in 0..6000 {
+            let mut r = REUSE.lock();
+            reclaim(&mut r);
+            spare = r
+                .spares
+                .iter()
+                .any(|s| s.file.metadata().is_ok_and(|m| m.ino() == first_ino));
+            drop(r);
+            if spare {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(spare, "never: the read file became a spare");
+        let third = write(3);
+        assert_eq!(ino(&third), first_ino, "the spare is reused");
+        assert!(third.iter().all(|&b| b == 3) && third.len() == n);
+        assert!(second.iter().all(|&b| b == 2));
+        drop(second);
+        // A value shorter than the reused file is cut to its length.
+        let mut w = Writer::new();
+        w.write_all(&vec![4u8; n - AWAY]).expect("write");
+        drop(third);
+        let fourth = w.finish().expect("finish");
+        assert_eq!(fourth.len(), n - AWAY);
+        // Spares unused for a while are unlinked.
+        drop(fourth);
+        let names: Vec<String> = {
+            let mut r = REUSE.lock();
+            for s in &mut r.spares {
+                s.since -= SPARE_IDLE;
+            }
+            r.spares.iter().map(|s| s.name.clone()).collect()
+        };
+        expire_spares();
+        for name in names {
+            assert!(
+                !Path::new(DIR).join(name).exists(),
+                "an idle spare is unlinked"
+            );
+        }
     }
 
     #[test]
