@@ -578,6 +578,8 @@ impl Core for NodeClient {
         }
         self.table.remove_spill_dir();
         crate::worker::shm::release_spares();
+        // Best effort: values of this node's worker processes that were killed with it.
+        crate::worker::shm::remove_orphans();
         if let Some(dir) = &self.temp_dir {
             let _ = std::fs::remove_dir_all(dir);
         }

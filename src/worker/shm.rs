@@ -165,43 +165,60 @@ fn create() -> std::io::Result<(std::fs::File, String)> {
 }
 
 /// A shared-memory file for a value of about `hint` bytes: a spare of this process if one fits
-/// (renamed as a fresh file would be named, positioned at its start), else a fresh one.
-fn create_for(hint: usize) -> std::io::Result<(std::fs::File, String)> {
-    if let Some(mut spare) = take_spare(hint) {
+/// (renamed as a fresh file would be named, positioned at its start, with the writable mapping
+/// it kept), else a fresh one. A reused file can be longer than the value.
+fn create_for(hint: usize) -> std::io::Result<Held> {
+    if let Some(Spare { mut held, .. }) = take_spare(hint) {
         use std::io::Seek;
         let (_, name) = fresh_name(READER.with(Cell::get));
-        let moved = std::fs::rename(Path::new(DIR).join(&spare.name), Path::new(DIR).join(&name))
-            .and_then(|()| spare.file.seek(std::io::SeekFrom::Start(0)));
+        let moved = std::fs::rename(Path::new(DIR).join(&held.name), Path::new(DIR).join(&name))
+            .and_then(|()| held.file.seek(std::io::SeekFrom::Start(0)));
         match moved {
-            Ok(_) => return Ok((spare.file, name)),
+            Ok(_) => {
+                held.name = name;
+                return Ok(held);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "a spare shared-memory file could not be reused");
-                let _ = std::fs::remove_file(Path::new(DIR).join(&spare.name));
-                drop_away(spare.file);
+                let _ = std::fs::remove_file(Path::new(DIR).join(&held.name));
+                drop_away(held);
             }
         }
     }
-    create()
+    let (file, name) = create()?;
+    Ok(Held {
+        file,
+        name,
+        map: None,
+    })
 }
 
 /// Writes `data` to a new shared-memory file; returns its name.
 fn write(data: &[u8]) -> std::io::Result<String> {
-    let (mut f, name) = create_for(data.len())?;
-    let path = Path::new(DIR).join(&name);
+    let mut held = create_for(data.len())?;
+    let path = Path::new(DIR).join(&held.name);
     let written = if data.len() >= AWAY {
-        grow_to(&f, data.len()).and_then(|()| copy_into(&f, 0, data))
+        grow_to(&held.file, data.len())
+            .and_then(|()| fill(&held.file, held.map.take(), 0, data))
+            .map(Some)
     } else {
-        f.write_all(data)
+        held.file.write_all(data).map(|()| None)
     };
-    if let Err(e) = written.and_then(|()| f.set_len(data.len() as u64)) {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
+    match written {
+        Ok(map) => {
+            let name = held.name.clone();
+            // Sent by name at once: reused once its reader lets go of it.
+            if data.len() >= AWAY {
+                held.map = map;
+                handed_over(held);
+            }
+            Ok(name)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
     }
-    // Sent by name at once: reused once its reader lets go of it.
-    if data.len() >= AWAY {
-        handed_over(f, name.clone());
-    }
-    Ok(name)
 }
 
 /// Makes `f` at least `len` bytes long (never shorter: a reused file keeps its pages).
@@ -217,8 +234,11 @@ fn grow_to(f: &std::fs::File, len: usize) -> std::io::Result<()> {
 struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
-    /// A reader's open file, holding a shared lock on it while mapped (`reuse`).
-    hold: Option<std::fs::File>,
+    /// A reader's hold on a large file while it maps it (`reuse`).
+    hold: Option<Hold>,
+    /// Mapped writable (and shared, from the file's start: such a mapping is kept with its
+    /// file for reuse).
+    writable: bool,
 }
 
 impl Mapping {
@@ -255,6 +275,7 @@ impl Mapping {
             ptr,
             len,
             hold: None,
+            writable: prot & libc::PROT_WRITE != 0,
         })
     }
 }
@@ -281,7 +302,9 @@ impl Drop for Mapping {
                 libc::munmap(ptr as *mut libc::c_void, len);
             }
             // The lock goes only once the pages are no longer mapped here.
-            drop(hold);
+            if let Some(h) = hold {
+                h.let_go();
+            }
         };
         // Unmapping a large value frees its pages (tens of milliseconds for hundreds of MiB):
         // not on the thread that let go of it, an actor's or a task's.
@@ -374,24 +397,26 @@ const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 /// unlinked (their reader's mapping keeps the memory) instead of waited for.
 const OUT: usize = 64;
 
-/// A file of this process ready to be used again: its pages allocated, `cap` bytes long.
-struct Spare {
+/// A large file of this process: open, its name, and the writable mapping of it from its
+/// start that wrote it, if any (kept with the file, so its page tables are reused too).
+struct Held {
     file: std::fs::File,
     name: String,
+    map: Option<Mapping>,
+}
+
+/// A file of this process ready to be used again: its pages allocated, `cap` bytes long.
+struct Spare {
+    held: Held,
     cap: u64,
     since: std::time::Instant,
 }
 
-/// A file this process sent by name (`name`), waiting to be taken and let go of.
-struct Out {
-    file: std::fs::File,
-    name: String,
-}
-
+/// Files sent by name (`Held::name`), waiting to be taken and let go of, and spares.
 #[derive(Default)]
 struct Reuse {
     spares: Vec<Spare>,
-    out: std::collections::VecDeque<Out>,
+    out: std::collections::VecDeque<Held>,
 }
 
 static REUSE: std::sync::LazyLock<parking_lot::Mutex<Reuse>> =
@@ -408,9 +433,31 @@ fn inode(m: &std::fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
+/// A reader's hold on a large file it maps: its open file (with the shared lock), where it
+/// was renamed taken, and the pid of the process that wrote it.
+struct Hold {
+    file: std::fs::File,
+    taken: PathBuf,
+    writer: u32,
+}
+
+impl Hold {
+    /// The mapping is gone: the lock goes with the file. If the writer is gone too, nobody
+    /// will reuse the file: its name goes as well, or its pages would stay.
+    fn let_go(self) {
+        if !alive(self.writer)
+            && std::fs::symlink_metadata(&self.taken)
+                .is_ok_and(|m| self.file.metadata().is_ok_and(|f| inode(&f) == inode(&m)))
+        {
+            let _ = std::fs::remove_file(&self.taken);
+        }
+    }
+}
+
 /// A reader takes large file `f`, opened at `path` (see above): locked shared, checked to be
-/// the file of that name, renamed taken. The lock stays while `f` is open.
-fn take(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
+/// the file of that name, renamed taken (its new path is returned). The lock stays while `f`
+/// is open.
+fn take(f: &std::fs::File, path: &Path) -> std::io::Result<PathBuf> {
     if !flock(f, libc::LOCK_SH | libc::LOCK_NB) {
         return Err(std::io::Error::other("its writer is reusing it"));
     }
@@ -419,43 +466,45 @@ fn take(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
     }
     let mut taken = path.as_os_str().to_owned();
     taken.push(TAKEN);
+    let taken = PathBuf::from(taken);
     if std::fs::rename(path, &taken).is_err() {
         // Cannot mark it taken: unlinked, as a small value is (its writer forgets it).
         std::fs::remove_file(path)?;
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// A large file of this process was sent by name: watched until its reader lets go of it.
-fn handed_over(file: std::fs::File, name: String) {
+fn handed_over(held: Held) {
+    release_at_exit();
     let mut r = REUSE.lock();
-    r.out.push_back(Out { file, name });
+    r.out.push_back(held);
     reclaim(&mut r);
 }
 
 /// A large file of this process that nobody else has (never sent): a spare, or unlinked.
-fn let_go(file: std::fs::File, name: String) {
+fn let_go(held: Held) {
     let mut r = REUSE.lock();
-    keep_spare(&mut r, file, name);
+    keep_spare(&mut r, held);
 }
 
-/// Keeps `file` (now named `name`) as a spare if there is room, else unlinks it.
-fn keep_spare(r: &mut Reuse, file: std::fs::File, name: String) {
-    let cap = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let held: u64 = r.spares.iter().map(|s| s.cap).sum();
+/// Keeps `held` as a spare if there is room, else unlinks it.
+fn keep_spare(r: &mut Reuse, held: Held) {
+    let cap = held.file.metadata().map(|m| m.len()).unwrap_or(0);
+    let kept: u64 = r.spares.iter().map(|s| s.cap).sum();
     let room = SPARE_BYTES.min(free_space() / 8);
-    if cap >= AWAY as u64 && r.spares.len() < SPARES && held + cap <= room {
+    if cap >= AWAY as u64 && r.spares.len() < SPARES && kept + cap <= room {
         std::sync::LazyLock::force(&REAPER);
+        release_at_exit();
         r.spares.push(Spare {
-            file,
-            name,
+            held,
             cap,
             since: std::time::Instant::now(),
         });
     } else {
-        let _ = std::fs::remove_file(Path::new(DIR).join(name));
+        let _ = std::fs::remove_file(Path::new(DIR).join(&held.name));
         // Its last close frees its pages: not on this thread.
-        drop_away(file);
+        drop_away(held);
     }
 }
 
@@ -463,11 +512,11 @@ fn keep_spare(r: &mut Reuse, file: std::fs::File, name: String) {
 /// process's) are forgotten; beyond [`OUT`], the oldest taken ones are unlinked.
 fn reclaim(r: &mut Reuse) {
     let mut waiting = std::collections::VecDeque::with_capacity(r.out.len());
-    let mut free = Vec::new();
+    let mut free: Vec<Held> = Vec::new();
     let mut taken_count = 0;
     for o in std::mem::take(&mut r.out) {
         let Ok(me) = o.file.metadata().map(|m| inode(&m)) else {
-            drop_away(o.file);
+            drop_away(o);
             continue;
         };
         let taken = Path::new(DIR).join(format!("{}{TAKEN}", o.name));
@@ -479,7 +528,7 @@ fn reclaim(r: &mut Reuse) {
             {
                 waiting.push_back(o);
             } else {
-                drop_away(o.file);
+                drop_away(o);
             }
             continue;
         }
@@ -489,10 +538,10 @@ fn reclaim(r: &mut Reuse) {
             let moved = std::fs::rename(&taken, &path).is_ok();
             flock(&o.file, libc::LOCK_UN);
             if moved {
-                free.push((o.file, name));
+                free.push(Held { name, ..o });
             } else {
                 let _ = std::fs::remove_file(&taken);
-                drop_away(o.file);
+                drop_away(o);
             }
         } else {
             taken_count += 1;
@@ -509,13 +558,13 @@ fn reclaim(r: &mut Reuse) {
         };
         if let Some(o) = waiting.remove(pos) {
             let _ = std::fs::remove_file(Path::new(DIR).join(format!("{}{TAKEN}", o.name)));
-            drop_away(o.file);
+            drop_away(o);
             taken_count -= 1;
         }
     }
     r.out = waiting;
-    for (file, name) in free {
-        keep_spare(r, file, name);
+    for held in free {
+        keep_spare(r, held);
     }
 }
 
@@ -547,15 +596,36 @@ fn expire_spares() {
     r.spares = keep;
     drop(r);
     for s in idle {
-        let _ = std::fs::remove_file(Path::new(DIR).join(&s.name));
+        let _ = std::fs::remove_file(Path::new(DIR).join(&s.held.name));
     }
 }
 
-/// Unlinks this process's spares and the taken files it watches (a node stopping).
+/// Unlinks this process's spares and the taken files it watches (a node stopping, or this
+/// process exiting); a file not taken yet is left to its reader ([`Hold::let_go`]).
 pub(crate) fn release_spares() {
-    let mut r = REUSE.lock();
+    release(&mut REUSE.lock());
+}
+
+/// Makes this process release its spares when it exits (registered once).
+fn release_at_exit() {
+    extern "C" fn at_exit() {
+        // Never waits at exit: a thread holding the table (if any) is stopped mid-way.
+        if let Some(mut r) = REUSE.try_lock() {
+            release(&mut r);
+        }
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: atexit(3) with a function that takes no arguments and does not unwind.
+        unsafe {
+            libc::atexit(at_exit);
+        }
+    });
+}
+
+fn release(r: &mut Reuse) {
     for s in r.spares.drain(..) {
-        let _ = std::fs::remove_file(Path::new(DIR).join(&s.name));
+        let _ = std::fs::remove_file(Path::new(DIR).join(&s.held.name));
     }
     for o in r.out.drain(..) {
         let _ = std::fs::remove_file(Path::new(DIR).join(format!("{}{TAKEN}", o.name)));
@@ -655,23 +725,35 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
     let path: PathBuf = Path::new(DIR).join(name);
     let f = std::fs::File::open(&path)?;
     let n = usize::try_from(len).map_err(|_| bad("shared-memory value too large"))?;
-    let hold = if n >= AWAY {
+    let taken = if n >= AWAY {
         // Large: its writer reuses the file once no reader holds it (`reuse`). Locked first,
         // then checked to still be the file of that name, then renamed "taken".
-        take(&f, &path).map_err(|e| bad(&format!("shared-memory value not readable: {e}")))?;
-        true
+        let t =
+            take(&f, &path).map_err(|e| bad(&format!("shared-memory value not readable: {e}")))?;
+        Some(t)
     } else {
         // Gone from the directory at once: the mapping keeps the memory until dropped.
         let _ = std::fs::remove_file(&path);
-        false
+        None
     };
+    // A reused file can be longer than the value it holds, never shorter.
     let size = f.metadata()?.len();
-    if size != len || len == 0 {
+    if size < len || len == 0 {
         return Err(bad("shared-memory value of the wrong size"));
     }
     let mut map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE, 0)?;
-    if hold {
-        map.hold = Some(f);
+    if let Some(taken) = taken {
+        // `<prefix><writer>-...`: checked by the pattern above, so a parse failure is 0.
+        let writer = name[PREFIX.len()..]
+            .split('-')
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        map.hold = Some(Hold {
+            file: f,
+            taken,
+            writer,
+        });
     }
     Ok(Bytes::from_owner(map))
 }
@@ -699,46 +781,81 @@ pub(crate) fn encoding_here() -> bool {
 /// A shared-memory file of this process mapped as a value; unlinked on drop unless its name
 /// was handed over.
 struct Named {
-    map: Mapping,
+    /// Maps at least the value's `len` bytes (`None` only while dropped).
+    map: Option<Mapping>,
+    len: usize,
     /// The file and its name, for a value large enough to reuse the file of (`reuse`).
     file: Option<(std::fs::File, String)>,
 }
 
 impl AsRef<[u8]> for Named {
     fn as_ref(&self) -> &[u8] {
-        self.map.as_ref()
+        match &self.map {
+            Some(m) => &m.as_ref()[..self.len],
+            None => &[],
+        }
     }
 }
 
 impl Drop for Named {
     fn drop(&mut self) {
-        let unsent = NAMED.lock().remove(&(self.map.ptr as usize));
+        let Some(map) = self.map.take() else {
+            return;
+        };
+        let unsent = NAMED.lock().remove(&(map.ptr as usize));
+        let held = |(file, name)| Held {
+            file,
+            name,
+            // Only a writable mapping is worth keeping for the next value.
+            map: Some(map).filter(|m| m.writable),
+        };
         match (unsent, self.file.take()) {
             // Never sent: nobody else has it.
-            (Some(_), Some((file, name))) => let_go(file, name),
+            (Some(_), Some(f)) => let_go(held(f)),
             (Some((_, name)), None) => {
                 let _ = std::fs::remove_file(Path::new(DIR).join(name));
             }
             // Sent: reused once its reader lets go of it.
-            (None, Some((file, name))) => handed_over(file, name),
+            (None, Some(f)) => handed_over(held(f)),
             (None, None) => {}
         }
     }
 }
 
-/// Maps `f` (`len` bytes, named `name`) as a value that keeps its name until sent.
-fn map_named(f: std::fs::File, name: String, len: usize) -> std::io::Result<Bytes> {
-    // Shared: its pages are the file's (nobody writes it after this).
-    let map = Mapping::of(&f, len, libc::PROT_READ, libc::MAP_SHARED, 0).inspect_err(|_| {
-        let _ = std::fs::remove_file(Path::new(DIR).join(&name));
-    })?;
-    Ok(named(map, (len >= AWAY).then(|| (f, name.clone())), name))
+/// Maps `f` (`len` bytes, named `name`) as a value that keeps its name until sent; `map`, a
+/// writable mapping of it from its start, is used if it reaches far enough.
+fn map_named(
+    f: std::fs::File,
+    name: String,
+    len: usize,
+    map: Option<Mapping>,
+) -> std::io::Result<Bytes> {
+    let map = match map {
+        Some(m) if m.len >= len => m,
+        other => {
+            drop(other);
+            // Shared: its pages are the file's (nobody writes it after this).
+            Mapping::of(&f, len, libc::PROT_READ, libc::MAP_SHARED, 0).inspect_err(|_| {
+                let _ = std::fs::remove_file(Path::new(DIR).join(&name));
+            })?
+        }
+    };
+    Ok(named(
+        map,
+        len,
+        (len >= AWAY).then(|| (f, name.clone())),
+        name,
+    ))
 }
 
-/// `map` as a named value of this process.
-fn named(map: Mapping, file: Option<(std::fs::File, String)>, name: String) -> Bytes {
-    NAMED.lock().insert(map.ptr as usize, (map.len, name));
-    Bytes::from_owner(Named { map, file })
+/// The first `len` bytes of `map` as a named value of this process.
+fn named(map: Mapping, len: usize, file: Option<(std::fs::File, String)>, name: String) -> Bytes {
+    NAMED.lock().insert(map.ptr as usize, (len, name));
+    Bytes::from_owner(Named {
+        map: Some(map),
+        len,
+        file,
+    })
 }
 
 /// The name of `data`'s file if it is the whole of a named value of this process; it is
@@ -767,12 +884,15 @@ fn free_space() -> u64 {
     }
 }
 
-/// A value of known size being received into a fresh shared-memory file (mapped writable);
-/// [`Landing::finish`] makes it a named value. Dropped unfinished, it leaves nothing behind.
+/// A value of known size being received into a shared-memory file (mapped writable; a spare
+/// of this process if one fits); [`Landing::finish`] makes it a named value. Dropped
+/// unfinished, it leaves nothing behind.
 pub(crate) struct Landing {
     /// Dropped before `map` (fields drop in order).
     ahead: Option<Ahead>,
+    /// Maps at least `len` bytes.
     map: Option<Mapping>,
+    len: usize,
     name: String,
     file: Option<std::fs::File>,
 }
@@ -786,26 +906,23 @@ impl Landing {
             return None;
         }
         let made = (|| {
-            let (f, name) = create_for(len)?;
+            let Held { file, name, map } = create_for(len)?;
             // Shared and writable: only this landing writes it until it is finished.
-            let mapped = f.set_len(len as u64).and_then(|()| {
-                Mapping::of(
-                    &f,
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    0,
-                )
-            });
+            let mapped = grow_to(&file, len).and_then(|()| writable(&file, map, len));
             match mapped {
-                Ok(map) => {
+                Ok((map, fresh)) => {
                     // The landing stops its helper before unmapping (field order).
-                    let ahead = Ahead::populate(&map, 0);
+                    let ahead = if fresh {
+                        Ahead::populate(&map, 0)
+                    } else {
+                        None
+                    };
                     Ok(Landing {
                         ahead,
                         map: Some(map),
+                        len,
                         name,
-                        file: Some(f),
+                        file: Some(file),
                     })
                 }
                 Err(e) => {
@@ -821,8 +938,9 @@ impl Landing {
     /// The bytes to fill.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         match &self.map {
-            // SAFETY: `ptr` maps `len` writable bytes, written only through this landing.
-            Some(m) => unsafe { std::slice::from_raw_parts_mut(m.ptr as *mut u8, m.len) },
+            // SAFETY: `ptr` maps at least `len` writable bytes, written only through this
+            // landing.
+            Some(m) => unsafe { std::slice::from_raw_parts_mut(m.ptr as *mut u8, self.len) },
             None => &mut [],
         }
     }
@@ -844,16 +962,40 @@ impl Landing {
         let file = self
             .file
             .take()
-            .filter(|_| map.len >= AWAY)
+            .filter(|_| self.len >= AWAY)
             .map(|f| (f, name.clone()));
-        named(map, file, name)
+        named(map, self.len, file, name)
     }
 }
 
 impl Drop for Landing {
     fn drop(&mut self) {
+        self.ahead = None;
         if self.map.take().is_some() {
             let _ = std::fs::remove_file(Path::new(DIR).join(&self.name));
+        }
+    }
+}
+
+/// `map` if it is a writable mapping of `f` reaching `len` bytes, else a new one (`true`:
+/// its pages are not mapped yet).
+fn writable(
+    f: &std::fs::File,
+    map: Option<Mapping>,
+    len: usize,
+) -> std::io::Result<(Mapping, bool)> {
+    match map {
+        Some(m) if m.writable && m.len >= len => Ok((m, false)),
+        other => {
+            drop(other);
+            let m = Mapping::of(
+                f,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                0,
+            )?;
+            Ok((m, true))
         }
     }
 }
@@ -863,6 +1005,8 @@ impl Drop for Landing {
 pub(crate) struct Writer {
     mem: Vec<u8>,
     file: Option<(std::io::BufWriter<std::fs::File>, String)>,
+    /// The writable mapping of the file from its start that large writes went through.
+    map: Option<Mapping>,
     len: usize,
     failed: bool,
 }
@@ -872,6 +1016,7 @@ impl Writer {
         Writer {
             mem: Vec::new(),
             file: None,
+            map: None,
             len: 0,
             failed: false,
         }
@@ -883,19 +1028,15 @@ impl Writer {
             return Ok(Bytes::from(std::mem::take(&mut self.mem)));
         };
         let path = Path::new(DIR).join(&name);
-        // A reused file may be longer than this value.
-        let f = match w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.set_len(self.len as u64).map(|()| f))
-        {
+        let f = match w.into_inner() {
             Ok(f) => f,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                return Err(e);
+                return Err(e.into_error());
             }
         };
-        map_named(f, name, self.len)
+        // A reused file may be longer than this value: it keeps its pages.
+        map_named(f, name, self.len, self.map.take())
     }
 }
 
@@ -912,11 +1053,12 @@ impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.file.is_none() && !self.failed && self.mem.len() + data.len() >= SHM_MIN {
             match create_for(self.mem.len() + data.len()) {
-                Ok((f, name)) => {
-                    let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
+                Ok(Held { file, name, map }) => {
+                    let mut w = std::io::BufWriter::with_capacity(256 << 10, file);
                     w.write_all(&self.mem)?;
                     self.mem = Vec::new();
                     self.file = Some((w, name));
+                    self.map = map;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "shared memory unavailable; encoding in memory");
@@ -928,15 +1070,14 @@ impl Write for Writer {
         self.len += data.len();
         match &mut self.file {
             Some((w, _)) if data.len() >= AWAY => {
-                // A large write goes through a mapping of its range, whose pages a helper
-                // allocates from the far end while this thread copies from the near end
-                // (through write(2), the two would queue on the file's lock).
+                // A large write goes through a mapping of the file (through write(2), its
+                // helper and this thread would queue on the file's lock).
                 use std::io::Seek;
                 w.flush()?;
                 let f = w.get_mut();
                 let end = at + data.len();
                 grow_to(f, end)?;
-                copy_into(f, at, data)?;
+                self.map = Some(fill(f, self.map.take(), at, data)?);
                 f.seek(std::io::SeekFrom::Start(end as u64))?;
             }
             Some((w, _)) => w.write_all(data)?,
@@ -950,25 +1091,27 @@ impl Write for Writer {
     }
 }
 
-/// Copies `data` into bytes `at..` of `f` (already that long) through a mapping, with the
-/// pages allocated ahead by a helper ([`Ahead`]).
-fn copy_into(f: &std::fs::File, at: usize, data: &[u8]) -> std::io::Result<()> {
-    // SAFETY: sysconf(3) has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let from = at / page * page;
-    let len = at + data.len() - from;
-    let map = Mapping::of(
-        f,
-        len,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_SHARED,
-        from,
-    )?;
+/// Copies `data` into bytes `at..` of `f` (already that long) through `map`, a writable
+/// mapping of `f` from its start, if it reaches far enough (a reused file's: its pages are
+/// mapped already), else through a new one whose pages a helper allocates ahead
+/// ([`Ahead`]); returns the mapping, to keep.
+fn fill(
+    f: &std::fs::File,
+    map: Option<Mapping>,
+    at: usize,
+    data: &[u8],
+) -> std::io::Result<Mapping> {
+    let end = at + data.len();
+    let (map, fresh) = writable(f, map, end)?;
+    let ahead = if fresh {
+        Ahead::populate(&map, at)
+    } else {
+        None
+    };
     let base = map.ptr as usize;
-    let ahead = Ahead::populate(&map, at - from);
-    let mut done = at - from;
+    let mut done = at;
     for part in data.chunks(Ahead::STEP) {
-        // SAFETY: `done..done + part.len()` lies within the `len` writable bytes mapped, which
+        // SAFETY: `done..done + part.len()` lies within the `end` writable bytes mapped, which
         // only this function writes.
         unsafe {
             std::ptr::copy_nonoverlapping(part.as_ptr(), (base + done) as *mut u8, part.len());
@@ -979,8 +1122,7 @@ fn copy_into(f: &std::fs::File, at: usize, data: &[u8]) -> std::io::Result<()> {
         }
     }
     drop(ahead);
-    drop(map);
-    Ok(())
+    Ok(map)
 }
 
 /// `#[serde(with = "shm")]` for a `Bytes` field.
@@ -1230,7 +1372,7 @@ mod tests {
             .map(|(_, n)| n.clone())
             .expect("named");
         drop(got);
-        let spare = REUSE.lock().spares.iter().any(|s| s.name == name);
+        let spare = REUSE.lock().spares.iter().any(|s| s.held.name == name);
         assert_eq!(Path::new(DIR).join(&name).exists(), spare);
         // A landing dropped half filled stops its helper and leaves nothing behind.
         let mut half = Landing::new(2 * AWAY).expect("a landing");
@@ -1277,11 +1419,8 @@ mod tests {
         assert!(read.iter().all(|&b| b == 1) && read.len() == n);
         // While the reader maps it, a new value gets another file and the read one stays.
         let second = write(2);
-        assert_ne!(
-            ino(&second),
-            first_ino,
-            "not reused while its reader maps it"
-        );
+        let second_ino = ino(&second);
+        assert_ne!(second_ino, first_ino, "not reused while its reader maps it");
         assert!(
             read.iter().all(|&b| b == 1),
             "the reader's value is untouched"
@@ -1295,7 +1434,7 @@ mod tests {
             spare = r
                 .spares
                 .iter()
-                .any(|s| s.file.metadata().is_ok_and(|m| m.ino() == first_ino));
+                .any(|s| s.held.file.metadata().is_ok_and(|m| m.ino() == first_ino));
             drop(r);
             if spare {
                 break;
@@ -1308,12 +1447,25 @@ mod tests {
         assert!(third.iter().all(|&b| b == 3) && third.len() == n);
         assert!(second.iter().all(|&b| b == 2));
         drop(second);
-        // A value shorter than the reused file is cut to its length.
+        // A shorter value in a reused file is its own length, to its writer and its reader.
+        drop(third);
         let mut w = Writer::new();
         w.write_all(&vec![4u8; n - AWAY]).expect("write");
-        drop(third);
         let fourth = w.finish().expect("finish");
-        assert_eq!(fourth.len(), n - AWAY);
+        assert!(
+            [first_ino, second_ino].contains(&ino(&fourth)),
+            "one of the two spares (the second value's and the third's) is reused"
+        );
+        assert!(fourth.iter().all(|&b| b == 4) && fourth.len() == n - AWAY);
+        let wire = {
+            let _s = Scope::enter();
+            rmp_serde::to_vec(&V(fourth)).expect("encode")
+        };
+        let fourth = {
+            let _s = Scope::enter();
+            rmp_serde::from_slice::<V>(&wire).expect("decode").0
+        };
+        assert!(fourth.iter().all(|&b| b == 4) && fourth.len() == n - AWAY);
         // Spares unused for a while are unlinked.
         drop(fourth);
         let names: Vec<String> = {
@@ -1321,7 +1473,7 @@ mod tests {
             for s in &mut r.spares {
                 s.since -= SPARE_IDLE;
             }
-            r.spares.iter().map(|s| s.name.clone()).collect()
+            r.spares.iter().map(|s| s.held.name.clone()).collect()
         };
         expire_spares();
         for name in names {
