@@ -388,7 +388,7 @@ pub(crate) fn drop_away<T: Send + 'static>(v: T) {
 
 /// The suffix a reader gives a large file it maps.
 const TAKEN: &str = "-r";
-/// Spares kept per process, and their bytes at most (and an eighth of the free space).
+/// Spares kept per process, and their bytes at most (and a sixteenth of the free space: every worker process of a node keeps its own).
 const SPARES: usize = 4;
 const SPARE_BYTES: u64 = 1 << 30;
 /// A spare unused this long is unlinked.
@@ -492,7 +492,7 @@ fn let_go(held: Held) {
 fn keep_spare(r: &mut Reuse, held: Held) {
     let cap = held.file.metadata().map(|m| m.len()).unwrap_or(0);
     let kept: u64 = r.spares.iter().map(|s| s.cap).sum();
-    let room = SPARE_BYTES.min(free_space() / 8);
+    let room = SPARE_BYTES.min(free_space() / 16);
     if cap >= AWAY as u64 && r.spares.len() < SPARES && kept + cap <= room {
         std::sync::LazyLock::force(&REAPER);
         release_at_exit();
