@@ -383,12 +383,14 @@ pub(crate) fn drop_away<T: Send + 'static>(v: T) {
 // is taken and an exclusive `flock` of its own succeeds, no reader maps it, and the file is
 // renamed back into this process's spares. A file is named to one reader once, so no reader
 // can come to a file after it was taken. Spares are few, bounded in bytes, and unlinked
-// after `SPARE_IDLE` unused (on the reaper thread); a process that dies leaves them to
+// after `SPARE_IDLE` unused (on the reaper thread) and when the process exits; a reader
+// letting go of a file whose writer is gone unlinks it; a killed process leaves its files to
 // `remove_of` / `remove_orphans`, as any file of its.
 
 /// The suffix a reader gives a large file it maps.
 const TAKEN: &str = "-r";
-/// Spares kept per process, and their bytes at most (and a sixteenth of the free space: every worker process of a node keeps its own).
+/// Spares kept per process, and their bytes at most (and a sixteenth of the free space:
+/// every worker process of a node keeps its own).
 const SPARES: usize = 4;
 const SPARE_BYTES: u64 = 1 << 30;
 /// A spare unused this long is unlinked.
