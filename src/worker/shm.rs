@@ -65,26 +65,31 @@ pub(crate) fn remove_of(pid: u32) -> usize {
     if pid == 0 || !available() {
         return 0;
     }
-    let (wrote, meant) = (format!("{PREFIX}{pid}-"), format!("-{pid}-"));
     let Ok(entries) = std::fs::read_dir(DIR) else {
         return 0;
     };
     let mut n = 0;
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        // `<writer>-<reader>-<uuid>`
-        let reader_part = rest.find('-').map(|i| &rest[i..]);
-        if (name.starts_with(&wrote) || reader_part.is_some_and(|r| r.starts_with(&meant)))
+        if name
+            .to_str()
+            .and_then(parties)
+            .is_some_and(|(w, r)| w == pid || r == pid)
             && std::fs::remove_file(e.path()).is_ok()
         {
             n += 1;
         }
     }
     n
+}
+
+/// The writer and reader pids a shared-memory file's name carries:
+/// `<PREFIX><writer>-<reader>-<uuid>[-r]`.
+fn parties(name: &str) -> Option<(u32, u32)> {
+    let mut parts = name.strip_prefix(PREFIX)?.splitn(3, '-');
+    let w = parts.next()?.parse().ok()?;
+    let r = parts.next()?.parse().ok()?;
+    Some((w, r))
 }
 
 /// Switches shared memory on for this thread while it lives (when the directory exists).
@@ -113,7 +118,7 @@ fn on() -> bool {
 }
 
 /// Removes shared-memory values whose writer and reader are both gone (left behind by
-/// processes that were killed); run when a node starts. Returns how many.
+/// processes that were killed); run when a node starts and stops. Returns how many.
 pub(crate) fn remove_orphans() -> usize {
     if !available() {
         return 0;
@@ -124,15 +129,7 @@ pub(crate) fn remove_orphans() -> usize {
     let mut n = 0;
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|s| s.strip_prefix(PREFIX)) else {
-            continue;
-        };
-        // `<writer>-<reader>-<uuid>`
-        let mut parts = rest.splitn(3, '-');
-        let (Some(w), Some(r)) = (
-            parts.next().and_then(|p| p.parse::<u32>().ok()),
-            parts.next().and_then(|p| p.parse::<u32>().ok()),
-        ) else {
+        let Some((w, r)) = name.to_str().and_then(parties) else {
             continue;
         };
         if !alive(w) && !alive(r) && std::fs::remove_file(e.path()).is_ok() {
@@ -198,9 +195,7 @@ fn write(data: &[u8]) -> std::io::Result<String> {
     let mut held = create_for(data.len())?;
     let path = Path::new(DIR).join(&held.name);
     let written = if data.len() >= AWAY {
-        grow_to(&held.file, data.len())
-            .and_then(|()| fill(&held.file, held.map.take(), 0, data))
-            .map(Some)
+        fill(&held.file, held.map.take(), 0, data).map(Some)
     } else {
         held.file.write_all(data).map(|()| None)
     };
@@ -251,23 +246,11 @@ impl Mapping {
         len: usize,
         prot: libc::c_int,
         flags: libc::c_int,
-        offset: usize,
     ) -> std::io::Result<Self> {
-        let offset = libc::off_t::try_from(offset)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         use std::os::fd::AsRawFd;
         // SAFETY: mapping a regular file this process opened; the mapping is owned by the
         // returned value and unmapped once, on its drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                flags,
-                f.as_raw_fd(),
-                offset,
-            )
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, f.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
@@ -295,23 +278,16 @@ impl AsRef<[u8]> for Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let (ptr, len, hold) = (self.ptr as usize, self.len, self.hold.take());
-        let unmap = move || {
-            // SAFETY: unmapping the region this owner mapped, once.
-            unsafe {
-                libc::munmap(ptr as *mut libc::c_void, len);
-            }
-            // The lock goes only once the pages are no longer mapped here.
-            if let Some(h) = hold {
-                h.let_go();
-            }
+        let region = Unmap {
+            ptr: self.ptr as usize,
+            len: self.len,
+            hold: self.hold.take(),
         };
         // Unmapping a large value frees its pages (tens of milliseconds for hundreds of MiB):
-        // not on the thread that let go of it, an actor's or a task's.
-        if len >= AWAY {
-            drop_away(Unmap(Some(Box::new(unmap))));
-        } else {
-            unmap();
+        // not on the thread that let go of it, an actor's or a task's. A small one is
+        // unmapped here, as `region` goes.
+        if region.len >= AWAY {
+            drop_away(region);
         }
     }
 }
@@ -320,13 +296,22 @@ impl Drop for Mapping {
 /// pages allocated by a helper thread while they are written ([`Ahead`]).
 pub(crate) const AWAY: usize = 8 << 20;
 
-/// Runs a closure when dropped (on the reaper thread).
-struct Unmap(Option<Box<dyn FnOnce() + Send>>);
+/// A mapping being let go of: unmapped when dropped (on the reaper thread, for a large one).
+struct Unmap {
+    ptr: usize,
+    len: usize,
+    hold: Option<Hold>,
+}
 
 impl Drop for Unmap {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
+        // SAFETY: unmapping the region its `Mapping` mapped, once (the mapping is gone).
+        unsafe {
+            libc::munmap(self.ptr as *mut libc::c_void, self.len);
+        }
+        // The lock goes only once the pages are no longer mapped here.
+        if let Some(h) = self.hold.take() {
+            h.let_go();
         }
     }
 }
@@ -359,17 +344,9 @@ static REAPER: std::sync::LazyLock<Option<std::sync::mpsc::SyncSender<Reaped>>> 
 /// mapping of a value) costs a page-table walk over all of it, which the thread that lets go
 /// of it need not wait for.
 pub(crate) fn drop_away<T: Send + 'static>(v: T) {
-    match REAPER.as_ref() {
-        Some(tx) => {
-            if let Err(
-                std::sync::mpsc::TrySendError::Full(v)
-                | std::sync::mpsc::TrySendError::Disconnected(v),
-            ) = tx.try_send(Box::new(v))
-            {
-                drop(v);
-            }
-        }
-        None => drop(v),
+    // Refused (full, or no reaper): the error holds `v`, dropped here.
+    if let Some(tx) = REAPER.as_ref() {
+        let _ = tx.try_send(Box::new(v));
     }
 }
 
@@ -389,6 +366,11 @@ pub(crate) fn drop_away<T: Send + 'static>(v: T) {
 
 /// The suffix a reader gives a large file it maps.
 const TAKEN: &str = "-r";
+
+/// Where file `name` is once its reader took it.
+fn taken_path(name: &str) -> PathBuf {
+    Path::new(DIR).join(format!("{name}{TAKEN}"))
+}
 /// Spares kept per process, and their bytes at most (and a sixteenth of the free space:
 /// every worker process of a node keeps its own).
 const SPARES: usize = 4;
@@ -456,22 +438,21 @@ impl Hold {
     }
 }
 
-/// A reader takes large file `f`, opened at `path` (see above): locked shared, checked to be
-/// the file of that name, renamed taken (its new path is returned). The lock stays while `f`
-/// is open.
-fn take(f: &std::fs::File, path: &Path) -> std::io::Result<PathBuf> {
+/// A reader takes large file `f`, opened by its name `name` (see above): locked shared,
+/// checked to be the file of that name, renamed taken (its new path is returned). The lock
+/// stays while `f` is open.
+fn take(f: &std::fs::File, name: &str) -> std::io::Result<PathBuf> {
     if !flock(f, libc::LOCK_SH | libc::LOCK_NB) {
         return Err(std::io::Error::other("its writer is reusing it"));
     }
-    if inode(&f.metadata()?) != inode(&std::fs::symlink_metadata(path)?) {
+    let path = Path::new(DIR).join(name);
+    if inode(&f.metadata()?) != inode(&std::fs::symlink_metadata(&path)?) {
         return Err(std::io::Error::other("its name is another file's"));
     }
-    let mut taken = path.as_os_str().to_owned();
-    taken.push(TAKEN);
-    let taken = PathBuf::from(taken);
-    if std::fs::rename(path, &taken).is_err() {
+    let taken = taken_path(name);
+    if std::fs::rename(&path, &taken).is_err() {
         // Cannot mark it taken: unlinked, as a small value is (its writer forgets it).
-        std::fs::remove_file(path)?;
+        std::fs::remove_file(&path)?;
     }
     Ok(taken)
 }
@@ -521,7 +502,7 @@ fn reclaim(r: &mut Reuse) {
             drop_away(o);
             continue;
         };
-        let taken = Path::new(DIR).join(format!("{}{TAKEN}", o.name));
+        let taken = taken_path(&o.name);
         let is_taken = std::fs::symlink_metadata(&taken).is_ok_and(|m| inode(&m) == me);
         if !is_taken {
             // Not read yet (still under its name), or gone.
@@ -559,7 +540,7 @@ fn reclaim(r: &mut Reuse) {
             break;
         };
         if let Some(o) = waiting.remove(pos) {
-            let _ = std::fs::remove_file(Path::new(DIR).join(format!("{}{TAKEN}", o.name)));
+            let _ = std::fs::remove_file(taken_path(&o.name));
             drop_away(o);
             taken_count -= 1;
         }
@@ -630,7 +611,7 @@ fn release(r: &mut Reuse) {
         let _ = std::fs::remove_file(Path::new(DIR).join(&s.held.name));
     }
     for o in r.out.drain(..) {
-        let _ = std::fs::remove_file(Path::new(DIR).join(format!("{}{TAKEN}", o.name)));
+        let _ = std::fs::remove_file(taken_path(&o.name));
     }
 }
 
@@ -647,14 +628,12 @@ impl Ahead {
     /// Pages are allocated this many bytes at a time.
     const STEP: usize = 2 << 20;
 
-    /// Starts the helper; `alloc(start, end)` allocates a range and says whether to go on.
-    /// `None` for a range too small to be worth a thread, or if none could start.
-    fn start(
-        from: usize,
-        to: usize,
-        mut alloc: impl FnMut(usize, usize) -> bool + Send + 'static,
-    ) -> Option<Ahead> {
+    /// A helper populating bytes `from..` of writable mapping `map`, which must outlive the
+    /// returned value (dropping it stops and joins the helper). `None` for a range too small
+    /// to be worth a thread, or if none could start.
+    fn populate(map: &Mapping, from: usize) -> Option<Ahead> {
         use std::sync::atomic::Ordering;
+        let (base, to) = (map.ptr as usize, map.len);
         if to.saturating_sub(from) < AWAY {
             return None;
         }
@@ -667,7 +646,20 @@ impl Ahead {
                 while end > from {
                     let start = ((end - 1) / Self::STEP * Self::STEP).max(from);
                     // The writer is in this step already: it allocates the rest as it goes.
-                    if seen.load(Ordering::Acquire) + Self::STEP >= start || !alloc(start, end) {
+                    if seen.load(Ordering::Acquire) + Self::STEP >= start {
+                        break;
+                    }
+                    // SAFETY: `base..base + to` stays mapped while the helper runs (its owner
+                    // drops the helper first); populating only allocates and maps pages, it
+                    // writes nothing.
+                    let done = unsafe {
+                        libc::madvise(
+                            (base + start) as *mut libc::c_void,
+                            end - start,
+                            libc::MADV_POPULATE_WRITE,
+                        ) == 0
+                    };
+                    if !done {
                         break;
                     }
                     end = start;
@@ -677,23 +669,6 @@ impl Ahead {
         Some(Ahead {
             reached,
             thread: Some(thread),
-        })
-    }
-
-    /// A helper populating bytes `from..` of writable mapping `map`, which must outlive the
-    /// returned value (dropping it stops and joins the helper).
-    fn populate(map: &Mapping, from: usize) -> Option<Ahead> {
-        let (base, len) = (map.ptr as usize, map.len);
-        Ahead::start(from, len, move |start, end| {
-            // SAFETY: `base..base + len` stays mapped while the helper runs (its owner drops
-            // the helper first); populating only allocates and maps pages, it writes nothing.
-            unsafe {
-                libc::madvise(
-                    (base + start) as *mut libc::c_void,
-                    end - start,
-                    libc::MADV_POPULATE_WRITE,
-                ) == 0
-            }
         })
     }
 
@@ -731,7 +706,7 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
         // Large: its writer reuses the file once no reader holds it (`reuse`). Locked first,
         // then checked to still be the file of that name, then renamed "taken".
         let t =
-            take(&f, &path).map_err(|e| bad(&format!("shared-memory value not readable: {e}")))?;
+            take(&f, name).map_err(|e| bad(&format!("shared-memory value not readable: {e}")))?;
         Some(t)
     } else {
         // Gone from the directory at once: the mapping keeps the memory until dropped.
@@ -743,14 +718,10 @@ fn read(name: &str, len: u64) -> std::io::Result<Bytes> {
     if size < len || len == 0 {
         return Err(bad("shared-memory value of the wrong size"));
     }
-    let mut map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE, 0)?;
+    let mut map = Mapping::of(&f, n, libc::PROT_READ, libc::MAP_PRIVATE)?;
     if let Some(taken) = taken {
-        // `<prefix><writer>-...`: checked by the pattern above, so a parse failure is 0.
-        let writer = name[PREFIX.len()..]
-            .split('-')
-            .next()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(0);
+        // A name not of the usual form has no writer to wait for (0: never alive).
+        let writer = parties(name).map_or(0, |(w, _)| w);
         map.hold = Some(Hold {
             file: f,
             taken,
@@ -837,7 +808,7 @@ fn map_named(
         other => {
             drop(other);
             // Shared: its pages are the file's (nobody writes it after this).
-            Mapping::of(&f, len, libc::PROT_READ, libc::MAP_SHARED, 0).inspect_err(|_| {
+            Mapping::of(&f, len, libc::PROT_READ, libc::MAP_SHARED).inspect_err(|_| {
                 let _ = std::fs::remove_file(Path::new(DIR).join(&name));
             })?
         }
@@ -910,23 +881,15 @@ impl Landing {
         let made = (|| {
             let Held { file, name, map } = create_for(len)?;
             // Shared and writable: only this landing writes it until it is finished.
-            let mapped = grow_to(&file, len).and_then(|()| writable(&file, map, len));
-            match mapped {
-                Ok((map, fresh)) => {
-                    // The landing stops its helper before unmapping (field order).
-                    let ahead = if fresh {
-                        Ahead::populate(&map, 0)
-                    } else {
-                        None
-                    };
-                    Ok(Landing {
-                        ahead,
-                        map: Some(map),
-                        len,
-                        name,
-                        file: Some(file),
-                    })
-                }
+            match writable(&file, map, len, 0) {
+                // The landing stops its helper before unmapping.
+                Ok((map, ahead)) => Ok(Landing {
+                    ahead,
+                    map: Some(map),
+                    len,
+                    name,
+                    file: Some(file),
+                }),
                 Err(e) => {
                     let _ = std::fs::remove_file(Path::new(DIR).join(&name));
                     Err(e)
@@ -979,25 +942,23 @@ impl Drop for Landing {
     }
 }
 
-/// `map` if it is a writable mapping of `f` reaching `len` bytes, else a new one (`true`:
-/// its pages are not mapped yet).
+/// A writable mapping of `f`'s first `len` bytes (the file grown to that length if shorter):
+/// `map` if it is one reaching that far (a reused file's: its pages are mapped already), else
+/// a new one, with a helper populating its pages from `from` on ([`Ahead`]; drop it first).
 fn writable(
     f: &std::fs::File,
     map: Option<Mapping>,
     len: usize,
-) -> std::io::Result<(Mapping, bool)> {
+    from: usize,
+) -> std::io::Result<(Mapping, Option<Ahead>)> {
+    grow_to(f, len)?;
     match map {
-        Some(m) if m.writable && m.len >= len => Ok((m, false)),
+        Some(m) if m.writable && m.len >= len => Ok((m, None)),
         other => {
             drop(other);
-            let m = Mapping::of(
-                f,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                0,
-            )?;
-            Ok((m, true))
+            let m = Mapping::of(f, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED)?;
+            let ahead = Ahead::populate(&m, from);
+            Ok((m, ahead))
         }
     }
 }
@@ -1077,10 +1038,8 @@ impl Write for Writer {
                 use std::io::Seek;
                 w.flush()?;
                 let f = w.get_mut();
-                let end = at + data.len();
-                grow_to(f, end)?;
                 self.map = Some(fill(f, self.map.take(), at, data)?);
-                f.seek(std::io::SeekFrom::Start(end as u64))?;
+                f.seek(std::io::SeekFrom::Start((at + data.len()) as u64))?;
             }
             Some((w, _)) => w.write_all(data)?,
             None => self.mem.extend_from_slice(data),
@@ -1093,10 +1052,8 @@ impl Write for Writer {
     }
 }
 
-/// Copies `data` into bytes `at..` of `f` (already that long) through `map`, a writable
-/// mapping of `f` from its start, if it reaches far enough (a reused file's: its pages are
-/// mapped already), else through a new one whose pages a helper allocates ahead
-/// ([`Ahead`]); returns the mapping, to keep.
+/// Copies `data` into bytes `at..` of `f` (grown to that length) through a writable
+/// mapping ([`writable`]: `map` if it reaches far enough); returns the mapping, to keep.
 fn fill(
     f: &std::fs::File,
     map: Option<Mapping>,
@@ -1104,12 +1061,7 @@ fn fill(
     data: &[u8],
 ) -> std::io::Result<Mapping> {
     let end = at + data.len();
-    let (map, fresh) = writable(f, map, end)?;
-    let ahead = if fresh {
-        Ahead::populate(&map, at)
-    } else {
-        None
-    };
+    let (map, ahead) = writable(f, map, end, at)?;
     let base = map.ptr as usize;
     let mut done = at;
     for part in data.chunks(Ahead::STEP) {
@@ -1242,6 +1194,18 @@ mod tests {
     #[derive(serde::Serialize, serde::Deserialize)]
     struct V(#[serde(with = "super")] Bytes);
 
+    /// `b` encoded with shared memory switched on, as a worker frame is.
+    fn send(b: Bytes) -> Vec<u8> {
+        let _s = Scope::enter();
+        rmp_serde::to_vec(&V(b)).expect("encode")
+    }
+
+    /// `wire` decoded with shared memory switched on, as a worker frame is.
+    fn receive(wire: &[u8]) -> Bytes {
+        let _s = Scope::enter();
+        rmp_serde::from_slice::<V>(wire).expect("decode").0
+    }
+
     #[test]
     fn named_values_are_handed_over_once_and_leave_nothing_behind() {
         if !available() {
@@ -1268,27 +1232,15 @@ mod tests {
         let path = file_of(&big).expect("a named file");
         assert!(path.exists());
         // Sent: by name, without a new file; the receiver maps and unlinks it.
-        let wire = {
-            let _s = Scope::enter();
-            rmp_serde::to_vec(&V(big.clone())).expect("encode")
-        };
+        let wire = send(big.clone());
         assert!(wire.len() < 200);
         assert!(file_of(&big).is_none(), "handed over");
-        let back = {
-            let _s = Scope::enter();
-            rmp_serde::from_slice::<V>(&wire).expect("decode").0
-        };
+        let back = receive(&wire);
         assert_eq!(back, big);
         assert!(!path.exists(), "the receiver unlinked it");
         // A second send writes a copy.
-        let again = {
-            let _s = Scope::enter();
-            rmp_serde::to_vec(&V(big.clone())).expect("encode")
-        };
-        let copy = {
-            let _s = Scope::enter();
-            rmp_serde::from_slice::<V>(&again).expect("decode").0
-        };
+        let again = send(big.clone());
+        let copy = receive(&again);
         assert_eq!(copy, big);
         // A named value dropped unsent removes its file; so do an unfinished writer and
         // landing.
@@ -1410,14 +1362,8 @@ mod tests {
         let first = write(1);
         let first_ino = ino(&first);
         // Sent by name and read (here, as another process would): the reader holds it.
-        let wire = {
-            let _s = Scope::enter();
-            rmp_serde::to_vec(&V(first)).expect("encode")
-        };
-        let read = {
-            let _s = Scope::enter();
-            rmp_serde::from_slice::<V>(&wire).expect("decode").0
-        };
+        let wire = send(first);
+        let read = receive(&wire);
         assert!(read.iter().all(|&b| b == 1) && read.len() == n);
         // While the reader maps it, a new value gets another file and the read one stays.
         let second = write(2);
@@ -1459,14 +1405,8 @@ mod tests {
             "one of the two spares (the second value's and the third's) is reused"
         );
         assert!(fourth.iter().all(|&b| b == 4) && fourth.len() == n - AWAY);
-        let wire = {
-            let _s = Scope::enter();
-            rmp_serde::to_vec(&V(fourth)).expect("encode")
-        };
-        let fourth = {
-            let _s = Scope::enter();
-            rmp_serde::from_slice::<V>(&wire).expect("decode").0
-        };
+        let wire = send(fourth);
+        let fourth = receive(&wire);
         assert!(fourth.iter().all(|&b| b == 4) && fourth.len() == n - AWAY);
         // Spares unused for a while are unlinked.
         drop(fourth);
@@ -1509,20 +1449,14 @@ mod tests {
         let big = Bytes::from(vec![9u8; SHM_MIN + 5]);
         let inline = rmp_serde::to_vec(&V(big.clone())).expect("encode");
         assert!(inline.len() > SHM_MIN, "off: the bytes travel inline");
-        let shm = {
-            let _s = Scope::enter();
-            rmp_serde::to_vec(&V(big.clone())).expect("encode")
-        };
+        let shm = send(big.clone());
         if !available() {
             return;
         }
         assert!(shm.len() < 200, "on: only a name travels");
         // Off, the receiver refuses it (and leaves the file); on, it maps and unlinks it.
         assert!(rmp_serde::from_slice::<V>(&shm).is_err());
-        let back = {
-            let _s = Scope::enter();
-            rmp_serde::from_slice::<V>(&shm).expect("decode").0
-        };
+        let back = receive(&shm);
         assert_eq!(back, big);
         let _s = Scope::enter();
         assert!(rmp_serde::from_slice::<V>(&shm).is_err(), "read once");
