@@ -796,7 +796,7 @@ impl Raylet {
     fn remote_done(
         &mut self,
         tid: TaskId,
-        result: Result<crate::worker::protocol::WireValue, Error>,
+        result: Result<RemoteValue, Error>,
         node_lost: bool,
         kept: bool,
     ) {
@@ -817,11 +817,17 @@ impl Raylet {
         match result {
             Ok(v) => {
                 let id = task.spec.return_id;
-                self.cfg
-                    .history
-                    .ended(task.spec.task_id, task.spec.attempt, Ok(()));
                 self.by_return.remove(&id);
-                let sealed = self.table.seal(id, v.data, v.nested, false);
+                let sealed = match v {
+                    RemoteValue::Value(v) => {
+                        self.cfg
+                            .history
+                            .ended(task.spec.task_id, task.spec.attempt, Ok(()));
+                        self.table.seal(id, v.data, v.nested, false)
+                    }
+                    // Its end is in the history already.
+                    RemoteValue::Sealed(took) => took,
+                };
                 if kept && sealed {
                     self.copies.entry(id).or_default().push(node);
                 } else if kept {
@@ -2330,12 +2336,21 @@ impl Handler<RemoteNode> for Raylet {
     }
 }
 
+/// The value of a spilled task that finished.
+pub(crate) enum RemoteValue {
+    /// For the raylet to seal.
+    Value(crate::worker::protocol::WireValue),
+    /// Sealed already where it arrived (so its readers wake without a hop through the
+    /// raylet); whether the seal took (not: the task was cancelled, failed over or freed).
+    Sealed(bool),
+}
+
 /// A spilled task finished on its node.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct RemoteDone {
     pub task_id: TaskId,
-    pub result: Result<crate::worker::protocol::WireValue, Error>,
+    pub result: Result<RemoteValue, Error>,
     /// The node could not be reached or dropped the connection: a system failure.
     pub node_lost: bool,
     /// The node that ran it keeps a copy of the value (until told to `Release` it).

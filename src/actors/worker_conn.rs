@@ -531,12 +531,14 @@ impl WorkerConn {
                 let wid = self.wid;
                 let out = self.out.clone();
                 let pid = self.pid;
-                if !all_ready {
+                // A worker waiting lends its task's CPUs; a driver holds none (nothing to say).
+                let lends = !all_ready && self.shared.is_some();
+                if lends {
                     let _ = raylet_tx.try_send(RayletMsg::Blocked(wid));
                 }
                 ctx.spawn(actix::fut::wrap_future(async move {
                     let r = NodeClient::get_async_many(table, ids, timeout).await;
-                    if !all_ready {
+                    if lends {
                         let _ = raylet_tx.send_async(RayletMsg::Unblocked(wid)).await;
                     }
                     if let Some(f) = frame(
@@ -557,10 +559,15 @@ impl WorkerConn {
             } => {
                 let raylet_tx = self.ctx.raylet_tx.clone();
                 let wid = self.wid;
+                let lends = self.shared.is_some();
                 self.reply_blocking(ctx, req, move |c| {
-                    let _ = raylet_tx.send(RayletMsg::Blocked(wid));
+                    if lends {
+                        let _ = raylet_tx.send(RayletMsg::Blocked(wid));
+                    }
                     let r = c.wait(&ids, num, timeout_ms.map(Duration::from_millis));
-                    let _ = raylet_tx.send(RayletMsg::Unblocked(wid));
+                    if lends {
+                        let _ = raylet_tx.send(RayletMsg::Unblocked(wid));
+                    }
                     Reply::Ready(r)
                 });
             }

@@ -17,7 +17,7 @@ use super::{
     ClusterMsg, Finished, Held, Reporter, Shipping, decode, encode, execute_here, receive_result,
     release_all,
 };
-use crate::actors::raylet::{Raylet, RemoteDone};
+use crate::actors::raylet::{Raylet, RegisterJob, RemoteDone, RemoteValue};
 use crate::net::NetHandle;
 
 /// What the hot handlers need of the daemon.
@@ -29,23 +29,27 @@ pub(super) struct Hot {
     pub shipping: Arc<Shipping>,
     pub reporter: Arc<Reporter>,
     pub outgoing: Arc<Outgoing>,
+    /// Jobs whose launch the raylet was told (it keeps the first): a task of a known job goes
+    /// straight to the raylet, without a round trip to it for the registration.
+    pub known_jobs: parking_lot::Mutex<std::collections::HashSet<crate::JobId>>,
 }
 
 impl Hot {
     /// Sends the result of a task or call `from` sent back to it.
-    fn report(
+    async fn report(
         &self,
         from: libp2p::PeerId,
-        task_id: crate::TaskId,
+        (task_id, attempt): (crate::TaskId, u32),
         return_id: crate::ObjectId,
         answer: ClusterMsg,
     ) {
         let done = Finished {
             task_id,
             return_id,
+            attempt,
             answer,
         };
-        self.reporter.report(from, done);
+        self.reporter.report(from, done).await;
     }
 
     /// Runs a task `from` sent; its value goes back in a `TaskFinished`.
@@ -57,25 +61,40 @@ impl Hot {
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            let task_id = spec.task_id;
+            let task = (spec.task_id, spec.attempt);
             let return_id = spec.return_id;
-            let answer = match me.shipping.resolve(&me.net, from, launch).await {
-                Ok(launch) => {
-                    execute_here(
-                        &me.rt,
-                        me.raylet.clone(),
-                        &me.net,
-                        from,
-                        *spec,
-                        launch,
-                        &me.held,
-                    )
-                    .await
+            let answer = match me.register(from, spec.job_id, launch).await {
+                Ok(()) => {
+                    execute_here(&me.rt, me.raylet.clone(), &me.net, from, *spec, &me.held).await
                 }
                 Err(e) => ClusterMsg::TaskResult(Err(e)),
             };
-            me.report(from, task_id, return_id, answer);
+            me.report(from, task, return_id, answer).await;
         });
+    }
+
+    /// Tells the raylet how to start `job`'s workers (its executable fetched from `from` if
+    /// this node lacks it), once per job.
+    async fn register(
+        &self,
+        from: libp2p::PeerId,
+        job: crate::JobId,
+        launch: crate::worker::process::JobLaunch,
+    ) -> Result<(), crate::Error> {
+        if self.known_jobs.lock().contains(&job) {
+            return Ok(());
+        }
+        let launch = self.shipping.resolve(&self.net, from, launch).await?;
+        if let Some(r) = &self.raylet {
+            r.send(RegisterJob {
+                job_id: job,
+                launch,
+            })
+            .await
+            .map_err(crate::Error::runtime)?;
+            self.known_jobs.lock().insert(job);
+        }
+        Ok(())
     }
 
     /// Queues calls `from` sent at their actors, in order, and returns once they are queued
@@ -86,7 +105,10 @@ impl Hot {
         calls: Vec<crate::spec::ActorCall>,
     ) -> ClusterMsg {
         let args = actors::prepare_calls(&calls, &self.held.table, &self.net, from);
-        let ids: Vec<_> = calls.iter().map(|c| (c.task_id, c.return_id)).collect();
+        let ids: Vec<_> = calls
+            .iter()
+            .map(|c| ((c.task_id, c.attempt), c.return_id))
+            .collect();
         let core = self.rt.core().clone();
         // A full actor queue blocks the submission: then off the runtime's threads. (A batch
         // is of one actor: one forwarder per actor sends them.)
@@ -105,13 +127,13 @@ impl Hot {
         } else {
             tokio::task::spawn_blocking(submit).await
         };
-        for ((task_id, return_id), args) in ids.into_iter().zip(args) {
+        for ((task, return_id), args) in ids.into_iter().zip(args) {
             let me = self.clone();
             tokio::spawn(async move {
                 let obj = me.rt.core().get_object_async(return_id).await;
                 let answer = super::answer_of(return_id, obj, &me.held);
                 release_all(&me.held.table, &args);
-                me.report(from, task_id, return_id, answer);
+                me.report(from, task, return_id, answer).await;
             });
         }
         match submitted {
@@ -125,6 +147,7 @@ impl Hot {
         for Finished {
             task_id,
             return_id,
+            attempt,
             answer,
         } in done
         {
@@ -138,13 +161,28 @@ impl Hot {
                 if let Some(q) = call {
                     actors::seal_forwarded(&me.held.table, q, result);
                 } else if let Some(r) = &me.raylet {
+                    // A value is sealed here, on this thread (its readers wake from here);
+                    // the raylet, told after, does the task's bookkeeping. A failure, or a
+                    // lost node, is the raylet's to retry or seal.
+                    let result = match result {
+                        Ok(v) if !node_lost => {
+                            if let Some(n) = me.rt.core().node() {
+                                n.history.ended(task_id, attempt, Ok(()));
+                            }
+                            let took = me.held.table.seal(return_id, v.data, v.nested, false);
+                            Ok(RemoteValue::Sealed(took))
+                        }
+                        Ok(v) => Ok(RemoteValue::Value(v)),
+                        Err(e) => Err(e),
+                    };
+                    let sealed_here = matches!(result, Ok(RemoteValue::Sealed(_)));
                     r.do_send(RemoteDone {
                         task_id,
                         result,
                         node_lost,
                         kept,
                     });
-                    if !refs.is_empty() {
+                    if !refs.is_empty() && !sealed_here {
                         // Sealing counts the value's references; ours can go after.
                         crate::store::sealed(&me.held.table, return_id).await;
                     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::raylet::{Outbound, RegisterJob, RemoteDone, RemoteNode, SetSpill};
+use crate::actors::raylet::{Outbound, RemoteDone, RemoteNode, SetSpill};
 use crate::net::{self, NetConfig, NetEvent};
 use crate::web::now_ms;
 use crate::worker::process::alive;
@@ -376,6 +376,9 @@ pub(crate) struct Finished {
     pub task_id: crate::TaskId,
     /// Its return object.
     pub return_id: crate::ObjectId,
+    /// Which attempt of it this was (its owner's task history records the end).
+    #[serde(default)]
+    pub attempt: u32,
     /// `TaskResult` or `TaskResultAt`.
     pub answer: ClusterMsg,
 }
@@ -396,7 +399,13 @@ impl Finished {
 struct Reporter {
     net: net::NetHandle,
     held: std::sync::Arc<Held>,
-    queues: parking_lot::Mutex<HashMap<libp2p::PeerId, flume::Sender<Finished>>>,
+    queues: parking_lot::Mutex<HashMap<libp2p::PeerId, std::sync::Arc<ReportQueue>>>,
+}
+
+/// The results waiting to go to one node, and whether a task is sending them.
+#[derive(Default)]
+struct ReportQueue {
+    state: parking_lot::Mutex<(std::collections::VecDeque<Finished>, bool)>,
 }
 
 /// Large results of tasks and calls run here for other nodes, each holding one reference
@@ -425,58 +434,60 @@ const REPORT_BATCH: usize = 512;
 const REPORT_BYTES: usize = 8 << 20;
 
 impl Reporter {
-    fn report(self: &std::sync::Arc<Self>, origin: libp2p::PeerId, done: Finished) {
-        let mut q = self.queues.lock();
-        let tx = match q.get(&origin) {
-            Some(tx) if !tx.is_disconnected() => tx.clone(),
-            _ => {
-                let (tx, rx) = flume::unbounded();
-                q.insert(origin, tx.clone());
-                tokio::spawn(self.clone().send_loop(origin, rx));
-                tx
+    /// Sends `done` to `origin`. The first reporter to find nobody sending sends, on its own
+    /// task, everything queued for `origin` until the queue is empty; reports arriving
+    /// meanwhile join the next batch. (No hand-off to a sending task: one thread wake-up less
+    /// per result.)
+    async fn report(&self, origin: libp2p::PeerId, done: Finished) {
+        let q = self.queues.lock().entry(origin).or_default().clone();
+        {
+            let mut st = q.state.lock();
+            st.0.push_back(done);
+            if st.1 {
+                return;
             }
-        };
-        let _ = tx.send(done);
+            st.1 = true;
+        }
+        loop {
+            let batch = {
+                let mut st = q.state.lock();
+                let mut bytes = 0;
+                let mut batch = Vec::new();
+                while batch.len() < REPORT_BATCH
+                    && bytes < REPORT_BYTES
+                    && let Some(f) = st.0.pop_front()
+                {
+                    bytes += f.weight();
+                    batch.push(f);
+                }
+                if batch.is_empty() {
+                    st.1 = false;
+                    return;
+                }
+                batch
+            };
+            self.send_batch(origin, batch).await;
+        }
     }
 
-    async fn send_loop(
-        self: std::sync::Arc<Self>,
-        origin: libp2p::PeerId,
-        rx: flume::Receiver<Finished>,
-    ) {
-        while let Ok(first) = rx.recv_async().await {
-            let mut bytes = first.weight();
-            let mut batch = vec![first];
-            while batch.len() < REPORT_BATCH
-                && bytes < REPORT_BYTES
-                && let Ok(f) = rx.try_recv()
-            {
-                bytes += f.weight();
-                batch.push(f);
-            }
-            let msg = encode(&ClusterMsg::TaskFinished(batch.clone()));
-            // On the lane when there is one (it retries a broken connection itself).
-            let Err(msg) = self.net.tell(origin, msg).await else {
-                continue;
-            };
-            let mut delivered = false;
-            for attempt in 0..3u64 {
-                match self.net.request(origin, msg.clone()).await {
-                    Ok(_) => {
-                        delivered = true;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(peer = %origin, attempt, error = %e, "could not report finished tasks to their node");
-                        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-                    }
+    async fn send_batch(&self, origin: libp2p::PeerId, batch: Vec<Finished>) {
+        let ids: Vec<crate::ObjectId> = batch.iter().map(|f| f.return_id).collect();
+        let msg = encode(&ClusterMsg::TaskFinished(batch));
+        // On the lane when there is one (it retries a broken connection itself).
+        let Err(msg) = self.net.tell(origin, msg).await else {
+            return;
+        };
+        for attempt in 0..3u64 {
+            match self.net.request(origin, msg.clone()).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(peer = %origin, attempt, error = %e, "could not report finished tasks to their node");
+                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
                 }
             }
-            if !delivered {
-                for f in batch {
-                    self.held.release(f.return_id);
-                }
-            }
+        }
+        for id in ids {
+            self.held.release(id);
         }
     }
 }
@@ -981,6 +992,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         shipping: shipping.clone(),
         reporter: reporter.clone(),
         outgoing: outgoing.clone(),
+        known_jobs: Default::default(),
     });
     if let Some(p) = &plane {
         p.set_sink(hot.clone().sink());
@@ -1950,7 +1962,6 @@ async fn execute_here(
     net: &net::NetHandle,
     origin: libp2p::PeerId,
     spec: crate::spec::TaskSpec,
-    launch: crate::worker::process::JobLaunch,
     held: &Held,
 ) -> ClusterMsg {
     let table = &held.table;
@@ -1960,7 +1971,7 @@ async fn execute_here(
         Err(e) => return ClusterMsg::TaskResult(Err(e)),
     };
     let return_id = spec.return_id;
-    let obj = run_here(rt, raylet, spec, launch).await;
+    let obj = run_here(rt, raylet, spec).await;
     release_all(table, &local);
     answer_of(return_id, obj, held)
 }
@@ -2125,21 +2136,16 @@ fn answer_of(
     }
 }
 
-/// Runs a task another node placed here and waits for its value.
+/// Runs a task another node placed here (its job registered with the raylet) and waits for
+/// its value.
 async fn run_here(
     rt: &crate::Runtime,
     raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
     mut spec: crate::spec::TaskSpec,
-    launch: crate::worker::process::JobLaunch,
 ) -> Result<crate::store::Object, crate::Error> {
-    let raylet = raylet.ok_or_else(|| crate::Error::runtime("this node has no raylet"))?;
-    raylet
-        .send(RegisterJob {
-            job_id: spec.job_id,
-            launch,
-        })
-        .await
-        .map_err(crate::Error::runtime)?;
+    if raylet.is_none() {
+        return Err(crate::Error::runtime("this node has no raylet"));
+    }
     // It was placed here: run it here (no second spill), unless it belongs in a bundle.
     pin_here(&mut spec.strategy, rt.node_id());
     let id = spec.return_id;
