@@ -15,7 +15,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 
 use crate::actors::actor_host::HOST_CHANNEL;
@@ -29,6 +28,7 @@ use crate::node::NodeClient;
 use crate::spec::ActorSpec;
 use crate::store::Peek;
 use crate::worker::TaskOutcome;
+use crate::worker::outbox::Outbox;
 use crate::worker::process::{PoolCtx, ProcShared, attach};
 use crate::worker::protocol::{self, FromWorker, Reply, Request, ToWorker};
 use crate::worker::thread::resolve_args_off_thread;
@@ -61,7 +61,7 @@ pub(crate) struct WorkerConn {
     /// `None` for a driver connection.
     shared: Option<Arc<ProcShared>>,
     ctx: PoolCtx,
-    out: flume::Sender<Bytes>,
+    out: Arc<Outbox>,
     held: HashMap<ObjectId, u32>,
     actor: Option<Hosted>,
     actor_args: Option<Vec<Bytes>>,
@@ -186,7 +186,7 @@ impl WorkerConn {
             tokio::net::unix::OwnedReadHalf,
             tokio_util::codec::LengthDelimitedCodec,
         >,
-        mut w: tokio::net::unix::OwnedWriteHalf,
+        w: tokio::net::unix::OwnedWriteHalf,
         worker_id: WorkerId,
         pid: u32,
         peer: Peer,
@@ -201,18 +201,11 @@ impl WorkerConn {
             Peer::Worker(s) => (Some(s), None),
             Peer::Driver(job) => (None, Some(job)),
         };
-        let (out_tx, out_rx) = flume::bounded::<Bytes>(4096);
+        let out_tx = Arc::new(Outbox::new(w, 4096));
         if let Some(s) = &shared {
             attach(s, out_tx.clone());
         }
-        actix_rt::spawn(async move {
-            while let Ok(b) = out_rx.recv_async().await {
-                if let Err(e) = w.write_all(&b).await {
-                    tracing::debug!(error = %e, "worker socket write failed");
-                    break;
-                }
-            }
-        });
+        actix_rt::spawn(out_tx.clone().run());
         {
             WorkerConn::create(move |c| {
                 c.add_stream(frames);
@@ -265,7 +258,9 @@ impl WorkerConn {
     }
 
     fn reply(&self, ctx: &mut Context<Self>, req: u64, body: Reply) {
-        if let Some(f) = frame(self.pid, &ToWorker::Reply { req, body }) {
+        if let Some(f) = frame(self.pid, &ToWorker::Reply { req, body })
+            && let Err(crate::worker::outbox::OutboxError::Full(f)) = self.out.try_send(f)
+        {
             let out = self.out.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
                 let _ = out.send_async(f).await;
@@ -527,12 +522,16 @@ impl WorkerConn {
                     self.reply(ctx, req, to_reply(r));
                     return;
                 }
+                // A worker waiting lends its task's CPUs; a driver holds none (nothing to say).
+                let lends = !all_ready && self.shared.is_some();
+                if !lends && timeout.is_none() && !spilled {
+                    EarlyReply::subscribe(req, ids, self.pid, &self.out, &table, ctx.address());
+                    return;
+                }
                 let raylet_tx = self.ctx.raylet_tx.clone();
                 let wid = self.wid;
                 let out = self.out.clone();
                 let pid = self.pid;
-                // A worker waiting lends its task's CPUs; a driver holds none (nothing to say).
-                let lends = !all_ready && self.shared.is_some();
                 if lends {
                     let _ = raylet_tx.try_send(RayletMsg::Blocked(wid));
                 }
@@ -624,6 +623,121 @@ impl WorkerConn {
     }
 }
 
+/// Values up to this size answer a `get` from the thread that sealed them (larger ones are
+/// copied into shared memory on the connection's arbiter).
+const EARLY_MAX: u64 = 64 << 10;
+
+/// A `get` that waits without lending CPUs (a driver's) for values not sealed yet, answered
+/// by the thread that seals the last of them, straight into the connection's outbox (no hop
+/// through this arbiter). Each pending value holds one share; a share is given up when its
+/// value is sealed, or when its waiter is dropped unrun (the value was freed: then the answer
+/// says it is lost). Spilled or large values, or a full outbox, go back to the arbiter.
+struct EarlyReply {
+    req: u64,
+    ids: Vec<ObjectId>,
+    pid: u32,
+    left: std::sync::atomic::AtomicUsize,
+    out: Arc<Outbox>,
+    table: Arc<crate::store::ObjectTable>,
+    conn: Addr<WorkerConn>,
+}
+
+/// One pending value's share of an `EarlyReply`.
+struct Share(Arc<EarlyReply>);
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if self
+            .0
+            .left
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.answer();
+        }
+    }
+}
+
+impl EarlyReply {
+    fn subscribe(
+        req: u64,
+        ids: Vec<ObjectId>,
+        pid: u32,
+        out: &Arc<Outbox>,
+        table: &Arc<crate::store::ObjectTable>,
+        conn: Addr<WorkerConn>,
+    ) {
+        let me = Arc::new(EarlyReply {
+            req,
+            ids,
+            pid,
+            // One share more, given up below once every value is subscribed to.
+            left: std::sync::atomic::AtomicUsize::new(1),
+            out: out.clone(),
+            table: table.clone(),
+            conn,
+        });
+        for id in &me.ids {
+            me.left.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let share = Share(me.clone());
+            // Sealed meanwhile (or unknown): the waiter comes back and its share goes now.
+            let _ = table.subscribe(*id, Box::new(move || drop(share)));
+        }
+        drop(Share(me));
+    }
+
+    fn answer(&self) {
+        let here = self.ids.iter().all(|id| match self.table.peek(id) {
+            Peek::Sealed { size, spilled, .. } => !spilled && size <= EARLY_MAX,
+            Peek::Missing => true,
+            Peek::Pending => false,
+        });
+        let retry = || {
+            self.conn.do_send(RetryRequest {
+                req: self.req,
+                body: Request::Get {
+                    ids: self.ids.clone(),
+                    timeout_ms: None,
+                },
+            })
+        };
+        if !here {
+            return retry();
+        }
+        let r = futures::executor::block_on(NodeClient::get_async_many(
+            self.table.clone(),
+            self.ids.clone(),
+            None,
+        ));
+        let body = Reply::Objects(r.map(|v| v.into_iter().map(|o| (o.data, o.is_error)).collect()));
+        if let Some(f) = frame(
+            self.pid,
+            &ToWorker::Reply {
+                req: self.req,
+                body,
+            },
+        ) && let Err(crate::worker::outbox::OutboxError::Full(_)) = self.out.try_send(f)
+        {
+            retry();
+        }
+    }
+}
+
+/// A request to handle again on the connection's arbiter.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RetryRequest {
+    req: u64,
+    body: Request,
+}
+
+impl Handler<RetryRequest> for WorkerConn {
+    type Result = ();
+    fn handle(&mut self, msg: RetryRequest, ctx: &mut Self::Context) {
+        self.on_request(msg.req, msg.body, ctx);
+    }
+}
+
 impl Actor for WorkerConn {
     type Context = Context<Self>;
 
@@ -657,6 +771,7 @@ impl Actor for WorkerConn {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.out.close();
         let removed = crate::worker::shm::remove_of(self.pid);
         if removed > 0 {
             tracing::debug!(

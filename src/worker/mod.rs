@@ -2,6 +2,7 @@
 //! driver's process, worker processes (the user's binary re-executed in worker mode, talking to
 //! the raylet over a Unix socket), and the execution of one task shared by both.
 
+pub(crate) mod outbox;
 pub(crate) mod process;
 pub(crate) mod protocol;
 pub(crate) mod shm;

@@ -131,7 +131,7 @@ pub(crate) struct ProcShared {
     exited: std::sync::atomic::AtomicBool,
     /// The process connected at least once.
     connected: std::sync::atomic::AtomicBool,
-    conn: Mutex<Option<flume::Sender<Bytes>>>,
+    conn: Mutex<Option<Arc<crate::worker::outbox::Outbox>>>,
     actor: Mutex<Option<ActorLaunch>>,
 }
 
@@ -190,8 +190,9 @@ impl ProcessWorker {
         .map_err(|e| tracing::error!(worker = %self.id, error = %e, "cannot encode a task"))?;
         let conn = self.shared.conn.lock().clone();
         match conn {
-            // Never block the raylet: a worker 4096 frames behind is treated as gone.
-            Some(tx) => tx.try_send(Bytes::from(frame)).map_err(|_| ()),
+            // Written from here when the socket takes it. Never block the raylet: a worker
+            // 4096 frames behind is treated as gone.
+            Some(out) => out.try_send(Bytes::from(frame)).map_err(|_| ()),
             None => Err(()),
         }
     }
@@ -391,7 +392,7 @@ impl Drop for ProcessPool {
 }
 
 /// Attaches a connection to the worker it belongs to.
-pub(crate) fn attach(shared: &ProcShared, out: flume::Sender<Bytes>) {
+pub(crate) fn attach(shared: &ProcShared, out: Arc<crate::worker::outbox::Outbox>) {
     shared.connected.store(true, Ordering::Release);
     *shared.conn.lock() = Some(out);
 }
