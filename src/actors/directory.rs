@@ -36,20 +36,19 @@ pub(crate) enum HostMsg {
 pub(crate) enum Endpoint {
     /// The host's call channel: a thread host, or the connection to a worker process.
     Channel(flume::Sender<HostMsg>),
-    /// The actor lives on another node: calls go to this node's daemon, which forwards them
-    /// (in order) to `node`.
+    /// The actor lives on another node: calls go to this node's daemon's forwarders, which
+    /// send them (in order) to `node`.
     Forward {
         node: crate::ids::NodeId,
-        tx: flume::Sender<ForwardedCall>,
+        tx: Arc<dyn Forwarder>,
     },
 }
 
-/// A call on its way to an actor on another node.
-#[derive(Debug)]
-pub(crate) struct ForwardedCall {
-    /// The node that hosts the actor (or knows where it is).
-    pub node: crate::ids::NodeId,
-    pub call: QueuedCall,
+/// Takes calls to actors on other nodes (the daemon's side, `cluster::actors`).
+pub(crate) trait Forwarder: Send + Sync + std::fmt::Debug {
+    /// Sends `call` on to `node`, after the calls to the same actor sent before it, without
+    /// waiting (a call that cannot go fails with an actor-died error).
+    fn forward(&self, node: crate::ids::NodeId, call: QueuedCall);
 }
 
 impl Endpoint {
@@ -59,7 +58,8 @@ impl Endpoint {
             |cap: Option<usize>, len: usize| cap.map_or(usize::MAX, |c| c.saturating_sub(len));
         match self {
             Endpoint::Channel(tx) => room(tx.capacity(), tx.len()),
-            Endpoint::Forward { tx, .. } => room(tx.capacity(), tx.len()),
+            // Forwarders queue without bound (as Ray's actor task submitter does).
+            Endpoint::Forward { .. } => usize::MAX,
         }
     }
 
@@ -73,13 +73,10 @@ impl Endpoint {
                     HostMsg::Wake => None,
                 },
             },
-            Endpoint::Forward { node, tx } => tx
-                .send(ForwardedCall {
-                    node: *node,
-                    call: q,
-                })
-                .err()
-                .map(|e| e.0.call),
+            Endpoint::Forward { node, tx } => {
+                tx.forward(*node, q);
+                None
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::actor_host::{self, HostControl};
-use crate::actors::directory::{ActorDirectory, Endpoint, ForwardedCall, QueuedCall, seal_error};
+use crate::actors::directory::{ActorDirectory, Endpoint, Forwarder, QueuedCall, seal_error};
 use crate::actors::gcs::{self, Gcs};
 use crate::actors::history::TaskState;
 use crate::actors::metrics::{NodeMetrics, RayletMetrics};
@@ -243,7 +243,7 @@ pub(crate) struct Raylet {
     /// Where work for other nodes goes (set on a cluster node).
     spill_tx: Option<flume::Sender<Outbound>>,
     /// Where calls to actors on other nodes go (set on a cluster node).
-    forward_tx: Option<flume::Sender<ForwardedCall>>,
+    forward_tx: Option<Arc<dyn Forwarder>>,
     /// Tasks running on other nodes.
     spilled: HashMap<TaskId, (QueuedTask, NodeId)>,
     /// The spilled tasks sent on beyond their node's free resources (pipelined: they wait in
@@ -2214,7 +2214,7 @@ impl Handler<StartPool> for Raylet {
 #[rtype(result = "()")]
 pub(crate) struct SetSpill {
     pub work: flume::Sender<Outbound>,
-    pub calls: flume::Sender<ForwardedCall>,
+    pub calls: Arc<dyn Forwarder>,
 }
 
 impl Handler<SetSpill> for Raylet {

@@ -51,9 +51,47 @@ pub(super) struct Outgoing {
     /// Nodes declared dead and not heard from since: calls to them fail at once (a lane to a
     /// killed peer can still take a write, whose result would never come).
     dead: Mutex<std::collections::HashSet<NodeId>>,
+    /// The libp2p peer of each node this daemon can reach (the event loop's view, mirrored).
+    peers: Mutex<HashMap<NodeId, libp2p::PeerId>>,
+}
+
+/// The daemon's `Forwarder`: a call is handed to its actor's forwarder on the thread that
+/// submits it. A forwarder task starts on the runtime of the thread that sends its first call
+/// (the arbiter of the node's worker and driver connections, mostly), or on the daemon's
+/// event loop from a thread outside any runtime; sent from the same thread, a call wakes no
+/// other thread before it is on the lane.
+#[derive(Debug)]
+pub(super) struct Forwarding {
+    pub outgoing: Arc<Outgoing>,
+    pub net: NetHandle,
+    pub table: Arc<ObjectTable>,
+    pub home: tokio::runtime::Handle,
+}
+
+impl crate::actors::directory::Forwarder for Forwarding {
+    fn forward(&self, node: NodeId, call: QueuedCall) {
+        let peer = self.outgoing.peers.lock().get(&node).copied();
+        self.outgoing
+            .forward(node, peer, call, &self.net, &self.table, &self.home);
+    }
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("calls", &self.calls.lock().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Outgoing {
+    /// `node` (hex id) is reached through `peer`.
+    pub fn set_peer(&self, node: &str, peer: libp2p::PeerId) {
+        if let Some(id) = NodeId::parse(node) {
+            self.peers.lock().insert(id, peer);
+        }
+    }
+
     /// Hands a call to the forwarder of its actor on `node`, starting one if needed.
     pub fn forward(
         self: &Arc<Self>,
@@ -62,6 +100,7 @@ impl Outgoing {
         q: QueuedCall,
         net: &NetHandle,
         table: &Arc<ObjectTable>,
+        home: &tokio::runtime::Handle,
     ) {
         if self.dead.lock().contains(&node) {
             let e = died(&q.call, format!("its node {node} died"));
@@ -82,13 +121,13 @@ impl Outgoing {
                     };
                     let (tx, rx) = flume::unbounded();
                     f.insert(key, tx.clone());
-                    tokio::spawn(self.clone().forward_loop(
-                        node,
-                        peer,
-                        rx,
-                        net.clone(),
-                        table.clone(),
-                    ));
+                    let run = self
+                        .clone()
+                        .forward_loop(node, peer, rx, net.clone(), table.clone());
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(here) => here.spawn(run),
+                        Err(_) => home.spawn(run),
+                    };
                     tx
                 }
             }
@@ -293,7 +332,7 @@ pub(super) async fn create_here(
 pub(super) struct Names {
     pub gcs: actix::Addr<crate::actors::gcs::Gcs>,
     pub directory: Arc<crate::actors::directory::ActorDirectory>,
-    pub calls: flume::Sender<crate::actors::directory::ForwardedCall>,
+    pub calls: Arc<dyn crate::actors::directory::Forwarder>,
     pub me: NodeId,
     pub is_head: bool,
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::actors::{self, Outgoing};
 use super::{
-    ClusterMsg, Finished, Held, Reporter, Shipping, decode, encode, execute_here, receive_result,
-    release_all,
+    ClusterMsg, Finished, Held, Reporter, Shipping, decode, encode, finish_here, receive_result,
+    release_all, start_here,
 };
 use crate::actors::raylet::{Raylet, RegisterJob, RemoteDone, RemoteValue};
 use crate::net::NetHandle;
@@ -63,13 +63,27 @@ impl Hot {
         tokio::spawn(async move {
             let task = (spec.task_id, spec.attempt);
             let return_id = spec.return_id;
-            let answer = match me.register(from, spec.job_id, launch).await {
+            let started = match me.register(from, spec.job_id, launch).await {
                 Ok(()) => {
-                    execute_here(&me.rt, me.raylet.clone(), &me.net, from, *spec, &me.held).await
+                    let (rt, raylet, net) = (&me.rt, me.raylet.clone(), &me.net);
+                    start_here(rt, raylet, net, from, *spec, &me.held.table).await
                 }
-                Err(e) => ClusterMsg::TaskResult(Err(e)),
+                Err(e) => Err(e),
             };
-            me.report(from, task, return_id, answer).await;
+            let local = match started {
+                Ok(local) => local,
+                Err(e) => {
+                    let answer = ClusterMsg::TaskResult(Err(e));
+                    return me.report(from, task, return_id, answer).await;
+                }
+            };
+            // The answer goes from the thread that seals the value (no hop back to this one).
+            let home = tokio::runtime::Handle::current();
+            let table = me.held.table.clone();
+            crate::store::when_sealed(&table, return_id, &home, async move {
+                let answer = finish_here(&me.rt, return_id, local, &me.held).await;
+                me.report(from, task, return_id, answer).await;
+            });
         });
     }
 
@@ -127,9 +141,11 @@ impl Hot {
         } else {
             tokio::task::spawn_blocking(submit).await
         };
+        // Each answer goes from the thread that seals the call's value (no hop back here).
+        let home = tokio::runtime::Handle::current();
         for ((task, return_id), args) in ids.into_iter().zip(args) {
             let me = self.clone();
-            tokio::spawn(async move {
+            crate::store::when_sealed(&self.held.table, return_id, &home, async move {
                 let obj = me.rt.core().get_object_async(return_id).await;
                 let answer = super::answer_of(return_id, obj, &me.held);
                 release_all(&me.held.table, &args);

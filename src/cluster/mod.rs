@@ -939,14 +939,20 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
         .map_err(|e| ClusterError::Usage(format!("cannot start the daemon's event loop: {e}")))?;
     let raylet = rt.raylet();
     let (spill_tx, spill_rx) = flume::bounded::<Outbound>(65_536);
-    let (calls_tx, calls_rx) = flume::bounded::<crate::actors::directory::ForwardedCall>(65_536);
+    let outgoing: std::sync::Arc<actors::Outgoing> = Default::default();
+    let calls_tx: std::sync::Arc<dyn crate::actors::directory::Forwarder> =
+        std::sync::Arc::new(actors::Forwarding {
+            outgoing: outgoing.clone(),
+            net: net.clone(),
+            table: table.clone(),
+            home: runtime.handle().clone(),
+        });
     if let Some(r) = &raylet {
         r.do_send(SetSpill {
             work: spill_tx,
             calls: calls_tx.clone(),
         });
     }
-    let outgoing: std::sync::Arc<actors::Outgoing> = Default::default();
     let names = rt.core().node().map(|n| {
         n.link_cluster(crate::node::ClusterLink {
             asks: asks_tx,
@@ -1202,10 +1208,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                         }
                     }
                 }
-                fwd = calls_rx.recv_async() => {
-                    let Ok(fwd) = fwd else { break };
-                    outgoing.forward(fwd.node, peers.get(&fwd.node.hex()).copied(), fwd.call, &net, &table);
-                }
                 work = spill_rx.recv_async() => {
                     let Ok(work) = work else { break };
                     match work {
@@ -1294,6 +1296,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             head_nodes.insert(head.clone());
                             // Reachable by its node id from now on, not only after its first heartbeat.
                             peers.insert(head.clone(), peer);
+                            outgoing.set_peer(&head, peer);
                             head_peer = Some(peer);
                             head_tx.send_replace(head_peer);
                             search = None;
@@ -1343,6 +1346,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                     head_nodes.insert(head.clone());
                                     // Reachable by its node id from now on, not only after its first heartbeat.
                                     peers.insert(head.clone(), peer);
+                                    outgoing.set_peer(&head, peer);
                                     head_peer = Some(peer);
                                     head_tx.send_replace(head_peer);
                                     if joined_once {
@@ -1386,6 +1390,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 }
                                 // Reachable from now on, not only after its first heartbeat.
                                 peers.insert(n.clone(), from);
+                                outgoing.set_peer(&n, from);
                                 members.insert(n.clone(), Member::new(n, total.clone(), total));
                                 let _ = reply.send(encode(&ClusterMsg::Welcome { head: node_id.clone() }));
                             }
@@ -1603,7 +1608,8 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                                 if first && let Ok(a) = addr.parse::<libp2p::Multiaddr>() {
                                     let _ = net.add_address(from, a).await;
                                 }
-                                peers.entry(n.clone()).or_insert(from);
+                                let peer = *peers.entry(n.clone()).or_insert(from);
+                                outgoing.set_peer(&n, peer);
                                 let e = members.entry(n.clone()).or_insert_with(|| Member::new(n.clone(), total.clone(), available.clone()));
                                 e.status.ip = ip_of(&addr);
                                 e.status.total = total.clone();
@@ -1954,25 +1960,44 @@ async fn pull_rest(
     Ok(bytes::Bytes::from(out))
 }
 
-/// Runs a task that another node sent, on this node, and answers with its value (inline, or
-/// kept here to be pulled when large).
-async fn execute_here(
+/// Starts a task that another node sent on this node: pulls its large arguments from that
+/// node and submits it (pinned here). Returns the arguments it holds here, which
+/// `finish_here` lets go of.
+async fn start_here(
     rt: &crate::Runtime,
     raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
     net: &net::NetHandle,
     origin: libp2p::PeerId,
-    spec: crate::spec::TaskSpec,
+    mut spec: crate::spec::TaskSpec,
+    table: &crate::store::ObjectTable,
+) -> Result<Vec<crate::ObjectId>, crate::Error> {
+    if raylet.is_none() {
+        return Err(crate::Error::runtime("this node has no raylet"));
+    }
+    let local = pull_args(net, origin, table, spec.deps()).await?;
+    // It was placed here: run it here (no second spill), unless it belongs in a bundle.
+    pin_here(&mut spec.strategy, rt.node_id());
+    if let Err(e) = rt.core().submit_task(spec) {
+        release_all(table, &local);
+        return Err(e);
+    }
+    Ok(local)
+}
+
+/// The answer to a task `start_here` started, once its value is sealed: the value inline, or
+/// kept here to be pulled when large.
+async fn finish_here(
+    rt: &crate::Runtime,
+    return_id: crate::ObjectId,
+    local: Vec<crate::ObjectId>,
     held: &Held,
 ) -> ClusterMsg {
-    let table = &held.table;
-    // Large arguments are pulled from the node that sent the task.
-    let local = match pull_args(net, origin, table, spec.deps()).await {
-        Ok(l) => l,
-        Err(e) => return ClusterMsg::TaskResult(Err(e)),
-    };
-    let return_id = spec.return_id;
-    let obj = run_here(rt, raylet, spec).await;
-    release_all(table, &local);
+    let core = rt.core();
+    let obj = core.get_object_async(return_id).await;
+    if obj.is_err() {
+        core.decref(return_id);
+    }
+    release_all(&held.table, &local);
     answer_of(return_id, obj, held)
 }
 
@@ -2134,28 +2159,6 @@ fn answer_of(
             }))
         }
     }
-}
-
-/// Runs a task another node placed here (its job registered with the raylet) and waits for
-/// its value.
-async fn run_here(
-    rt: &crate::Runtime,
-    raylet: Option<actix::Addr<crate::actors::raylet::Raylet>>,
-    mut spec: crate::spec::TaskSpec,
-) -> Result<crate::store::Object, crate::Error> {
-    if raylet.is_none() {
-        return Err(crate::Error::runtime("this node has no raylet"));
-    }
-    // It was placed here: run it here (no second spill), unless it belongs in a bundle.
-    pin_here(&mut spec.strategy, rt.node_id());
-    let id = spec.return_id;
-    let core = rt.core().clone();
-    core.submit_task(spec)?;
-    let obj = core.get_object_async(id).await;
-    if obj.is_err() {
-        core.decref(id);
-    }
-    obj
 }
 
 /// The IPv4 address of a libp2p address (`/ip4/A/tcp/P/...`), or "".

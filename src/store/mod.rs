@@ -155,6 +155,37 @@ pub async fn sealed(table: &ObjectTable, id: ObjectId) {
     let _ = rx.await;
 }
 
+/// Runs `then` once the object is sealed or dropped: spawned on the runtime of the thread
+/// that seals it, so that no other thread is woken first (on `home` when that thread runs no
+/// runtime; on the caller's runtime, or `home`, when it is sealed or unknown already).
+pub fn when_sealed<F>(table: &ObjectTable, id: ObjectId, home: &tokio::runtime::Handle, then: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    /// Spawns its future when dropped: run as the waiter, or dropped with the object.
+    struct Then<F: std::future::Future<Output = ()> + Send + 'static> {
+        f: Option<F>,
+        home: tokio::runtime::Handle,
+    }
+    impl<F: std::future::Future<Output = ()> + Send + 'static> Drop for Then<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.f.take() {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(here) => here.spawn(f),
+                    Err(_) => self.home.spawn(f),
+                };
+            }
+        }
+    }
+    let then = Then {
+        f: Some(then),
+        home: home.clone(),
+    };
+    if let Err(w) = table.subscribe(id, Box::new(move || drop(then))) {
+        w();
+    }
+}
+
 /// The deadline `timeout` from now.
 pub fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.map(|t| Instant::now() + t)
