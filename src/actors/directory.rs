@@ -36,12 +36,23 @@ pub(crate) enum HostMsg {
 pub(crate) enum Endpoint {
     /// The host's call channel: a thread host, or the connection to a worker process.
     Channel(flume::Sender<HostMsg>),
+    /// The connection to the worker process that hosts the actor, which takes each call on
+    /// the submitting thread when it can (`worker_conn`).
+    Sink(Arc<dyn CallSink>),
     /// The actor lives on another node: calls go to this node's daemon's forwarders, which
     /// send them (in order) to `node`.
     Forward {
         node: crate::ids::NodeId,
         tx: Arc<dyn Forwarder>,
     },
+}
+
+/// Takes the calls of one actor hosted on this node, in the order submitted.
+pub(crate) trait CallSink: Send + Sync + std::fmt::Debug {
+    /// Takes `call` without waiting; gives it back when the host is gone.
+    fn submit(&self, call: QueuedCall) -> Option<QueuedCall>;
+    /// How many more calls it takes before a submitter should wait.
+    fn room(&self) -> usize;
 }
 
 /// Takes calls to actors on other nodes (the daemon's side, `cluster::actors`).
@@ -58,6 +69,7 @@ impl Endpoint {
             |cap: Option<usize>, len: usize| cap.map_or(usize::MAX, |c| c.saturating_sub(len));
         match self {
             Endpoint::Channel(tx) => room(tx.capacity(), tx.len()),
+            Endpoint::Sink(sink) => sink.room(),
             // Forwarders queue without bound (as Ray's actor task submitter does).
             Endpoint::Forward { .. } => usize::MAX,
         }
@@ -73,6 +85,7 @@ impl Endpoint {
                     HostMsg::Wake => None,
                 },
             },
+            Endpoint::Sink(sink) => sink.submit(q),
             Endpoint::Forward { node, tx } => {
                 tx.forward(*node, q);
                 None

@@ -6,9 +6,7 @@
 //! references the process holds (released if it dies), and, when the worker hosts an actor,
 //! forwards the actor's calls in order and remembers which ones have not finished.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +16,7 @@ use futures::StreamExt;
 use tokio_util::codec::FramedRead;
 
 use crate::actors::actor_host::HOST_CHANNEL;
-use crate::actors::directory::{ActorRoute, Endpoint, HostMsg, QueuedCall, seal_error};
+use crate::actors::directory::{ActorRoute, Endpoint, QueuedCall, seal_error};
 use crate::actors::raylet::{ActorExited, ActorStarted, RayletMsg};
 use crate::codec::Encoded;
 use crate::core::Core;
@@ -43,7 +41,173 @@ struct Inflight {
 struct Hosted {
     spec: ActorSpec,
     route: Arc<ActorRoute>,
-    rx: Option<flume::Receiver<HostMsg>>,
+    calls: Option<Arc<ConnCalls>>,
+}
+
+/// Calls up to this many bytes of arguments go into their frame on the submitting thread.
+const INLINE_CALL_MAX: usize = 64 << 10;
+
+/// The calls of the actor a worker process hosts, on their way into its connection. The
+/// thread that submits a call sends it itself (arguments copied into the `Call` frame, the
+/// frame written to the socket) when nothing is queued before it and it is ready: its
+/// dependencies sealed, its arguments in memory and small. Otherwise the call is queued and a
+/// task (`drain`) sends the queue in order, awaiting dependencies and reading spilled
+/// arguments off its thread. Either way calls leave in submission order: the direct send
+/// happens under the queue's lock, only when the queue is empty and no drain runs.
+/// Decision: this replaced a channel to a forwarding task on the connection's arbiter, which
+/// cost every call from another thread (a lane's, for a call from another node) a wake-up.
+struct ConnCalls {
+    state: parking_lot::Mutex<CallQueue>,
+    inflight: Arc<parking_lot::Mutex<Inflight>>,
+    out: Arc<Outbox>,
+    table: Arc<crate::store::ObjectTable>,
+    history: Arc<crate::actors::history::TaskLog>,
+    job: crate::ids::JobId,
+    pid: u32,
+    /// The connection's arbiter: drains started outside any runtime run there.
+    home: tokio::runtime::Handle,
+}
+
+#[derive(Default)]
+struct CallQueue {
+    queue: std::collections::VecDeque<QueuedCall>,
+    /// A drain runs (or the calls queued before activation are not in yet).
+    busy: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for ConnCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnCalls")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::actors::directory::CallSink for Arc<ConnCalls> {
+    fn submit(&self, q: QueuedCall) -> Option<QueuedCall> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Some(q);
+        }
+        if !st.busy && st.queue.is_empty() {
+            match self.ready_frame(&q) {
+                Some(Ok(f)) => {
+                    self.record(q);
+                    match self.out.try_send(f) {
+                        Ok(()) | Err(crate::worker::outbox::OutboxError::Closed(_)) => {}
+                        Err(crate::worker::outbox::OutboxError::Full(f)) => {
+                            st.busy = true;
+                            self.spawn_drain(Some(f));
+                        }
+                    }
+                    return None;
+                }
+                Some(Err(e)) => {
+                    drop(st);
+                    seal_error(&self.table, q.call.return_id, &e);
+                    return None;
+                }
+                None => {}
+            }
+        }
+        st.queue.push_back(q);
+        if !st.busy {
+            st.busy = true;
+            self.spawn_drain(None);
+        }
+        None
+    }
+
+    fn room(&self) -> usize {
+        HOST_CHANNEL.saturating_sub(self.state.lock().queue.len())
+    }
+}
+
+impl ConnCalls {
+    /// The call's frame if it can go now (`Err`: it never can, its error is to be sealed).
+    fn ready_frame(&self, q: &QueuedCall) -> Option<crate::Result<Bytes>> {
+        let table = &self.table;
+        if q.call.deps().any(|d| !table.is_ready(&d))
+            || crate::worker::thread::any_spilled(table, &q.call.args)
+        {
+            return None;
+        }
+        let args = match crate::worker::thread::resolve_args(table, &q.call.args) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        if args.iter().map(|a| a.len()).sum::<usize>() > INLINE_CALL_MAX {
+            return None;
+        }
+        Some(Self::encode(self.pid, q, args))
+    }
+
+    fn encode(pid: u32, q: &QueuedCall, args: Vec<Bytes>) -> crate::Result<Bytes> {
+        let call = q.call.clone();
+        frame(pid, &ToWorker::Call { call, args })
+            .ok_or_else(|| Error::Serialization("the call does not encode".to_string()))
+    }
+
+    /// Counts a call as sent (in flight until its `CallDone`).
+    fn record(&self, q: QueuedCall) {
+        let mut inf = self.inflight.lock();
+        let seq = inf.next;
+        inf.next += 1;
+        inf.seq_of.insert(q.call.task_id, seq);
+        self.history.call_started(&q.call, Some(self.job), self.pid);
+        inf.order.insert(seq, q);
+    }
+
+    fn spawn_drain(self: &Arc<Self>, first: Option<Bytes>) {
+        let run = self.clone().drain(first);
+        match tokio::runtime::Handle::try_current() {
+            Ok(here) => here.spawn(run),
+            Err(_) => self.home.spawn(run),
+        };
+    }
+
+    /// Sends the queued calls in order until the queue is empty.
+    async fn drain(self: Arc<Self>, first: Option<Bytes>) {
+        if let Some(f) = first {
+            let _ = self.out.send_async(f).await;
+        }
+        loop {
+            let q = {
+                let mut st = self.state.lock();
+                match st.queue.pop_front() {
+                    Some(q) => q,
+                    None => {
+                        st.busy = false;
+                        return;
+                    }
+                }
+            };
+            for dep in q.call.deps() {
+                if !self.table.is_ready(&dep) {
+                    crate::store::sealed(&self.table, dep).await;
+                }
+            }
+            let sent = match resolve_args_off_thread(&self.table, &q.call.args).await {
+                Ok(args) => Self::encode(self.pid, &q, args),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(f) => {
+                    self.record(q);
+                    let _ = self.out.send_async(f).await;
+                }
+                Err(e) => seal_error(&self.table, q.call.return_id, &e),
+            }
+        }
+    }
+
+    /// The connection ended: later calls are given back; returns the queued ones.
+    fn close(&self) -> Vec<QueuedCall> {
+        let mut st = self.state.lock();
+        st.closed = true;
+        st.queue.drain(..).collect()
+    }
 }
 
 /// Who is at the other end of a connection.
@@ -65,7 +229,7 @@ pub(crate) struct WorkerConn {
     held: HashMap<ObjectId, u32>,
     actor: Option<Hosted>,
     actor_args: Option<Vec<Bytes>>,
-    inflight: Rc<RefCell<Inflight>>,
+    inflight: Arc<parking_lot::Mutex<Inflight>>,
     /// A driver's job (its work ends when the connection does).
     driver_job: Option<crate::ids::JobId>,
 }
@@ -214,7 +378,7 @@ impl WorkerConn {
                         Some(Hosted {
                             spec,
                             route,
-                            rx: None,
+                            calls: None,
                         }),
                         Some(args),
                     ),
@@ -229,7 +393,7 @@ impl WorkerConn {
                     held: HashMap::new(),
                     actor: hosted,
                     actor_args: args,
-                    inflight: Rc::default(),
+                    inflight: Arc::default(),
                     driver_job,
                 }
             });
@@ -287,72 +451,37 @@ impl WorkerConn {
         }));
     }
 
-    fn start_actor_forwarding(&mut self, ctx: &mut Context<Self>) {
+    fn start_actor_forwarding(&mut self) {
         let Some(h) = self.actor.as_mut() else {
             return;
         };
-        let (tx, rx) = flume::bounded(HOST_CHANNEL);
-        let pending = h.route.activate(Endpoint::Channel(tx));
-        h.rx = Some(rx.clone());
-        let job = h.spec.job_id;
-        let table = self.ctx.table.clone();
-        let history = self.ctx.client.history.clone();
-        let out = self.out.clone();
-        let inflight = self.inflight.clone();
-        let pid = self.pid;
-        let forward = move |q: QueuedCall| {
-            let table = table.clone();
-            let history = history.clone();
-            let out = out.clone();
-            let inflight = inflight.clone();
-            async move {
-                for dep in q.call.deps() {
-                    if !table.is_ready(&dep) {
-                        crate::store::sealed(&table, dep).await;
-                    }
-                }
-                let args = match resolve_args_off_thread(&table, &q.call.args).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        seal_error(&table, q.call.return_id, &e);
-                        return;
-                    }
-                };
-                let Some(f) = frame(
-                    pid,
-                    &ToWorker::Call {
-                        call: q.call.clone(),
-                        args,
-                    },
-                ) else {
-                    seal_error(
-                        &table,
-                        q.call.return_id,
-                        &Error::Serialization("the call does not encode".to_string()),
-                    );
-                    return;
-                };
-                {
-                    let mut inf = inflight.borrow_mut();
-                    let seq = inf.next;
-                    inf.next += 1;
-                    inf.seq_of.insert(q.call.task_id, seq);
-                    history.call_started(&q.call, Some(job), pid);
-                    inf.order.insert(seq, q);
-                }
-                let _ = out.send_async(f).await;
-            }
+        let Ok(home) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(worker = %self.wid, "a worker connection outside a runtime");
+            return;
         };
-        ctx.spawn(actix::fut::wrap_future(async move {
-            for q in pending {
-                forward(q).await;
+        let calls = Arc::new(ConnCalls {
+            // Busy until the calls queued before activation are in, so none overtakes them.
+            state: parking_lot::Mutex::new(CallQueue {
+                busy: true,
+                ..Default::default()
+            }),
+            inflight: self.inflight.clone(),
+            out: self.out.clone(),
+            table: self.ctx.table.clone(),
+            history: self.ctx.client.history.clone(),
+            job: h.spec.job_id,
+            pid: self.pid,
+            home,
+        });
+        let pending = h.route.activate(Endpoint::Sink(Arc::new(calls.clone())));
+        {
+            let mut st = calls.state.lock();
+            for q in pending.into_iter().rev() {
+                st.queue.push_front(q);
             }
-            while let Ok(m) = rx.recv_async().await {
-                if let HostMsg::Call(q) = m {
-                    forward(q).await;
-                }
-            }
-        }));
+        }
+        calls.spawn_drain(None);
+        h.calls = Some(calls);
     }
 
     fn on_frame(&mut self, msg: FromWorker, ctx: &mut Context<Self>) {
@@ -387,7 +516,7 @@ impl WorkerConn {
                 };
                 match result {
                     Ok(()) => {
-                        self.start_actor_forwarding(ctx);
+                        self.start_actor_forwarding();
                         self.ctx.raylet.do_send(ActorStarted {
                             actor_id: spec.actor_id,
                             result: Ok(self.pid),
@@ -407,7 +536,7 @@ impl WorkerConn {
                 return_id,
                 result,
             } => {
-                let mut inf = self.inflight.borrow_mut();
+                let mut inf = self.inflight.lock();
                 let call = inf
                     .seq_of
                     .remove(&task_id)
@@ -800,15 +929,11 @@ impl Actor for WorkerConn {
             // Calls submitted from now on queue in the route (the GCS restarts or kills it);
             // sent to this channel they would wait there for a process that is gone.
             h.route.restarting();
-            let mut unfinished: Vec<QueuedCall> =
-                std::mem::take(&mut self.inflight.borrow_mut().order)
-                    .into_values()
-                    .collect();
-            if let Some(rx) = &h.rx {
-                unfinished.extend(rx.try_iter().filter_map(|m| match m {
-                    HostMsg::Call(q) => Some(q),
-                    HostMsg::Wake => None,
-                }));
+            let mut unfinished: Vec<QueuedCall> = std::mem::take(&mut self.inflight.lock().order)
+                .into_values()
+                .collect();
+            if let Some(calls) = &h.calls {
+                unfinished.extend(calls.close());
             }
             self.ctx.raylet.do_send(ActorExited {
                 actor_id: h.spec.actor_id,
