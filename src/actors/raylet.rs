@@ -242,6 +242,8 @@ pub(crate) struct Raylet {
     hosts: Arbiter,
     /// Where work for other nodes goes (set on a cluster node).
     spill_tx: Option<flume::Sender<Outbound>>,
+    /// How tasks placed on other nodes are sent (else as `Outbound::Task`).
+    task_send: Option<TaskSend>,
     /// Where calls to actors on other nodes go (set on a cluster node).
     forward_tx: Option<Arc<dyn Forwarder>>,
     /// Tasks running on other nodes.
@@ -289,6 +291,10 @@ pub(crate) struct SpillRequest {
     pub spec: TaskSpec,
     pub launch: crate::worker::process::JobLaunch,
 }
+
+/// Sends a task this raylet placed on another node, from the calling thread (the daemon's
+/// side, `cluster`): no hand-off to the daemon's event loop on the way to the lane.
+pub(crate) type TaskSend = Arc<dyn Fn(SpillRequest) + Send + Sync>;
 
 /// Work this raylet hands to its node's daemon for another node.
 #[derive(Debug)]
@@ -392,6 +398,7 @@ impl Raylet {
             procs: None,
             hosts: Arbiter::new(),
             spill_tx: None,
+            task_send: None,
             forward_tx: None,
             spilled: HashMap::new(),
             pipelined: HashMap::new(),
@@ -725,11 +732,14 @@ impl Raylet {
             return Ok(());
         }
         let tid = spec.task_id;
-        if tx
-            .try_send(Outbound::Task(SpillRequest { node, spec, launch }))
-            .is_err()
-        {
-            return Err(Box::new(task));
+        let sent = SpillRequest { node, spec, launch };
+        match &self.task_send {
+            Some(send) => send(sent),
+            None => {
+                if tx.try_send(Outbound::Task(sent)).is_err() {
+                    return Err(Box::new(task));
+                }
+            }
         }
         if pipelined {
             self.pipelined.insert(tid, node);
@@ -2214,6 +2224,7 @@ impl Handler<StartPool> for Raylet {
 #[rtype(result = "()")]
 pub(crate) struct SetSpill {
     pub work: flume::Sender<Outbound>,
+    pub tasks: TaskSend,
     pub calls: Arc<dyn Forwarder>,
 }
 
@@ -2221,6 +2232,7 @@ impl Handler<SetSpill> for Raylet {
     type Result = ();
     fn handle(&mut self, msg: SetSpill, _ctx: &mut Self::Context) {
         self.spill_tx = Some(msg.work);
+        self.task_send = Some(msg.tasks);
         self.forward_tx = Some(msg.calls);
     }
 }

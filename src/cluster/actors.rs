@@ -70,7 +70,7 @@ pub(super) struct Forwarding {
 
 impl crate::actors::directory::Forwarder for Forwarding {
     fn forward(&self, node: NodeId, call: QueuedCall) {
-        let peer = self.outgoing.peers.lock().get(&node).copied();
+        let peer = self.outgoing.peer_of(node);
         self.outgoing
             .forward(node, peer, call, &self.net, &self.table, &self.home);
     }
@@ -85,6 +85,11 @@ impl std::fmt::Debug for Outgoing {
 }
 
 impl Outgoing {
+    /// The libp2p peer of `node`, if this daemon can reach it.
+    pub fn peer_of(&self, node: NodeId) -> Option<libp2p::PeerId> {
+        self.peers.lock().get(&node).copied()
+    }
+
     /// `node` (hex id) is reached through `peer`.
     pub fn set_peer(&self, node: &str, peer: libp2p::PeerId) {
         if let Some(id) = NodeId::parse(node) {

@@ -947,9 +947,19 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             table: table.clone(),
             home: runtime.handle().clone(),
         });
+    // Executables of jobs whose tasks this node sent elsewhere, by hash (served to others).
+    let exes: std::sync::Arc<parking_lot::Mutex<HashMap<String, PathBuf>>> = Default::default();
     if let Some(r) = &raylet {
+        let tasks = send_task(
+            exes.clone(),
+            outgoing.clone(),
+            net.clone(),
+            r.clone(),
+            runtime.handle().clone(),
+        );
         r.do_send(SetSpill {
             work: spill_tx,
+            tasks,
             calls: calls_tx.clone(),
         });
     }
@@ -966,8 +976,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
             is_head: opts.head,
         }
     });
-    // Executables of jobs whose tasks this node sent elsewhere, by hash (served to others).
-    let exes: std::sync::Arc<parking_lot::Mutex<HashMap<String, PathBuf>>> = Default::default();
     let shipping = std::sync::Arc::new(Shipping {
         cache: dir.dir.join("exe"),
         fetch_always: opts.fetch_executables,
@@ -1686,6 +1694,43 @@ fn offer_exe(
     if let Some((hash, _)) = &launch.command.hash {
         exes.lock().insert(hash.clone(), launch.command.exe.clone());
     }
+}
+
+/// How the raylet sends a task it placed on another node: from its own thread (the lane
+/// written there), on the daemon's event loop `home` from a thread outside any runtime. A task
+/// that cannot be handed over goes back to the raylet as failed (`RemoteDone`).
+fn send_task(
+    exes: std::sync::Arc<parking_lot::Mutex<HashMap<String, PathBuf>>>,
+    outgoing: std::sync::Arc<actors::Outgoing>,
+    net: net::NetHandle,
+    raylet: actix::Addr<crate::actors::raylet::Raylet>,
+    home: tokio::runtime::Handle,
+) -> crate::actors::raylet::TaskSend {
+    std::sync::Arc::new(move |req: crate::actors::raylet::SpillRequest| {
+        offer_exe(&exes, &req.launch);
+        let peer = outgoing.peer_of(req.node);
+        let (net, raylet) = (net.clone(), raylet.clone());
+        let run = async move {
+            let task_id = req.spec.task_id;
+            // The node answers at once; the value comes later (`TaskFinished`).
+            let msg = ClusterMsg::ExecuteRemote {
+                spec: Box::new(req.spec),
+                launch: req.launch,
+            };
+            if let Err((e, node_lost)) = hand_over(&net, req.node, peer, msg).await {
+                raylet.do_send(RemoteDone {
+                    task_id,
+                    result: Err(e),
+                    node_lost,
+                    kept: false,
+                });
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(here) => here.spawn(run),
+            Err(_) => home.spawn(run),
+        };
+    })
 }
 
 /// Hands work to `node`, which answers `Accepted` at once (its outcome follows later). The
