@@ -463,11 +463,65 @@ type ReplySink = Box<dyn FnOnce(Reply) + Send>;
 pub(crate) struct WorkerCore {
     env: WorkerEnv,
     writer: Mutex<BufWriter<StdUnixStream>>,
-    pending: Mutex<HashMap<u64, ReplySink>>,
+    /// Sinks of the requests not answered yet; `true` for those awaited by a future (nobody
+    /// blocks on them).
+    pending: Mutex<HashMap<u64, (ReplySink, bool)>>,
     next: AtomicU64,
     refs: Mutex<HashMap<ObjectId, u32>>,
     /// Set by `shutdown`: the connection closing is expected.
     closing: std::sync::atomic::AtomicBool,
+    inbox: Inbox,
+}
+
+/// Who reads this process's connection (leader/followers). The reader is a token: a thread
+/// that waits for a reply or for work and finds it free reads the frames itself, dispatching
+/// what is for others, until its own arrives, then puts it back; a sync `get` or the worker's
+/// next task then costs no wake-up of a reader thread. The `mobula-raylet-reader` helper
+/// takes the token only while someone needs frames read and nobody reads: a thread blocked
+/// while another holds the token, a future awaiting a reply, an async actor's event loop.
+/// Every change of who needs what is made under the state's lock, and a thread that puts the
+/// token back wakes the helper if anyone is still waiting, so nobody waits with nobody
+/// reading.
+struct Inbox {
+    st: Mutex<InboxState>,
+    helper: parking_lot::Condvar,
+    /// Where work read by any thread goes (`None` in a driver).
+    work: Option<flume::Sender<Work>>,
+}
+
+#[derive(Default)]
+struct InboxState {
+    /// The token (`None` while a thread reads).
+    reader: Option<std::io::BufReader<StdUnixStream>>,
+    /// Sync requests whose thread waits without reading.
+    blocked: std::collections::HashSet<u64>,
+    /// Requests awaited by futures.
+    awaited: usize,
+    /// The worker's main thread waits for work without reading.
+    wants_work: bool,
+    /// An async actor: its event loop takes work from the channel, read for it for good.
+    always: bool,
+    /// The connection ended.
+    closed: bool,
+}
+
+impl InboxState {
+    fn needs_reader(&self) -> bool {
+        !self.blocked.is_empty() || self.awaited > 0 || self.wants_work || self.always
+    }
+}
+
+impl Inbox {
+    fn new(reader: std::io::BufReader<StdUnixStream>, work: Option<flume::Sender<Work>>) -> Self {
+        Self {
+            st: Mutex::new(InboxState {
+                reader: Some(reader),
+                ..Default::default()
+            }),
+            helper: parking_lot::Condvar::new(),
+            work,
+        }
+    }
 }
 
 impl WorkerCore {
@@ -476,26 +530,179 @@ impl WorkerCore {
         write_frame(&mut *w, msg).map_err(|e| Error::runtime(format!("raylet connection: {e}")))
     }
 
-    fn request_with(&self, body: Request, sink: ReplySink) -> Result<()> {
+    /// Sends a request whose reply goes to `sink`, called by whichever thread reads it;
+    /// `awaited`: a future waits for it (so a reader must be found), not a blocked thread.
+    fn request_with(&self, body: Request, sink: ReplySink, awaited: bool) -> Result<u64> {
         let req = self.next.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().insert(req, sink);
+        self.pending.lock().insert(req, (sink, awaited));
+        if awaited {
+            let mut st = self.inbox.st.lock();
+            st.awaited += 1;
+            self.inbox.helper.notify_one();
+        }
         if let Err(e) = self.send(&FromWorker::Request { req, body }) {
-            self.pending.lock().remove(&req);
+            if self.pending.lock().remove(&req).is_some() && awaited {
+                self.inbox.st.lock().awaited -= 1;
+            }
             return Err(e);
         }
-        Ok(())
+        Ok(req)
     }
 
     fn request(&self, body: Request) -> Result<Reply> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.request_with(
+        let req = self.request_with(
             body,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
+            false,
         )?;
-        rx.recv()
-            .map_err(|_| Error::runtime("the raylet connection closed"))
+        self.wait_for(
+            || rx.try_recv().ok(),
+            |st, on| {
+                if on {
+                    st.blocked.insert(req);
+                }
+            },
+            || rx.recv().ok(),
+        )
+        .ok_or_else(|| Error::runtime("the raylet connection closed"))
+    }
+
+    /// Waits until `got` gives something that reading the connection puts where it looks:
+    /// reads the frames itself when no other thread does, else marks itself waiting (`mark`)
+    /// and `block`s until a reader delivers.
+    fn wait_for<T>(
+        &self,
+        mut got: impl FnMut() -> Option<T>,
+        mark: impl FnOnce(&mut InboxState, bool),
+        block: impl FnOnce() -> Option<T>,
+    ) -> Option<T> {
+        if let Some(v) = got() {
+            return Some(v);
+        }
+        let mut st = self.inbox.st.lock();
+        // Under the lock: what a reader delivers before it takes the lock to unmark us.
+        if let Some(v) = got() {
+            return Some(v);
+        }
+        let Some(mut reader) = st.reader.take() else {
+            if st.closed {
+                return got();
+            }
+            mark(&mut st, true);
+            self.inbox.helper.notify_one();
+            drop(st);
+            return block();
+        };
+        drop(st);
+        let out = loop {
+            if let Some(v) = got() {
+                break Some(v);
+            }
+            if !self.read_one(&mut reader) {
+                return got();
+            }
+        };
+        let mut st = self.inbox.st.lock();
+        st.reader = Some(reader);
+        if st.needs_reader() {
+            self.inbox.helper.notify_one();
+        }
+        out
+    }
+
+    /// Reads and dispatches one frame; `false` once the connection ended (handled).
+    fn read_one(&self, reader: &mut std::io::BufReader<StdUnixStream>) -> bool {
+        let body = match read_frame(reader) {
+            Ok(Some(b)) => b,
+            Ok(None) => return self.connection_ended(None),
+            Err(e) => return self.connection_ended(Some(e.to_string())),
+        };
+        let msg = match protocol::decode_body::<ToWorker>(&body) {
+            Ok(m) => m,
+            Err(e) => return self.connection_ended(Some(e.to_string())),
+        };
+        let item = match msg {
+            ToWorker::Reply { req, body } => {
+                self.dispatch_reply(req, body);
+                return true;
+            }
+            ToWorker::Welcome { .. } => return true,
+            ToWorker::Execute {
+                spec,
+                args,
+                gpu_ids,
+            } => Work::Execute(spec, args, gpu_ids),
+            ToWorker::CreateActor { spec, args } => Work::CreateActor(spec, args),
+            ToWorker::Call { call, args } => Work::Call(call, args),
+        };
+        match &self.inbox.work {
+            Some(tx) => {
+                let _ = tx.send(item);
+                self.inbox.st.lock().wants_work = false;
+            }
+            None => tracing::warn!("the raylet sent work to a driver; ignored"),
+        }
+        true
+    }
+
+    /// The connection ended (`error`: with a bad frame): every waiter fails; a worker, which
+    /// can finish nothing without its raylet, exits. Returns `false`.
+    fn connection_ended(&self, error: Option<String>) -> bool {
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "bad frame from the raylet");
+        }
+        self.inbox.st.lock().closed = true;
+        self.inbox.helper.notify_all();
+        self.fail_all();
+        if self.inbox.work.is_some() {
+            std::process::exit(0);
+        }
+        if error.is_none() && !self.closing.load(Ordering::Acquire) {
+            tracing::error!("the connection to the node daemon closed");
+        }
+        false
+    }
+
+    /// The worker's next task, call or actor to construct (`None` once the connection ended).
+    fn next_work(&self, rx: &flume::Receiver<Work>) -> Option<Work> {
+        self.wait_for(
+            || rx.try_recv().ok(),
+            |st, on| st.wants_work = on,
+            || rx.recv().ok(),
+        )
+    }
+
+    /// The helper: reads while someone needs frames read and no other thread reads.
+    fn help(&self) {
+        loop {
+            let mut reader = {
+                let mut st = self.inbox.st.lock();
+                loop {
+                    if st.closed {
+                        return;
+                    }
+                    if st.needs_reader()
+                        && let Some(r) = st.reader.take()
+                    {
+                        break r;
+                    }
+                    self.inbox.helper.wait(&mut st);
+                }
+            };
+            loop {
+                if !self.read_one(&mut reader) {
+                    return;
+                }
+                let mut st = self.inbox.st.lock();
+                if !st.needs_reader() {
+                    st.reader = Some(reader);
+                    break;
+                }
+            }
+        }
     }
 
     /// Counts a reference this process now holds without telling the raylet (the raylet
@@ -505,18 +712,28 @@ impl WorkerCore {
     }
 
     fn dispatch_reply(&self, req: u64, body: Reply) {
-        if let Some(sink) = self.pending.lock().remove(&req) {
-            sink(body);
+        let Some((sink, awaited)) = self.pending.lock().remove(&req) else {
+            return;
+        };
+        sink(body);
+        let mut st = self.inbox.st.lock();
+        if awaited {
+            st.awaited -= 1;
+        } else {
+            st.blocked.remove(&req);
         }
     }
 
     fn fail_all(&self) {
-        let sinks: Vec<ReplySink> = self.pending.lock().drain().map(|(_, s)| s).collect();
-        for s in sinks {
+        let sinks: Vec<(ReplySink, bool)> = self.pending.lock().drain().map(|(_, s)| s).collect();
+        for (s, _) in sinks {
             s(Reply::Unit(Err(Error::runtime(
                 "the raylet connection closed",
             ))));
         }
+        let mut st = self.inbox.st.lock();
+        st.awaited = 0;
+        st.blocked.clear();
     }
 }
 
@@ -632,6 +849,7 @@ impl Core for WorkerCore {
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
+            true,
         );
         async move {
             sent?;
@@ -782,6 +1000,9 @@ impl Core for WorkerCore {
     fn shutdown(&self) {
         // A driver leaves: closing the socket tells the node to release what it held for us.
         self.closing.store(true, Ordering::Release);
+        // The helper, if parked, ends (one blocked in a read ends with the socket).
+        self.inbox.st.lock().closed = true;
+        self.inbox.helper.notify_all();
         let _ = self
             .writer
             .lock()
@@ -796,62 +1017,12 @@ enum Work {
     Call(ActorCall, Vec<Bytes>),
 }
 
-/// Reads the raylet's frames: replies go to their requests, work to `work` (a worker). When
-/// the connection ends a worker exits; a driver's pending requests fail.
-fn spawn_reader(
-    core: Arc<WorkerCore>,
-    mut reader: std::io::BufReader<StdUnixStream>,
-    work: Option<flume::Sender<Work>>,
-) -> std::io::Result<()> {
+/// Starts the `mobula-raylet-reader` helper, which reads the connection whenever someone
+/// needs it read and no other thread does (`Inbox`).
+fn spawn_helper(core: Arc<WorkerCore>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("mobula-raylet-reader".to_string())
-        .spawn(move || {
-            loop {
-                let body = match read_frame(&mut reader) {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "bad frame from the raylet");
-                        break;
-                    }
-                };
-                let msg = match protocol::decode_body::<ToWorker>(&body) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!(error = %e, "bad frame from the raylet");
-                        break;
-                    }
-                };
-                let item = match msg {
-                    ToWorker::Reply { req, body } => {
-                        core.dispatch_reply(req, body);
-                        continue;
-                    }
-                    ToWorker::Welcome { .. } => continue,
-                    ToWorker::Execute {
-                        spec,
-                        args,
-                        gpu_ids,
-                    } => Work::Execute(spec, args, gpu_ids),
-                    ToWorker::CreateActor { spec, args } => Work::CreateActor(spec, args),
-                    ToWorker::Call { call, args } => Work::Call(call, args),
-                };
-                match &work {
-                    Some(tx) => {
-                        let _ = tx.send(item);
-                    }
-                    None => tracing::warn!("the raylet sent work to a driver; ignored"),
-                }
-            }
-            core.fail_all();
-            if work.is_some() {
-                // A worker without its raylet can finish nothing.
-                std::process::exit(0);
-            }
-            if !core.closing.load(Ordering::Acquire) {
-                tracing::error!("the connection to the node daemon closed");
-            }
-        })?;
+        .spawn(move || core.help())?;
     Ok(())
 }
 
@@ -909,8 +1080,9 @@ pub(crate) fn connect_driver(socket: &std::path::Path, namespace: &str) -> Resul
         next: AtomicU64::new(1),
         refs: Mutex::new(HashMap::new()),
         closing: std::sync::atomic::AtomicBool::new(false),
+        inbox: Inbox::new(reader, None),
     });
-    spawn_reader(core.clone(), reader, None).map_err(|e| fail(&e))?;
+    spawn_helper(core.clone()).map_err(|e| fail(&e))?;
     tracing::info!(node = %node_id, job = %job_id, "connected to the node daemon");
     Ok(core)
 }
@@ -919,6 +1091,7 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
     let stream = StdUnixStream::connect(&env.socket)?;
     crate::worker::shm::encode_here();
     let reader = std::io::BufReader::new(stream.try_clone()?);
+    let (work_tx, work_rx) = flume::unbounded::<Work>();
     let core = Arc::new(WorkerCore {
         env: env.clone(),
         writer: Mutex::new(BufWriter::new(stream)),
@@ -926,6 +1099,7 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
         next: AtomicU64::new(1),
         refs: Mutex::new(HashMap::new()),
         closing: std::sync::atomic::AtomicBool::new(false),
+        inbox: Inbox::new(reader, Some(work_tx)),
     });
     core.send(&FromWorker::Hello {
         worker_id: env.worker_id,
@@ -935,11 +1109,10 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
     let core_dyn: Arc<dyn Core> = core.clone();
     crate::api::install(core_dyn, &env.namespace);
 
-    let (work_tx, work_rx) = flume::unbounded::<Work>();
-    spawn_reader(core.clone(), reader, Some(work_tx))?;
+    spawn_helper(core.clone())?;
 
     let mut actor: Option<Box<dyn ActorInstance>> = None;
-    while let Ok(work) = work_rx.recv() {
+    while let Some(work) = core.next_work(&work_rx) {
         match work {
             Work::Execute(spec, args, gpus) => {
                 crate::worker::set_gpu_ids(gpus);
@@ -967,6 +1140,9 @@ fn run_worker(env: WorkerEnv) -> std::result::Result<(), protocol::ProtoError> {
                 Ok(inst) => {
                     let _ = core.send(&FromWorker::ActorReady { result: Ok(()) });
                     if spec.is_async {
+                        // Its event loop awaits work: the helper reads for it from now on.
+                        core.inbox.st.lock().always = true;
+                        core.inbox.helper.notify_one();
                         run_async_actor(core.clone(), spec, inst, work_rx);
                         break;
                     }
