@@ -654,7 +654,8 @@ impl WorkerConn {
                 // A worker waiting lends its task's CPUs; a driver holds none (nothing to say).
                 let lends = !all_ready && self.shared.is_some();
                 if !lends && timeout.is_none() && !spilled {
-                    EarlyReply::subscribe(req, ids, self.pid, &self.out, &table, ctx.address());
+                    let conn = ctx.address().downgrade();
+                    EarlyReply::subscribe(req, ids, self.pid, &self.out, &table, conn);
                     return;
                 }
                 let raylet_tx = self.ctx.raylet_tx.clone();
@@ -768,7 +769,9 @@ struct EarlyReply {
     left: std::sync::atomic::AtomicUsize,
     out: Arc<Outbox>,
     table: Arc<crate::store::ObjectTable>,
-    conn: Addr<WorkerConn>,
+    /// Weak: dropping the last strong address of an actor wakes its arbiter (actix checks
+    /// whether it lost its last sender), which would cost every early reply a wake-up there.
+    conn: actix::WeakAddr<WorkerConn>,
 }
 
 /// One pending value's share of an `EarlyReply`.
@@ -794,7 +797,7 @@ impl EarlyReply {
         pid: u32,
         out: &Arc<Outbox>,
         table: &Arc<crate::store::ObjectTable>,
-        conn: Addr<WorkerConn>,
+        conn: actix::WeakAddr<WorkerConn>,
     ) {
         let me = Arc::new(EarlyReply {
             req,
@@ -822,7 +825,10 @@ impl EarlyReply {
             Peek::Pending => false,
         });
         let retry = || {
-            self.conn.do_send(RetryRequest {
+            let Some(conn) = self.conn.upgrade() else {
+                return; // the connection is gone: nobody to answer
+            };
+            conn.do_send(RetryRequest {
                 req: self.req,
                 body: Request::Get {
                     ids: self.ids.clone(),
