@@ -65,6 +65,19 @@ pub fn worker_entry() {
 #[doc(hidden)]
 pub use api::__private;
 
+/// Spawns `f` on the runtime of the calling thread, so that the thread that made the work
+/// runs it next (no other thread is woken for it), or on `home` when the calling thread runs
+/// no runtime.
+pub(crate) fn spawn_here<F>(home: &tokio::runtime::Handle, f: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(here) => here.spawn(f),
+        Err(_) => home.spawn(f),
+    };
+}
+
 /// Sends `tracing` output to stderr through `filter`, coloured only when stderr is a terminal
 /// (a daemon's log file and the state API's log routes get plain text). Does nothing if a
 /// subscriber is set already.

@@ -160,11 +160,7 @@ impl ConnCalls {
     }
 
     fn spawn_drain(self: &Arc<Self>, first: Option<Bytes>) {
-        let run = self.clone().drain(first);
-        match tokio::runtime::Handle::try_current() {
-            Ok(here) => here.spawn(run),
-            Err(_) => self.home.spawn(run),
-        };
+        crate::spawn_here(&self.home, self.clone().drain(first));
     }
 
     /// Sends the queued calls in order until the queue is empty.

@@ -129,10 +129,7 @@ impl Outgoing {
                     let run = self
                         .clone()
                         .forward_loop(node, peer, rx, net.clone(), table.clone());
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(here) => here.spawn(run),
-                        Err(_) => home.spawn(run),
-                    };
+                    crate::spawn_here(home, run);
                     tx
                 }
             }

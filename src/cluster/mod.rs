@@ -1726,10 +1726,7 @@ fn send_task(
                 });
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(here) => here.spawn(run),
-            Err(_) => home.spawn(run),
-        };
+        crate::spawn_here(&home, run);
     })
 }
 

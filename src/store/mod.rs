@@ -170,10 +170,7 @@ where
     impl<F: std::future::Future<Output = ()> + Send + 'static> Drop for Then<F> {
         fn drop(&mut self) {
             if let Some(f) = self.f.take() {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(here) => here.spawn(f),
-                    Err(_) => self.home.spawn(f),
-                };
+                crate::spawn_here(&self.home, f);
             }
         }
     }
