@@ -242,7 +242,7 @@ pub(crate) struct Raylet {
     hosts: Arbiter,
     /// Where work for other nodes goes (set on a cluster node).
     spill_tx: Option<flume::Sender<Outbound>>,
-    /// How tasks placed on other nodes are sent (else as `Outbound::Task`).
+    /// How tasks placed on other nodes are sent (set with `spill_tx`).
     task_send: Option<TaskSend>,
     /// Where calls to actors on other nodes go (set on a cluster node).
     forward_tx: Option<Arc<dyn Forwarder>>,
@@ -299,15 +299,13 @@ pub(crate) type TaskSend = Arc<dyn Fn(SpillRequest) + Send + Sync>;
 /// Work this raylet hands to its node's daemon for another node.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// Run a task there.
-    Task(SpillRequest),
     /// Ask `node` whether it still runs an actor a restarted head took back from storage
     /// (answered with `AdoptedGone` when it does not).
     CheckAdopted { node: NodeId, actor_id: ActorId },
     /// Create an actor there (arguments resolved as for tasks).
     Actor {
         node: NodeId,
-        spec: ActorSpec,
+        spec: Box<ActorSpec>,
         launch: crate::worker::process::JobLaunch,
     },
     /// Kill an actor placed there.
@@ -723,7 +721,7 @@ impl Raylet {
             .procs
             .as_ref()
             .and_then(|p| p.launch_of(task.spec.job_id));
-        let (Some(tx), Some(launch)) = (self.spill_tx.clone(), launch) else {
+        let (Some(send), Some(launch)) = (self.task_send.clone(), launch) else {
             return Err(Box::new(task));
         };
         let mut spec = (*task.spec).clone();
@@ -732,15 +730,7 @@ impl Raylet {
             return Ok(());
         }
         let tid = spec.task_id;
-        let sent = SpillRequest { node, spec, launch };
-        match &self.task_send {
-            Some(send) => send(sent),
-            None => {
-                if tx.try_send(Outbound::Task(sent)).is_err() {
-                    return Err(Box::new(task));
-                }
-            }
-        }
+        send(SpillRequest { node, spec, launch });
         if pipelined {
             self.pipelined.insert(tid, node);
         } else {
@@ -1523,9 +1513,10 @@ impl Raylet {
             return Ok(());
         }
         let shown = spec.display();
+        let spec = Box::new(spec);
         if let Err(e) = tx.try_send(Outbound::Actor { node, spec, launch }) {
             return match e.into_inner() {
-                Outbound::Actor { spec, .. } => Err((spec, pins)),
+                Outbound::Actor { spec, .. } => Err((*spec, pins)),
                 _ => Ok(()),
             };
         }

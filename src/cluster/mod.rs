@@ -1219,19 +1219,6 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                 work = spill_rx.recv_async() => {
                     let Ok(work) = work else { break };
                     match work {
-                        Outbound::Task(req) => {
-                            offer_exe(&exes, &req.launch);
-                            let peer = peers.get(&req.node.hex()).copied();
-                            let (net, raylet) = (net.clone(), raylet.clone());
-                            tokio::spawn(async move {
-                                let task_id = req.spec.task_id;
-                                // The node answers at once; the value comes later (`TaskFinished`).
-                                let msg = ClusterMsg::ExecuteRemote { spec: Box::new(req.spec), launch: req.launch };
-                                if let (Err((e, node_lost)), Some(r)) = (hand_over(&net, req.node, peer, msg).await, raylet) {
-                                    r.do_send(RemoteDone { task_id, result: Err(e), node_lost, kept: false });
-                                }
-                            });
-                        }
                         Outbound::Actor { node, spec, launch } => {
                             offer_exe(&exes, &launch);
                             let peer = peers.get(&node.hex()).copied();
@@ -1239,7 +1226,7 @@ pub fn run_node(opts: StartOptions) -> Res<()> {
                             tokio::spawn(async move {
                                 let actor_id = spec.actor_id;
                                 // The node answers at once; `ActorPlaced` follows.
-                                let msg = ClusterMsg::CreateActor { spec: Box::new(spec), launch };
+                                let msg = ClusterMsg::CreateActor { spec, launch };
                                 if let (Err((e, _)), Some(r)) = (hand_over(&net, node, peer, msg).await, raylet) {
                                     r.do_send(crate::actors::raylet::RemoteActorPlaced { actor_id, node, result: Err(e), durable: None });
                                 }
