@@ -637,14 +637,11 @@ impl WorkerConn {
                     .iter()
                     .any(|id| matches!(table.peek(id), Peek::Sealed { spilled: true, .. }));
                 let timeout = timeout_ms.map(Duration::from_millis);
-                let to_reply = |r: crate::Result<Vec<crate::store::Object>>| {
-                    Reply::Objects(r.map(|v| v.into_iter().map(|o| (o.data, o.is_error)).collect()))
-                };
                 if all_ready && !spilled {
                     let r = futures::executor::block_on(NodeClient::get_async_many(
                         table, ids, timeout,
                     ));
-                    self.reply(ctx, req, to_reply(r));
+                    self.reply(ctx, req, objects_reply(r));
                     return;
                 }
                 // A worker waiting lends its task's CPUs; a driver holds none (nothing to say).
@@ -670,7 +667,7 @@ impl WorkerConn {
                         pid,
                         &ToWorker::Reply {
                             req,
-                            body: to_reply(r),
+                            body: objects_reply(r),
                         },
                     ) {
                         let _ = out.send_async(f).await;
@@ -747,6 +744,11 @@ impl WorkerConn {
             }),
         }
     }
+}
+
+/// The reply to a `get`.
+fn objects_reply(r: crate::Result<Vec<crate::store::Object>>) -> Reply {
+    Reply::Objects(r.map(|v| v.into_iter().map(|o| (o.data, o.is_error)).collect()))
 }
 
 /// Values up to this size answer a `get` from the thread that sealed them (larger ones are
@@ -840,7 +842,7 @@ impl EarlyReply {
             self.ids.clone(),
             None,
         ));
-        let body = Reply::Objects(r.map(|v| v.into_iter().map(|o| (o.data, o.is_error)).collect()));
+        let body = objects_reply(r);
         if let Some(f) = frame(
             self.pid,
             &ToWorker::Reply {

@@ -560,10 +560,8 @@ impl WorkerCore {
         )?;
         self.wait_for(
             || rx.try_recv().ok(),
-            |st, on| {
-                if on {
-                    st.blocked.insert(req);
-                }
+            |st| {
+                st.blocked.insert(req);
             },
             || rx.recv().ok(),
         )
@@ -571,12 +569,12 @@ impl WorkerCore {
     }
 
     /// Waits until `got` gives something that reading the connection puts where it looks:
-    /// reads the frames itself when no other thread does, else marks itself waiting (`mark`)
-    /// and `block`s until a reader delivers.
+    /// reads the frames itself when no other thread does, else marks itself waiting (`mark`;
+    /// the reader that delivers unmarks it) and `block`s until then.
     fn wait_for<T>(
         &self,
         mut got: impl FnMut() -> Option<T>,
-        mark: impl FnOnce(&mut InboxState, bool),
+        mark: impl FnOnce(&mut InboxState),
         block: impl FnOnce() -> Option<T>,
     ) -> Option<T> {
         if let Some(v) = got() {
@@ -591,7 +589,7 @@ impl WorkerCore {
             if st.closed {
                 return got();
             }
-            mark(&mut st, true);
+            mark(&mut st);
             self.inbox.helper.notify_one();
             drop(st);
             return block();
@@ -670,7 +668,7 @@ impl WorkerCore {
     fn next_work(&self, rx: &flume::Receiver<Work>) -> Option<Work> {
         self.wait_for(
             || rx.try_recv().ok(),
-            |st, on| st.wants_work = on,
+            |st| st.wants_work = true,
             || rx.recv().ok(),
         )
     }
